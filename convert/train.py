@@ -1,0 +1,143 @@
+"""``explaincam train``: fit the captioner on generated scenes or a user's captioned images.
+
+Writes a training folder that ``explaincam convert --model DIR`` turns into a bundle:
+``captioner.keras`` (sequence form, see convert.model), ``vocab.txt`` and ``train.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+import keras
+
+from convert import datasets
+from convert.model import DEFAULT_ENCODER, build_captioner, build_encoder, preprocessing_mode
+from convert.progress import Progress
+from convert.scenes import scene_vocabulary
+
+VALIDATION_SEED_OFFSET = 7919  # validation scenes come from a stream training never sees
+
+
+class _Batches(keras.utils.PyDataset):
+    """Shuffled batches of ((image, input tokens), targets, mask) for teacher forcing."""
+
+    def __init__(self, data: datasets.CaptionSet, rows, inputs, targets, batch_size, shuffle, seed=0):
+        super().__init__()
+        self.data, self.rows, self.inputs, self.targets = data, rows, inputs, targets
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.order = np.arange(len(rows))
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return math.ceil(len(self.rows) / self.batch_size)
+
+    def __getitem__(self, i):
+        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        images = self.data.images[self.rows[idx]].astype("float32")
+        targets = self.targets[idx]
+        return (images, self.inputs[idx]), targets, (targets > 0).astype("float32")
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+
+
+def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None = None,
+          scenes: int = 12000, seed: int = 1, dataset: str | None = None, epochs: int = 12,
+          batch_size: int = 32, input_size: int = 224, pooling: str = "spatial",
+          embedding_dim: int = 64, units: int = 128, learning_rate: float = 2e-3,
+          min_word_count: int = 1, max_words: int | None = None, validation: int = 500,
+          verbose: int = 1) -> dict:
+    """Train a captioner and write it to ``out``; return the training summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    started = time.time()
+    if dataset:
+        data = datasets.flickr_set(dataset, input_size, progress=Progress("loading images", verbose))
+        n_val = min(validation, max(1, len(data.images) // 10)) if len(data.images) > 1 else 0
+        train_set = datasets.CaptionSet(data.images[n_val:], data.captions[n_val:])
+        val_set = datasets.CaptionSet(data.images[:n_val], data.captions[:n_val])
+        vocab = datasets.build_vocabulary(train_set.captions, min_word_count)
+    else:
+        train_set = datasets.scenes_set(scenes, seed, progress=Progress("generating scenes", verbose))
+        val_set = datasets.scenes_set(validation, seed + VALIDATION_SEED_OFFSET)
+        vocab = datasets.build_vocabulary([[" ".join(scene_vocabulary())]])
+    if max_words is None:
+        max_words = max(len(vocab.encode(c)) for caps in train_set.captions for c in caps)
+
+    model = build_captioner(build_encoder(encoder, input_size, weights, pooling), len(vocab),
+                            embedding_dim, units)
+    steps = math.ceil(sum(len(c) for c in train_set.captions) / batch_size) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02)
+    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  weighted_metrics=["accuracy"])
+    train_batches = _Batches(train_set, *datasets.sequences(train_set.captions, vocab, max_words),
+                             batch_size, shuffle=True, seed=seed)
+    fit_kwargs = {}
+    if len(val_set.images):
+        fit_kwargs["validation_data"] = _Batches(
+            val_set, *datasets.sequences(val_set.captions, vocab, max_words), batch_size, shuffle=False)
+    history = model.fit(train_batches, epochs=epochs, verbose=verbose, **fit_kwargs)
+
+    model.save(out / "captioner.keras")
+    vocab.save(out / "vocab.txt")
+    summary = {
+        "encoder": encoder,
+        "weights": weights,
+        "input_size": input_size,
+        "pooling": pooling,
+        "preprocessing": preprocessing_mode(encoder),
+        "max_words": int(max_words),
+        "vocab_size": len(vocab),
+        "training_images": int(len(train_set.images)),
+        "epochs": epochs,
+        "source": {"dataset": str(dataset)} if dataset else {"scenes": scenes, "seed": seed},
+        "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+        "seconds": round(time.time() - started, 1),
+    }
+    (out / "train.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def configure(parser) -> None:
+    """Arguments of ``explaincam train``."""
+    parser.add_argument("--out", required=True, help="training output folder (captioner.keras, vocab.txt, train.json)")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="keras.applications model name")
+    parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
+                        help="initial encoder weights: none (from scratch) or imagenet (needs internet)")
+    parser.add_argument("--pooling", default="spatial", choices=["spatial", "avg"],
+                        help="encoder head: spatial (keeps layout) or avg (seed-style global pooling)")
+    parser.add_argument("--scenes", type=int, default=12000, help="generated training scenes")
+    parser.add_argument("--seed", type=int, default=1, help="scene stream and initialisation seed")
+    parser.add_argument("--dataset", default=None, help="train on a Flickr8k/Flickr30k-style folder instead")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--embedding-dim", type=int, default=64)
+    parser.add_argument("--units", type=int, default=128, help="LSTM and dense units")
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--min-word-count", type=int, default=1, help="rarer words are dropped (datasets)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(args) -> int:
+    """Train and report where the result went."""
+    try:
+        summary = train(args.out, args.encoder, args.weights, args.scenes, args.seed, args.dataset,
+                        args.epochs, args.batch_size, args.input_size, args.pooling,
+                        args.embedding_dim, args.units, args.learning_rate, args.min_word_count,
+                        verbose=0 if args.quiet else 1)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    last = {k: v[-1] for k, v in summary["history"].items()}
+    print(f"trained {summary['encoder']} in {summary['seconds']:.0f}s: {last}; wrote {args.out}")
+    return 0

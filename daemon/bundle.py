@@ -1,0 +1,118 @@
+"""The model bundle: a folder with ``manifest.json`` naming and hashing every file.
+
+Format (``format_version`` 1)::
+
+    manifest.json        this description, with the sha256 of every other file
+    captioner.keras      full-precision sequence-form captioner (explanations)
+    encoder_int8.tflite  full-integer encoder, uint8 RGB input, int8 features
+    decoder.npz          decoder weights for the numpy step decoder
+    vocab.txt            one word per line; line k is token k+1, 0 is padding
+    concepts.npz         optional ACE concept bank
+    report.json          what the converter measured
+
+A bundle whose files do not match the manifest's hashes is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("encoder_int8.tflite", "decoder.npz", "vocab.txt")
+
+
+class BundleError(Exception):
+    """A model bundle is missing, malformed or does not match its hashes."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle folder and its manifest."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.manifest["model_name"]
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square RGB input the encoder takes."""
+        return int(self.manifest["input"]["size"])
+
+    @property
+    def max_length(self) -> int:
+        """Most words a caption may have (the seed's prefix length less the start token)."""
+        return int(self.manifest["max_length"])
+
+    def file(self, key: str) -> Path:
+        """Path of one of the bundle's files by manifest key (``encoder_int8`` ...)."""
+        return self.path / self.manifest["files"][key]
+
+    def has(self, key: str) -> bool:
+        """Whether the bundle has the file of this manifest key."""
+        return key in self.manifest["files"]
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Read and (by default) hash-check a bundle; raise BundleError with the reason."""
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f"model bundle {path} does not exist or is not a folder")
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format {version!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("model_name", "input", "files", "sha256", "special_tokens", "max_length"):
+        if key not in manifest:
+            raise BundleError(f"{manifest_path} lacks the key {key!r}")
+    files = manifest["files"]
+    for key in ("encoder_int8", "decoder", "vocab"):
+        if key not in files:
+            raise BundleError(f"{manifest_path} names no {key!r} file")
+    if verify:
+        for key, name in files.items():
+            file = path / name
+            if not file.is_file():
+                raise BundleError(f"{path}: {name} ({key}) is missing")
+            expected = manifest["sha256"].get(name)
+            if expected is None:
+                raise BundleError(f"{manifest_path} has no sha256 for {name}")
+            actual = sha256_file(file)
+            if actual != expected:
+                raise BundleError(f"{path}: {name} does not match its sha256 in the manifest "
+                                  f"(expected {expected[:12]}…, found {actual[:12]}…); "
+                                  "the bundle is corrupt or was edited")
+    return Bundle(path, manifest)
+
+
+def write_manifest(path: str | Path, manifest: dict) -> dict:
+    """Hash every file named in ``manifest['files']`` and write ``manifest.json``."""
+    path = Path(path)
+    manifest = dict(manifest, format_version=FORMAT_VERSION)
+    manifest["sha256"] = {name: sha256_file(path / name) for name in manifest["files"].values()}
+    tmp = path / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path / MANIFEST)
+    return manifest

@@ -1,0 +1,139 @@
+"""Numpy step decoder for the merge-LSTM captioner: greedy and beam search.
+
+The Keras model re-reads the whole padded prefix for every word. Here the LSTM state is
+carried from step to step, so each word costs one LSTM step and two small matrix products.
+Pure numpy; the weights come from a bundle's ``decoder.npz`` (see convert.model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+PAD = 0
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function, stable for large |x|."""
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def lstm_step(x, h, c, kernel, recurrent, bias):
+    """One Keras-LSTM step (gate order i, f, c, o); returns the new (h, c)."""
+    z = x @ kernel + h @ recurrent + bias
+    i, f, g, o = np.split(z, 4, axis=-1)
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c), c
+
+
+@dataclass
+class Caption:
+    """A decoded caption: word tokens (no start/end), summed log-probability and per-word ones."""
+
+    tokens: list[int]
+    score: float
+    word_logprobs: list[float]
+
+
+class StepDecoder:
+    """Greedy and beam decoding from encoder features with the weights of ``decoder.npz``."""
+
+    def __init__(self, weights, start: int, end: int):
+        w = {k: np.asarray(weights[k], np.float32) for k in weights}
+        self.feat_kernel, self.feat_bias = w["feat_kernel"], w["feat_bias"]
+        self.embedding = w["embedding"]
+        self.lstm = (w["lstm_kernel"], w["lstm_recurrent"], w["lstm_bias"])
+        self.merge_kernel, self.merge_bias = w["merge_kernel"], w["merge_bias"]
+        self.logits_kernel, self.logits_bias = w["logits_kernel"], w["logits_bias"]
+        self.units = self.lstm[1].shape[0]
+        self.feature_dim = self.feat_kernel.shape[0]
+        self.start, self.end = start, end
+
+    @classmethod
+    def load(cls, path, start: int, end: int) -> "StepDecoder":
+        """Read a ``decoder.npz`` file."""
+        with np.load(path) as data:
+            return cls({k: data[k] for k in data.files}, start, end)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """The image branch of the merge: relu(features @ W + b)."""
+        return np.maximum(features.astype(np.float32) @ self.feat_kernel + self.feat_bias, 0.0)
+
+    def step(self, projected, tokens, h, c):
+        """Feed one token per row; return next-word logits and the new (h, c)."""
+        h, c = lstm_step(self.embedding[tokens], h, c, *self.lstm)
+        merged = np.maximum((projected + h) @ self.merge_kernel + self.merge_bias, 0.0)
+        return merged @ self.logits_kernel + self.logits_bias, h, c
+
+    def teacher_forced_logits(self, features: np.ndarray, tokens: list[int]) -> np.ndarray:
+        """Logits after each of ``tokens`` (start token first), shape (len(tokens), vocab)."""
+        projected = self.project(features[None])
+        h = c = np.zeros((1, self.units), np.float32)
+        out = []
+        for t in tokens:
+            logits, h, c = self.step(projected, np.array([t]), h, c)
+            out.append(logits[0])
+        return np.stack(out)
+
+    def greedy(self, features: np.ndarray, max_length: int) -> Caption:
+        """Most likely word at each step until the end token or ``max_length`` words."""
+        projected = self.project(features[None])
+        h = c = np.zeros((1, self.units), np.float32)
+        token, tokens, logps = self.start, [], []
+        for _ in range(max_length + 1):
+            logits, h, c = self.step(projected, np.array([token]), h, c)
+            logp = log_softmax(logits[0])
+            logp[PAD] = logp[self.start] = -np.inf
+            token = int(np.argmax(logp))
+            logps.append(float(logp[token]))
+            if token == self.end:
+                break
+            tokens.append(token)
+        return Caption(tokens, float(sum(logps)), logps[:len(tokens)])
+
+    def beam(self, features: np.ndarray, max_length: int, width: int = 3) -> Caption:
+        """Log-probability beam search; stops early once no open beam can beat the best finished one."""
+        projected = self.project(features[None])
+        h = c = np.zeros((1, self.units), np.float32)
+        beams = [([], 0.0, [])]  # (tokens, summed log-prob, per-word log-probs)
+        last = np.array([self.start])
+        finished: list[Caption] = []
+        for step in range(max_length + 1):
+            logits, h, c = self.step(np.repeat(projected, len(beams), 0), last, h, c)
+            logp = log_softmax(logits)
+            logp[:, PAD] = logp[:, self.start] = -np.inf
+            if step == max_length:  # out of room: only the end token is allowed
+                keep = logp[:, self.end].copy()
+                logp[:] = -np.inf
+                logp[:, self.end] = keep
+            totals = np.array([b[1] for b in beams])[:, None] + logp
+            flat = np.argsort(totals, axis=None)[::-1][:2 * width]
+            candidates, rows = [], []
+            for idx in flat:
+                row, token = divmod(int(idx), logp.shape[1])
+                tokens, _, logps = beams[row]
+                total = float(totals[row, token])
+                if not np.isfinite(total):
+                    continue
+                if token == self.end:
+                    finished.append(Caption(tokens, total, logps))
+                elif len(candidates) < width:
+                    candidates.append((tokens + [token], total, logps + [float(logp[row, token])]))
+                    rows.append(row)
+            best_done = max((f.score for f in finished), default=-np.inf)
+            if not candidates or best_done >= max(cand[1] for cand in candidates):
+                break
+            beams = candidates
+            h, c = h[rows], c[rows]
+            last = np.array([cand[0][-1] for cand in candidates])
+        if not finished:  # unreachable with a finite end log-prob; keep the best open beam
+            tokens, total, logps = beams[0]
+            return Caption(tokens, total, logps)
+        return max(finished, key=lambda f: f.score)

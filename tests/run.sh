@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto (apt),
+# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+if ! command -v mosquitto >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients openssl
+  # The packaged broker is not needed as a service: tests start their own on loopback.
+  $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+fi
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[all]'
+exec .venv/bin/python -m pytest "$@"
