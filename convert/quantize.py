@@ -6,6 +6,7 @@ scaling is inside it) and returns int8 features that the runtime dequantizes.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Callable, Iterable
 
 import numpy as np
@@ -14,15 +15,15 @@ import tensorflow as tf
 import keras
 
 
-def _concrete_function(encoder: keras.Model):
-    """A traced inference function of the encoder with a fixed batch of one."""
-    spec = tf.TensorSpec((1, *encoder.input_shape[1:]), tf.float32, name="image")
-
-    @tf.function(input_signature=[spec])
-    def serve(image):
-        return {"features": encoder(image, training=False)}
-
-    return serve.get_concrete_function()
+def _converter(encoder: keras.Model) -> "tf.lite.TFLiteConverter":
+    """A converter for the encoder, exported as a SavedModel with a batch of one."""
+    folder = tempfile.mkdtemp(prefix="explaincam-encoder-")
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint("serve", lambda image: encoder(image, training=False),
+                         input_signature=[tf.TensorSpec((1, *encoder.input_shape[1:]), tf.float32, name="image")])
+    archive.write_out(folder, verbose=False)
+    return tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
 
 
 def to_int8_tflite(encoder: keras.Model, representative: Callable[[], Iterable[np.ndarray]]) -> bytes:
@@ -31,7 +32,7 @@ def to_int8_tflite(encoder: keras.Model, representative: Callable[[], Iterable[n
     ``representative`` yields uint8 or float images (H, W, 3) in 0..255 used to calibrate
     activation ranges; a few hundred varied images are plenty.
     """
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(encoder)], encoder)
+    converter = _converter(encoder)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
 
     def dataset():
@@ -47,5 +48,5 @@ def to_int8_tflite(encoder: keras.Model, representative: Callable[[], Iterable[n
 
 def to_float_tflite(encoder: keras.Model) -> bytes:
     """Float32 TFLite flatbuffer of the same encoder (the bench's float baseline)."""
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(encoder)], encoder)
+    converter = _converter(encoder)
     return converter.convert()

@@ -1,0 +1,330 @@
+"""``explaincam convert``: quantize a captioner into a model bundle (format in daemon.bundle).
+
+Two inputs:
+- a training folder from ``explaincam train`` (``--model DIR``);
+- a seed-format model (``--from-seed``): a keras.applications encoder by name with global
+  average pooling, and a merge-LSTM decoder ``.h5`` taking ``[features, pre-padded prefix]``
+  and returning the next-word softmax, with its ``vocab.txt``.
+
+The bundle gets a full-integer int8 encoder (uint8 input, int8 ops only, calibrated on
+generated scenes or the user's images), the decoder weights for the numpy step decoder,
+the full-precision sequence-form ``captioner.keras``, the vocabulary, hashes and a report
+of what was measured: float vs int8 caption agreement, sizes, latency.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+import keras
+
+from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
+from convert.progress import Progress
+from convert.quantize import to_int8_tflite
+from convert.scenes import scene_at
+from daemon.bundle import load_bundle, write_manifest
+from daemon.decoder import StepDecoder
+from daemon.encoder import TFLiteEncoder
+from daemon.vocab import Vocabulary
+
+CALIBRATION_SEED = 4242  # scenes used to calibrate int8 ranges; training uses seed 1
+REPORT_SEED = 4343  # scenes the converter's own report is measured on
+
+
+class ConvertError(Exception):
+    """The input model cannot be converted; the message says why."""
+
+
+def backbone_gradcam_layer(captioner: keras.Model) -> str:
+    """Name of the encoder backbone's last layer (the last convolutional feature map)."""
+    backbone = captioner.get_layer("encoder").get_layer("backbone")
+    return backbone.layers[-1].name
+
+
+def image_folder_batches(folder: str | Path, size: int, limit: int) -> list[np.ndarray]:
+    """Up to ``limit`` readable images of a folder, RGB at ``size``, for calibration."""
+    from convert.datasets import load_image
+
+    paths = sorted(p for p in Path(folder).rglob("*")
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path, size))
+        except ValueError:
+            continue
+        if len(images) >= limit:
+            break
+    if not images:
+        raise ConvertError(f"no readable images in {folder} for int8 calibration")
+    return images
+
+
+def float_features(encoder: keras.Model, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
+    """Full-precision encoder features of RGB uint8 images."""
+    stack = np.stack(images).astype(np.float32)
+    return np.asarray(encoder.predict(stack, batch_size=batch_size, verbose=0))
+
+
+def measure(bundle_dir: Path, encoder: keras.Model, images: list[np.ndarray],
+            references: list[str] | None, progress=None) -> dict:
+    """Float vs int8 caption agreement (and exact match when references are known)."""
+    bundle = load_bundle(bundle_dir)
+    vocab = Vocabulary.load(bundle.file("vocab"), **_special(bundle.manifest))
+    decoder = StepDecoder.load(bundle.file("decoder"), vocab.start, vocab.end)
+    int8 = TFLiteEncoder(bundle.file("encoder_int8"), threads=2)
+    feats = float_features(encoder, images)
+    agree = exact_int8 = exact_float = 0
+    encode_ms = []
+    cosine = []
+    for i, image in enumerate(images):
+        t0 = time.perf_counter()
+        q = int8.encode(image)
+        encode_ms.append((time.perf_counter() - t0) * 1e3)
+        cap_q = vocab.decode(decoder.greedy(q, bundle.max_length).tokens)
+        cap_f = vocab.decode(decoder.greedy(feats[i], bundle.max_length).tokens)
+        agree += cap_q == cap_f
+        cosine.append(float(q @ feats[i] / (np.linalg.norm(q) * np.linalg.norm(feats[i]) + 1e-9)))
+        if references is not None:
+            exact_int8 += cap_q == references[i]
+            exact_float += cap_f == references[i]
+        if progress:
+            progress(i + 1, len(images))
+    n = len(images)
+    report = {
+        "images": n,
+        "int8_float_agreement": round(agree / n, 4),
+        "feature_cosine_mean": round(float(np.mean(cosine)), 4),
+        "int8_encoder_ms_median": round(float(np.median(encode_ms)), 2),
+    }
+    if references is not None:
+        report["exact_match_int8"] = round(exact_int8 / n, 4)
+        report["exact_match_float"] = round(exact_float / n, 4)
+    return report
+
+
+def _special(manifest: dict) -> dict:
+    tokens = manifest["special_tokens"]
+    return {"start": tokens["start"], "end": tokens["end"]}
+
+
+def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, name: str,
+                 max_length: int, encoder_name: str, extra: dict | None = None,
+                 calibration: list[np.ndarray], report_images: list[np.ndarray],
+                 report_references: list[str] | None, verbose: bool = True) -> dict:
+    """Quantize, export and hash everything into the bundle folder ``out``; return the report."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    encoder = captioner.get_layer("encoder")
+    size = int(encoder.input_shape[1])
+
+    started = time.time()
+    if verbose:
+        print(f"quantizing the encoder to int8 on {len(calibration)} calibration images ...", flush=True)
+    calibration_progress = Progress("calibrating", verbose)
+
+    def representative():
+        for i, image in enumerate(calibration):
+            calibration_progress(i + 1, len(calibration))
+            yield image
+
+    (tmp / "encoder_int8.tflite").write_bytes(to_int8_tflite(encoder, representative))
+    quantize_s = time.time() - started
+    np.savez(tmp / "decoder.npz", **decoder_weights(captioner))
+    captioner.save(tmp / "captioner.keras")
+    vocab.save(tmp / "vocab.txt")
+    files = {"captioner": "captioner.keras", "encoder_int8": "encoder_int8.tflite",
+             "decoder": "decoder.npz", "vocab": "vocab.txt", "report": "report.json"}
+    manifest = {
+        "model_name": name,
+        "encoder": encoder_name,
+        "input": {"size": size, "color": "RGB", "dtype": "uint8", "range": [0, 255],
+                  "resize": "area", "preprocessing": preprocessing_mode(encoder_name),
+                  "preprocessing_inside_model": True},
+        "special_tokens": {"start": vocab.start_word, "end": vocab.end_word, "pad_id": 0},
+        "max_length": int(max_length),
+        "vocab_size": len(vocab),
+        "feature_dim": int(encoder.output_shape[-1]),
+        "gradcam_layer": backbone_gradcam_layer(captioner),
+        "files": files,
+        **(extra or {}),
+    }
+    (tmp / "report.json").write_text("{}")
+    write_manifest(tmp, manifest)
+    report = measure(tmp, encoder, report_images, report_references, Progress("measuring int8 vs float", verbose))
+    report["quantize_seconds"] = round(quantize_s, 1)
+    report["sizes_bytes"] = {f: (tmp / f).stat().st_size for f in files.values() if f != "report.json"}
+    report["encoder_params"] = int(encoder.count_params())
+    report["decoder_params"] = int(sum(v.size for v in decoder_weights(captioner).values()))
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_manifest(tmp, manifest)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return report
+
+
+def calibration_images(size: int, count: int, image_dir: str | None) -> list[np.ndarray]:
+    """Calibration images: the user's folder if given, else generated scenes."""
+    if image_dir:
+        return image_folder_batches(image_dir, size, count)
+    return [_resized(scene_at(CALIBRATION_SEED, i).image, size) for i in range(count)]
+
+
+def _resized(image: np.ndarray, size: int) -> np.ndarray:
+    from daemon.captioner import resize_for_encoder
+
+    return resize_for_encoder(image, size)
+
+
+def report_set(size: int, count: int, image_dir: str | None) -> tuple[list[np.ndarray], list[str] | None]:
+    """Images (and reference captions when known) the converter's report is measured on."""
+    if image_dir:
+        return image_folder_batches(image_dir, size, count), None
+    scenes = [scene_at(REPORT_SEED, i) for i in range(count)]
+    return [_resized(s.image, size) for s in scenes], [s.caption for s in scenes]
+
+
+def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = None,
+                    calibration_count: int = 300, report_count: int = 200,
+                    image_dir: str | None = None, verbose: bool = True) -> dict:
+    """Make a bundle from an ``explaincam train`` folder."""
+    model_dir = Path(model_dir)
+    for required in ("captioner.keras", "vocab.txt", "train.json"):
+        if not (model_dir / required).is_file():
+            raise ConvertError(f"{model_dir} is not a training folder: {required} is missing")
+    summary = json.loads((model_dir / "train.json").read_text())
+    captioner = load_captioner(model_dir / "captioner.keras")
+    vocab = Vocabulary.load(model_dir / "vocab.txt")
+    size = int(summary["input_size"])
+    images, refs = report_set(size, report_count, image_dir if summary["source"].get("dataset") else None)
+    return write_bundle(
+        out, captioner, vocab, name=name or Path(out).name, max_length=summary["max_words"],
+        encoder_name=summary["encoder"], extra={"training": {k: summary[k] for k in (
+            "encoder", "weights", "pooling", "training_images", "epochs", "source", "seconds")}},
+        calibration=calibration_images(size, calibration_count, image_dir),
+        report_images=images, report_references=refs, verbose=verbose)
+
+
+def seed_captioner(encoder_name: str, decoder_path: str | Path, vocab: Vocabulary,
+                   weights: str | None = None, input_size: int | None = None) -> tuple[keras.Model, int]:
+    """Rebuild a seed-format model (pooled encoder + merge-LSTM ``.h5``) in sequence form.
+
+    Returns the captioner and the seed's prefix length. The decoder's layers are found by
+    type: the Embedding, the LSTM, the Dense on the image features, the output Dense
+    (vocabulary-sized, softmax) and the Dense between the merge and the output.
+    """
+    try:
+        seed = keras.models.load_model(decoder_path, compile=False)
+    except Exception as exc:  # h5py/keras raise many types for a bad file
+        raise ConvertError(f"cannot load seed decoder {decoder_path}: {exc}") from None
+    if len(seed.inputs) != 2:
+        raise ConvertError(f"{decoder_path}: expected inputs [features, prefix], found {len(seed.inputs)} inputs")
+    by_type: dict[str, list] = {}
+    for layer in seed.layers:
+        by_type.setdefault(type(layer).__name__, []).append(layer)
+    if len(by_type.get("Embedding", [])) != 1 or len(by_type.get("LSTM", [])) != 1 or "Add" not in by_type:
+        raise ConvertError(f"{decoder_path}: not a merge-LSTM decoder (needs one Embedding, one LSTM and an Add)")
+    embedding, lstm = by_type["Embedding"][0], by_type["LSTM"][0]
+    prefix_names = {embedding.input.name}
+    prefix_input = next((t for t in seed.inputs if t.name in prefix_names), seed.inputs[1])
+    feat_input = next(t for t in seed.inputs if t is not prefix_input)
+    feature_dim, max_prefix = int(feat_input.shape[-1]), int(prefix_input.shape[-1])
+    denses = by_type.get("Dense", [])
+    vocab_size = len(vocab)
+    try:
+        feat_dense = next(d for d in denses if d.get_weights()[0].shape[0] == feature_dim)
+        out_dense = next(d for d in denses if d.get_weights()[0].shape[1] == vocab_size)
+        (merge_dense,) = [d for d in denses if d is not feat_dense and d is not out_dense]
+    except (StopIteration, ValueError):
+        raise ConvertError(f"{decoder_path}: cannot identify the feature, merge and output Dense layers "
+                           f"(features {feature_dim}-d, vocabulary {vocab_size} words incl. padding)") from None
+    units = lstm.units
+    encoder = build_encoder(encoder_name, input_size or _default_size(encoder_name), weights, pooling="avg")
+    if int(encoder.output_shape[-1]) != feature_dim:
+        raise ConvertError(f"{encoder_name} gives {encoder.output_shape[-1]} features but the decoder "
+                           f"expects {feature_dim}")
+    captioner = build_captioner(encoder, vocab_size, embedding.output_dim, units,
+                                merge_units=merge_dense.units)
+    captioner.get_layer("feat_dense").set_weights(feat_dense.get_weights())
+    captioner.get_layer("embedding").set_weights(embedding.get_weights())
+    captioner.get_layer("lstm").set_weights(lstm.get_weights())
+    captioner.get_layer("merge_dense").set_weights(merge_dense.get_weights())
+    captioner.get_layer("logits").set_weights(out_dense.get_weights())
+    return captioner, max_prefix
+
+
+def _default_size(encoder_name: str) -> int:
+    """The input size keras.applications documents for a family (224 unless larger)."""
+    sizes = {"EfficientNetV2L": 480, "EfficientNetV2M": 480, "EfficientNetV2S": 384,
+             "InceptionV3": 299, "InceptionResNetV2": 299, "Xception": 299, "NASNetLarge": 331}
+    return sizes.get(encoder_name, 224)
+
+
+def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | Path, out: str | Path,
+                 weights: str | None = None, input_size: int | None = None, name: str | None = None,
+                 calibration_count: int = 300, report_count: int = 50, image_dir: str | None = None,
+                 verbose: bool = True) -> dict:
+    """Make a bundle from a seed-format model."""
+    vocab_path = Path(vocab_path)
+    if not vocab_path.is_file():
+        raise ConvertError(f"vocabulary {vocab_path} does not exist")
+    vocab = Vocabulary.load(vocab_path)
+    captioner, max_prefix = seed_captioner(encoder_name, decoder_path, vocab, weights, input_size)
+    size = int(captioner.get_layer("encoder").input_shape[1])
+    images, _ = report_set(size, report_count, image_dir)
+    return write_bundle(
+        out, captioner, vocab, name=name or Path(out).name, max_length=max_prefix - 1,
+        encoder_name=encoder_name, extra={"seed": {"decoder": Path(decoder_path).name, "prefix_length": max_prefix,
+                                                   "weights": weights}},
+        calibration=calibration_images(size, calibration_count, image_dir),
+        report_images=images, report_references=None, verbose=verbose)
+
+
+def configure(parser) -> None:
+    """Arguments of ``explaincam convert``."""
+    parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--name", default=None, help="model name in the manifest (default: folder name)")
+    parser.add_argument("--model", help="training folder from `explaincam train`")
+    parser.add_argument("--from-seed", action="store_true", help="convert a seed-format model")
+    parser.add_argument("--encoder", help="keras.applications encoder name (with --from-seed)")
+    parser.add_argument("--decoder", help="seed decoder .h5/.keras (with --from-seed)")
+    parser.add_argument("--vocab", help="seed vocab.txt (with --from-seed)")
+    parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
+                        help="encoder weights for --from-seed (imagenet needs internet)")
+    parser.add_argument("--input-size", type=int, default=None, help="encoder input size (with --from-seed)")
+    parser.add_argument("--images", default=None,
+                        help="folder of your own images for int8 calibration (default: generated scenes)")
+    parser.add_argument("--calibration", type=int, default=300, help="calibration images")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def main(args) -> int:
+    """Run the conversion and print the report."""
+    try:
+        if args.from_seed:
+            missing = [f"--{k}" for k in ("encoder", "decoder", "vocab") if not getattr(args, k)]
+            if missing:
+                raise ConvertError(f"--from-seed needs {', '.join(missing)}")
+            report = convert_seed(args.encoder, args.decoder, args.vocab, args.out, args.weights,
+                                  args.input_size, args.name, args.calibration, image_dir=args.images,
+                                  verbose=not args.quiet)
+        elif args.model:
+            report = convert_trained(args.model, args.out, args.name, args.calibration,
+                                     image_dir=args.images, verbose=not args.quiet)
+        else:
+            raise ConvertError("give --model DIR (a training folder) or --from-seed")
+    except ConvertError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(json.dumps(report, indent=2))
+    print(f"wrote bundle {args.out}")
+    return 0
