@@ -214,52 +214,96 @@ def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = N
         report_images=images, report_references=refs, verbose=verbose)
 
 
-def seed_captioner(encoder_name: str, decoder_path: str | Path, vocab: Vocabulary,
-                   weights: str | None = None, input_size: int | None = None) -> tuple[keras.Model, int]:
-    """Rebuild a seed-format model (pooled encoder + merge-LSTM ``.h5``) in sequence form.
+def _h5_layer_weights(path: Path) -> tuple[list[tuple[str, list[np.ndarray]]], dict]:
+    """(layer name, weights) in order, and the model config, read straight from a Keras .h5.
 
-    Returns the captioner and the seed's prefix length. The decoder's layers are found by
-    type: the Embedding, the LSTM, the Dense on the image features, the output Dense
-    (vocabulary-sized, softmax) and the Dense between the merge and the output.
+    Reading the weights with h5py works for files written by Keras 2 (the seed's) and
+    Keras 3 alike, where rebuilding the saved graph does not.
     """
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        group = fh["model_weights"] if "model_weights" in fh else fh
+        config = json.loads(fh.attrs.get("model_config", "{}") or "{}")
+        layers = []
+        for name in group.attrs.get("layer_names", []):
+            name = name.decode() if isinstance(name, bytes) else name
+            g = group[name]
+            names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
+            layers.append((name, [np.asarray(g[n]) for n in names]))
+    return layers, config
+
+
+def _keras_layer_weights(path: Path) -> tuple[list[tuple[str, list[np.ndarray]]], dict]:
+    """(layer name, weights) in order, and the model config, of a native .keras model."""
+    model = keras.models.load_model(path, compile=False)
+    return [(layer.name, layer.get_weights()) for layer in model.layers], {"config": model.get_config()}
+
+
+def _input_lengths(config: dict) -> list[int]:
+    """Last dimension of every input layer in a saved model config."""
+    lengths = []
+    for layer in config.get("config", {}).get("layers", []):
+        if layer.get("class_name") == "InputLayer":
+            cfg = layer.get("config", {})
+            shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+            if shape:
+                lengths.append(int(shape[-1]))
+    return lengths
+
+
+def seed_decoder_weights(decoder_path: str | Path, vocab_size: int) -> dict:
+    """The pieces of a seed merge-LSTM decoder, found by weight shapes.
+
+    Returns embedding, lstm, feat_dense, merge_dense and out_dense weights plus
+    feature_dim and prefix_length (from the input layers of the saved config).
+    """
+    path = Path(decoder_path)
+    if not path.is_file():
+        raise ConvertError(f"seed decoder {path} does not exist")
     try:
-        seed = keras.models.load_model(decoder_path, compile=False)
-    except Exception as exc:  # h5py/keras raise many types for a bad file
-        raise ConvertError(f"cannot load seed decoder {decoder_path}: {exc}") from None
-    if len(seed.inputs) != 2:
-        raise ConvertError(f"{decoder_path}: expected inputs [features, prefix], found {len(seed.inputs)} inputs")
-    by_type: dict[str, list] = {}
-    for layer in seed.layers:
-        by_type.setdefault(type(layer).__name__, []).append(layer)
-    if len(by_type.get("Embedding", [])) != 1 or len(by_type.get("LSTM", [])) != 1 or "Add" not in by_type:
-        raise ConvertError(f"{decoder_path}: not a merge-LSTM decoder (needs one Embedding, one LSTM and an Add)")
-    embedding, lstm = by_type["Embedding"][0], by_type["LSTM"][0]
-    prefix_names = {embedding.input.name}
-    prefix_input = next((t for t in seed.inputs if t.name in prefix_names), seed.inputs[1])
-    feat_input = next(t for t in seed.inputs if t is not prefix_input)
-    feature_dim, max_prefix = int(feat_input.shape[-1]), int(prefix_input.shape[-1])
-    denses = by_type.get("Dense", [])
-    vocab_size = len(vocab)
-    try:
-        feat_dense = next(d for d in denses if d.get_weights()[0].shape[0] == feature_dim)
-        out_dense = next(d for d in denses if d.get_weights()[0].shape[1] == vocab_size)
-        (merge_dense,) = [d for d in denses if d is not feat_dense and d is not out_dense]
-    except (StopIteration, ValueError):
-        raise ConvertError(f"{decoder_path}: cannot identify the feature, merge and output Dense layers "
-                           f"(features {feature_dim}-d, vocabulary {vocab_size} words incl. padding)") from None
-    units = lstm.units
+        layers, config = (_keras_layer_weights if path.suffix == ".keras" else _h5_layer_weights)(path)
+    except Exception as exc:  # h5py and keras raise many types for a bad file
+        raise ConvertError(f"cannot read seed decoder {path}: {exc}") from None
+    embeddings = [w for _, w in layers if len(w) == 1 and w[0].ndim == 2]
+    lstms = [w for _, w in layers if len(w) == 3 and w[1].ndim == 2 and w[1].shape[1] == 4 * w[1].shape[0]]
+    denses = [w for _, w in layers if len(w) == 2 and w[0].ndim == 2 and w[1].ndim == 1]
+    if len(embeddings) != 1 or len(lstms) != 1 or len(denses) != 3:
+        raise ConvertError(f"{path}: not a seed merge-LSTM decoder (expected one Embedding, one LSTM and "
+                           f"three Dense layers; found {len(embeddings)}, {len(lstms)}, {len(denses)})")
+    if embeddings[0][0].shape[0] != vocab_size:
+        raise ConvertError(f"{path}: the embedding has {embeddings[0][0].shape[0]} rows but the vocabulary "
+                           f"gives {vocab_size} token ids (words + padding)")
+    units = lstms[0][1].shape[0]
+    out = [d for d in denses if d[0].shape[1] == vocab_size]
+    rest = [d for d in denses if d[0].shape[1] != vocab_size]
+    merge = [d for d in rest if d[0].shape[0] == units]
+    feat = [d for d in rest if d[0].shape[0] != units and d[0].shape[1] == units]
+    if len(out) != 1 or len(merge) != 1 or len(feat) != 1:
+        raise ConvertError(f"{path}: cannot tell the feature, merge and output Dense layers apart by shape")
+    feature_dim = feat[0][0].shape[0]
+    prefix = [n for n in _input_lengths(config) if n != feature_dim]
+    return {"embedding": embeddings[0], "lstm": lstms[0], "feat_dense": feat[0], "merge_dense": merge[0],
+            "out_dense": out[0], "feature_dim": int(feature_dim), "prefix_length": prefix[0] if prefix else None}
+
+
+def seed_captioner(encoder_name: str, decoder_path: str | Path, vocab: Vocabulary,
+                   weights: str | None = None, input_size: int | None = None) -> tuple[keras.Model, int | None]:
+    """Rebuild a seed-format model (pooled encoder + merge-LSTM decoder) in sequence form.
+
+    Returns the captioner and the seed's prefix length (None if the file does not say).
+    """
+    seed = seed_decoder_weights(decoder_path, len(vocab))
     encoder = build_encoder(encoder_name, input_size or _default_size(encoder_name), weights, pooling="avg")
-    if int(encoder.output_shape[-1]) != feature_dim:
+    if int(encoder.output_shape[-1]) != seed["feature_dim"]:
         raise ConvertError(f"{encoder_name} gives {encoder.output_shape[-1]} features but the decoder "
-                           f"expects {feature_dim}")
-    captioner = build_captioner(encoder, vocab_size, embedding.output_dim, units,
-                                merge_units=merge_dense.units)
-    captioner.get_layer("feat_dense").set_weights(feat_dense.get_weights())
-    captioner.get_layer("embedding").set_weights(embedding.get_weights())
-    captioner.get_layer("lstm").set_weights(lstm.get_weights())
-    captioner.get_layer("merge_dense").set_weights(merge_dense.get_weights())
-    captioner.get_layer("logits").set_weights(out_dense.get_weights())
-    return captioner, max_prefix
+                           f"expects {seed['feature_dim']}")
+    captioner = build_captioner(encoder, len(vocab), seed["embedding"][0].shape[1], seed["lstm"][1].shape[0],
+                                merge_units=seed["merge_dense"][0].shape[1])
+    for name, key in (("feat_dense", "feat_dense"), ("embedding", "embedding"), ("lstm", "lstm"),
+                      ("merge_dense", "merge_dense"), ("logits", "out_dense")):
+        captioner.get_layer(name).set_weights(seed[key])
+    return captioner, seed["prefix_length"]
 
 
 def _default_size(encoder_name: str) -> int:
@@ -271,6 +315,7 @@ def _default_size(encoder_name: str) -> int:
 
 def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | Path, out: str | Path,
                  weights: str | None = None, input_size: int | None = None, name: str | None = None,
+                 max_length: int | None = None,
                  calibration_count: int = 300, report_count: int = 50, image_dir: str | None = None,
                  verbose: bool = True) -> dict:
     """Make a bundle from a seed-format model."""
@@ -279,6 +324,9 @@ def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | 
         raise ConvertError(f"vocabulary {vocab_path} does not exist")
     vocab = Vocabulary.load(vocab_path)
     captioner, max_prefix = seed_captioner(encoder_name, decoder_path, vocab, weights, input_size)
+    max_prefix = max_length or max_prefix
+    if not max_prefix:
+        raise ConvertError("the decoder file does not record its prefix length: give --max-length")
     size = int(captioner.get_layer("encoder").input_shape[1])
     images, _ = report_set(size, report_count, image_dir)
     return write_bundle(
@@ -301,6 +349,8 @@ def configure(parser) -> None:
     parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
                         help="encoder weights for --from-seed (imagenet needs internet)")
     parser.add_argument("--input-size", type=int, default=None, help="encoder input size (with --from-seed)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="seed prefix length (with --from-seed; default: read from the decoder file)")
     parser.add_argument("--images", default=None,
                         help="folder of your own images for int8 calibration (default: generated scenes)")
     parser.add_argument("--calibration", type=int, default=300, help="calibration images")
@@ -315,7 +365,8 @@ def main(args) -> int:
             if missing:
                 raise ConvertError(f"--from-seed needs {', '.join(missing)}")
             report = convert_seed(args.encoder, args.decoder, args.vocab, args.out, args.weights,
-                                  args.input_size, args.name, args.calibration, image_dir=args.images,
+                                  args.input_size, args.name, args.max_length, args.calibration,
+                                  image_dir=args.images,
                                   verbose=not args.quiet)
         elif args.model:
             report = convert_trained(args.model, args.out, args.name, args.calibration,

@@ -78,6 +78,13 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
         affine.set_weights([matrix, bias])
     backbone = factory(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
     backbone.name = "backbone"
+    if weights is None:
+        # keras.applications uses BatchNorm momentum 0.999, tuned for long ImageNet runs. From
+        # scratch in a few thousand steps the moving statistics would lag far behind the
+        # weights and inference-mode features would be garbage; 0.99 keeps them current.
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, 0.99)
     x = backbone(x)
     if pooling == "avg":
         features = layers.GlobalAveragePooling2D(name="features")(x)

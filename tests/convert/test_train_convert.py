@@ -1,0 +1,125 @@
+"""Training on a user's Flickr-style folder, conversion to a bundle, and bundle integrity."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from convert.datasets import read_flickr_captions
+from convert.scenes import scene_at
+from daemon.bundle import BundleError, load_bundle
+from daemon.captioner import Captioner
+from daemon.cli import main as cli
+
+
+def _write_images(folder, count, seed):
+    folder.mkdir(parents=True, exist_ok=True)
+    captions = {}
+    for i in range(count):
+        s = scene_at(seed, i)
+        name = f"img{i}.jpg"
+        cv2.imwrite(str(folder / name), cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR))
+        captions[name] = s.caption
+    return captions
+
+
+def write_flickr8k(root, count=12):
+    """Kaggle Flickr8k layout: Images/ + captions.txt (CSV with header image,caption)."""
+    caps = _write_images(root / "Images", count, seed=31)
+    lines = ["image,caption"]
+    for name, c in caps.items():
+        lines += [f"{name},{c.capitalize()} .", f'{name},"{c}, clearly"']
+    (root / "captions.txt").write_text("\n".join(lines) + "\n")
+    return caps
+
+
+def write_flickr30k(root, count=12):
+    """Flickr30k layout (the seed's): flickr30k_images/ + results.csv (image| n| caption)."""
+    caps = _write_images(root / "flickr30k_images", count, seed=32)
+    lines = ["image_name| comment_number| comment"]
+    for name, c in caps.items():
+        lines += [f"{name}| 0| {c} .", f"{name}| 1| {c.upper()}"]
+    (root / "results.csv").write_text("\n".join(lines) + "\n")
+    return caps
+
+
+def test_reads_both_flickr_layouts(tmp_path):
+    c8 = write_flickr8k(tmp_path / "f8k", 3)
+    c30 = write_flickr30k(tmp_path / "f30k", 3)
+    r8, r30 = read_flickr_captions(tmp_path / "f8k"), read_flickr_captions(tmp_path / "f30k")
+    assert set(r8) == set(c8) and all(len(v) == 2 for v in r8.values())
+    assert set(r30) == set(c30) and r30["img0.jpg"][0] == c30["img0.jpg"] + " ."
+    with pytest.raises(FileNotFoundError, match="results.csv"):
+        read_flickr_captions(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A model trained for one epoch on a tiny Flickr8k folder and converted to a bundle."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_flickr8k(root / "data")
+    assert cli(["train", "--dataset", str(root / "data"), "--out", str(root / "train"), "--epochs", "1",
+                "--input-size", "64", "--batch-size", "8", "--quiet"]) == 0
+    assert cli(["convert", "--model", str(root / "train"), "--out", str(root / "bundle"),
+                "--images", str(root / "data" / "Images"), "--calibration", "8", "--quiet"]) == 0
+    return root
+
+
+def test_training_on_flickr30k_layout(tmp_path):
+    write_flickr30k(tmp_path / "data", 8)
+    assert cli(["train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--epochs", "1",
+                "--input-size", "64", "--batch-size", "8", "--quiet"]) == 0
+    summary = json.loads((tmp_path / "t" / "train.json").read_text())
+    vocab = (tmp_path / "t" / "vocab.txt").read_text().split()
+    assert summary["training_images"] > 0 and {"startseq", "endseq", "a"} <= set(vocab)
+
+
+def test_bundle_has_every_file_and_a_report(tiny_bundle):
+    bundle = load_bundle(tiny_bundle / "bundle")
+    m = bundle.manifest
+    for name in ("captioner.keras", "encoder_int8.tflite", "decoder.npz", "vocab.txt", "report.json"):
+        assert (tiny_bundle / "bundle" / name).is_file()
+        assert len(m["sha256"][name]) == 64
+    assert m["input"]["size"] == 64 and m["special_tokens"]["start"] == "startseq"
+    report = json.loads((tiny_bundle / "bundle" / "report.json").read_text())
+    assert 0.0 <= report["int8_float_agreement"] <= 1.0
+    assert report["sizes_bytes"]["encoder_int8.tflite"] > 10_000
+
+
+def test_int8_encoder_is_full_integer_with_uint8_input(tiny_bundle):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(tiny_bundle / "bundle" / "encoder_int8.tflite"))
+    interp.allocate_tensors()
+    assert interp.get_input_details()[0]["dtype"] == np.uint8
+    float_ops = [t for t in interp.get_tensor_details()
+                 if t["dtype"] == np.float32 and not t["name"].startswith("serve_image")]
+    assert not float_ops, [t["name"] for t in float_ops[:5]]
+
+
+def test_captioner_runs_on_the_tiny_bundle(tiny_bundle):
+    cap = Captioner.from_path(tiny_bundle / "bundle")
+    result = cap.caption(np.zeros((120, 90, 3), np.uint8))
+    assert isinstance(result.caption, str) and result.timings["encoder_ms"] > 0
+
+
+def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle / "bundle", copy)
+    with open(copy / "decoder.npz", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(BundleError, match="decoder.npz does not match its sha256"):
+        load_bundle(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        load_bundle(copy)
+
+
+def test_convert_reports_bad_input(tmp_path, capsys):
+    assert cli(["convert", "--model", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "not a training folder" in capsys.readouterr().out
+    assert cli(["convert", "--from-seed", "--out", str(tmp_path / "b")]) == 2
+    assert "--encoder" in capsys.readouterr().out

@@ -1,0 +1,73 @@
+"""The numpy step decoder against the Keras float model of the shipped bundle."""
+
+import numpy as np
+
+import keras
+
+from convert.scenes import scene_at
+from daemon.captioner import DEFAULT_BUNDLE, Captioner, resize_for_encoder
+from daemon.decoder import StepDecoder, log_softmax
+
+
+def _keras_parts():
+    model = keras.models.load_model(DEFAULT_BUNDLE / "captioner.keras", compile=False)
+    return model, model.get_layer("encoder")
+
+
+def keras_greedy(model, image, vocab, max_length):
+    """Greedy decoding by re-running the Keras model on the whole prefix each step."""
+    tokens = [vocab.start]
+    for _ in range(max_length + 1):
+        logits = np.asarray(model([image[None].astype("float32"), np.array([tokens], np.int32)]))[0, -1]
+        logits[0] = logits[vocab.start] = -np.inf
+        nxt = int(np.argmax(logits))
+        if nxt == vocab.end:
+            break
+        tokens.append(nxt)
+    return tokens[1:]
+
+
+def test_same_tokens_and_logits_within_1e4_as_keras():
+    captioner = Captioner.from_path(DEFAULT_BUNDLE)
+    model, encoder = _keras_parts()
+    for i in range(8):
+        image = resize_for_encoder(scene_at(555, i).image, captioner.input_size)
+        feats = np.asarray(encoder(image[None].astype("float32")))[0]
+        ours = captioner.decoder.greedy(feats, captioner.bundle.max_length)
+        assert ours.tokens == keras_greedy(model, image, captioner.vocab, captioner.bundle.max_length)
+        seq = [captioner.vocab.start] + ours.tokens
+        keras_logits = np.asarray(model([image[None].astype("float32"), np.array([seq], np.int32)]))[0]
+        np.testing.assert_allclose(captioner.decoder.teacher_forced_logits(feats, seq), keras_logits, atol=1e-4)
+
+
+def test_beam_search_is_at_least_as_likely_as_greedy():
+    captioner = Captioner.from_path(DEFAULT_BUNDLE)
+    dec = captioner.decoder
+    for i in range(10):
+        feats = captioner.encode(scene_at(556, i).image)
+        greedy = dec.greedy(feats, captioner.bundle.max_length)
+        beam = dec.beam(feats, captioner.bundle.max_length, width=3)
+        assert beam.score >= greedy.score - 1e-5
+        # The beam's score is the real summed log-probability of its words and the end token.
+        seq = [captioner.vocab.start] + beam.tokens
+        logp = log_softmax(dec.teacher_forced_logits(feats, seq))
+        total = sum(logp[t, tok] for t, tok in enumerate(beam.tokens + [captioner.vocab.end]))
+        assert abs(total - beam.score) < 1e-3
+
+
+def test_beam_width_one_equals_greedy_on_a_random_decoder():
+    rng = np.random.default_rng(0)
+    v, e, h, f = 12, 6, 8, 5
+    weights = {
+        "feat_kernel": rng.normal(size=(f, h)), "feat_bias": rng.normal(size=h),
+        "embedding": rng.normal(size=(v, e)), "lstm_kernel": rng.normal(size=(e, 4 * h)),
+        "lstm_recurrent": rng.normal(size=(h, 4 * h)), "lstm_bias": rng.normal(size=4 * h),
+        "merge_kernel": rng.normal(size=(h, h)), "merge_bias": rng.normal(size=h),
+        "logits_kernel": rng.normal(size=(h, v)) * 3, "logits_bias": rng.normal(size=v),
+    }
+    dec = StepDecoder(weights, start=1, end=2)
+    for _ in range(20):
+        feats = rng.normal(size=f).astype(np.float32)
+        g, b = dec.greedy(feats, 6), dec.beam(feats, 6, width=1)
+        assert g.tokens == b.tokens and abs(g.score - b.score) < 1e-4
+        assert len(dec.beam(feats, 6, width=4).tokens) <= 6
