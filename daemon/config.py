@@ -1,0 +1,401 @@
+"""The daemon's configuration: pydantic models, YAML loading and ``explaincam check-config``.
+
+Every model forbids unknown keys and describes every field; ``config.yaml`` at the top of
+the repository documents each key with its default. String values may use ``${VAR}`` or
+``${VAR:-default}`` to take a value from the environment (secrets, paths that systemd
+gives, such as ``${CREDENTIALS_DIRECTORY}``). Errors name the dotted key path and the
+line of the YAML file they come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# A topic level that cannot break the topic tree: no wildcards, no separators.
+TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StrictModel):
+    """Which captioning model runs and how."""
+
+    bundle: Path = Field(Path("models/scenes-mnv3s"), description=(
+        "model bundle folder; a relative path is looked up in the current directory, "
+        "then in the explaincam install folder"))
+    threads: int = Field(2, ge=1, le=16, description="threads of the int8 encoder (LiteRT)")
+    beam_width: int = Field(1, ge=1, le=8, description="1 = greedy decoding, more = beam search of that width")
+
+    def bundle_path(self) -> Path:
+        """The bundle folder, resolved against the current directory, then the install folder."""
+        if self.bundle.is_absolute() or self.bundle.exists():
+            return self.bundle
+        installed = PACKAGE_ROOT / self.bundle
+        return installed if installed.exists() else self.bundle
+
+
+class SourceConfigBase(StrictModel):
+    """What every camera source shares: how a failing source is retried."""
+
+    retry_initial_s: float = Field(1.0, gt=0, description="first wait before reopening a failed source")
+    retry_max_s: float = Field(30.0, gt=0, description="longest wait between reopen attempts (the wait doubles up to it)")
+
+
+class OpenCVSourceConfig(SourceConfigBase):
+    """A camera or stream read with OpenCV: V4L2 device, RTSP/HTTP URL or video file."""
+
+    type: Literal["opencv"] = Field(description="source kind")
+    device: int | str | None = Field(None, description="V4L2 device index (0) or path (/dev/video0)")
+    url: str | None = Field(None, description="stream URL (rtsp://, http://)")
+    path: Path | None = Field(None, description="video file")
+    loop: bool = Field(True, description="video file: start again at the end (reopening the file)")
+    fps: float | None = Field(None, gt=0, description=(
+        "video file: playback rate (null = the file's own); device: rate asked of the camera"))
+    width: int | None = Field(None, gt=0, description="device: capture width asked of the camera")
+    height: int | None = Field(None, gt=0, description="device: capture height asked of the camera")
+    open_timeout_s: float = Field(10.0, gt=0, description="URL: give up opening the stream after this long")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "OpenCVSourceConfig":
+        given = [k for k in ("device", "url", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of device, url or path"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class ImagesSourceConfig(SourceConfigBase):
+    """A folder of image files, shown in name order (rescanned at every pass)."""
+
+    type: Literal["images"] = Field(description="source kind")
+    path: Path = Field(description="folder of .jpg/.jpeg/.png/.bmp/.webp files")
+    fps: float = Field(1.0, gt=0, description="images per second")
+    loop: bool = Field(True, description="start again after the last image")
+
+
+class Picamera2SourceConfig(SourceConfigBase):
+    """A Raspberry Pi camera through Picamera2 (needs python3-picamera2)."""
+
+    type: Literal["picamera2"] = Field(description="source kind")
+    camera_num: int = Field(0, ge=0, description="which camera, when the box has several")
+    width: int = Field(640, gt=0, description="capture width")
+    height: int = Field(480, gt=0, description="capture height")
+    fps: float = Field(10.0, gt=0, description="frame rate asked of the camera")
+
+
+class ScenesSourceConfig(SourceConfigBase):
+    """Generated scenes with their ground-truth caption (demos and tests)."""
+
+    type: Literal["scenes"] = Field(description="source kind")
+    seed: int = Field(7, description="scene stream (training uses 1, so 7 shows unseen scenes)")
+    start: int = Field(0, ge=0, description="index of the first scene")
+    fps: float = Field(2.0, gt=0, description="scenes per second")
+
+
+SourceConfig = Annotated[
+    Union[OpenCVSourceConfig, ImagesSourceConfig, Picamera2SourceConfig, ScenesSourceConfig],
+    Field(discriminator="type"),
+]
+
+
+class CameraConfig(StrictModel):
+    """The camera: its name in topics and where its frames come from."""
+
+    name: str = Field("cam", pattern=TOPIC_LEVEL, description="camera name, the {camera} level of MQTT topics")
+    source: SourceConfig = Field(default_factory=lambda: ScenesSourceConfig(type="scenes"),
+                                 description="frame source; `type` picks the kind")
+
+
+class CaptionConfig(StrictModel):
+    """The caption loop."""
+
+    rate: float = Field(2.0, ge=0, description="captions per second at most; 0 = as fast as the model goes")
+    change_threshold: float = Field(0.0, ge=0, le=255, description=(
+        "skip a frame whose 32x32 grey thumbnail differs from the last captioned one by less "
+        "than this mean absolute difference (0-255); 0 captions every frame"))
+    cache_size: int = Field(16, ge=1, le=1000, description="frames kept in memory for explanation requests")
+
+
+class TlsConfig(StrictModel):
+    """TLS to the broker; on when `enabled` or any file is given."""
+
+    enabled: bool = Field(False, description="use TLS with the system's CA certificates")
+    ca_certs: Path | None = Field(None, description="CA certificate file that signed the broker's certificate")
+    certfile: Path | None = Field(None, description="client certificate file (for brokers that require one)")
+    keyfile: Path | None = Field(None, description="client private key file")
+    insecure: bool = Field(False, description="do not check the broker's host name against its certificate")
+
+    @property
+    def active(self) -> bool:
+        """Whether the connection uses TLS."""
+        return self.enabled or any(p is not None for p in (self.ca_certs, self.certfile, self.keyfile))
+
+
+class MqttConfig(StrictModel):
+    """The MQTT broker and what is published to it."""
+
+    host: str = Field("localhost", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
+    topic_prefix: str = Field("explaincam", pattern=r"^[^+#]+$", description="first level(s) of every topic")
+    client_id: str | None = Field(None, description="MQTT client id; null = explaincam-<host name>-<camera>")
+    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version: 3.1.1 or 5")
+    keepalive: int = Field(30, ge=5, le=3600, description="seconds between keep-alive pings")
+    username: str | None = Field(None, description="user name; null = anonymous")
+    password_file: Path | None = Field(None, description=(
+        "file holding the password (e.g. ${CREDENTIALS_DIRECTORY}/mqtt_password); never put the password here"))
+    password_env: str | None = Field(None, description="name of an environment variable holding the password")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings")
+    reconnect_min_s: int = Field(1, ge=1, description="first wait before reconnecting to a lost broker")
+    reconnect_max_s: int = Field(30, ge=1, description="longest wait between reconnect attempts")
+    queue_size: int = Field(100, ge=1, description="outgoing messages held while the broker is slow or away; the oldest are dropped")
+    publish_jpeg: bool = Field(True, description="publish each captioned frame as a JPEG on {prefix}/{camera}/snapshot")
+    stats_interval_s: float = Field(30.0, gt=0, description="seconds between messages on {prefix}/stats")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        """Accept `protocol: 5` (a YAML number) as well as "5"."""
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> "MqttConfig":
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        return self
+
+    def resolved_client_id(self, camera: str) -> str:
+        """The configured client id, or one made from the host name and camera."""
+        return self.client_id or f"explaincam-{socket.gethostname()}-{camera}"
+
+
+class SnapshotConfig(StrictModel):
+    """The snapshot folder: latest.jpg, latest.json and index.html."""
+
+    enabled: bool = Field(True, description="write the snapshot files")
+    dir: Path = Field(Path("/var/lib/explaincam"), description="folder of the snapshot files (created if missing)")
+    min_interval_s: float = Field(1.0, ge=0, description="seconds between snapshot writes at most (spares SD cards); 0 = every caption")
+    jpeg_quality: int = Field(85, ge=10, le=100, description="JPEG quality of latest.jpg and the MQTT snapshot")
+    width: int = Field(640, ge=64, le=4096, description="width of latest.jpg (the frame is scaled to it)")
+
+
+class ExplainConfig(StrictModel):
+    """The explainer process (TensorFlow), started on the first request."""
+
+    idle_exit_s: float = Field(300, gt=0, description="end the explainer process after this many idle seconds")
+    queue_size: int = Field(4, ge=1, description="requests waiting at most; more are answered `busy`")
+    nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
+    max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
+    default_methods: list[str] = Field(["gradcam", "saliency"], description="methods used when a request names none")
+    threads: int = Field(2, ge=1, le=16, description="TensorFlow threads of the explainer process")
+    batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
+    smoothgrad_samples: int = Field(16, ge=1, le=256, description="noisy copies per word for smoothgrad")
+    ig_steps: int = Field(32, ge=2, le=512, description="path steps per word for integrated_gradients")
+    gradcam_layer: str | None = Field(None, description=(
+        "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
+
+    @field_validator("default_methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        from daemon.explain.registry import METHODS
+
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(METHODS)}")
+        return methods
+
+
+class AppConfig(StrictModel):
+    """The whole daemon configuration (config.yaml)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="captioning model")
+    camera: CameraConfig = Field(default_factory=CameraConfig, description="camera and frame source")
+    caption: CaptionConfig = Field(default_factory=CaptionConfig, description="caption loop")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker")
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="snapshot folder")
+    explain: ExplainConfig = Field(default_factory=ExplainConfig, description="explanations")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level (stderr)")
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One error in a config file: dotted key path, 1-based line (0 = unknown) and message."""
+
+    path: str
+    line: int
+    message: str
+
+    def format(self, filename: str) -> str:
+        """``file:line: key.path: message``."""
+        where = f"{filename}:{self.line}" if self.line else filename
+        return f"{where}: {self.path or '(top level)'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config file cannot be used; ``problems`` lists every error found."""
+
+    def __init__(self, filename: str, problems: list[ConfigProblem]):
+        self.filename = filename
+        self.problems = problems
+        super().__init__("\n".join(p.format(filename) for p in problems))
+
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(value: str, environ: dict[str, str]) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; raise KeyError(VAR) for an unset VAR without default."""
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise KeyError(name)
+    return ENV_REFERENCE.sub(replace, value)
+
+
+def _line_index(node: yaml.Node, path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
+    """Map each key path of a composed YAML tree to the 1-based line of its key (or item)."""
+    index = {} if index is None else index
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = path + (key_node.value,)
+            index[key_path] = key_node.start_mark.line + 1
+            _line_index(value_node, key_path, index)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            index[path + (i,)] = item.start_mark.line + 1
+            _line_index(item, path + (i,), index)
+    return index
+
+
+def _line_of(path: tuple, lines: dict[tuple, int]) -> int:
+    """Line of a key path, or of its nearest parent that the file has (missing keys)."""
+    for end in range(len(path), 0, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return 0
+
+
+def _substitute_tree(data: Any, path: tuple, environ: dict, lines: dict, problems: list) -> Any:
+    """Apply ``${VAR}`` substitution to every string of the loaded YAML data."""
+    if isinstance(data, dict):
+        return {k: _substitute_tree(v, path + (k,), environ, lines, problems) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute_tree(v, path + (i,), environ, lines, problems) for i, v in enumerate(data)]
+    if isinstance(data, str):
+        try:
+            return substitute_env(data, environ)
+        except KeyError as exc:
+            problems.append(ConfigProblem(_dotted(path), _line_of(path, lines),
+                                          f"environment variable {exc.args[0]} is not set (write ${{{exc.args[0]}:-default}} for a default)"))
+    return data
+
+
+def _dotted(path: tuple) -> str:
+    """``('camera', 'source', 'fps')`` -> ``camera.source.fps`` (list items as ``[i]``)."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _data_path(loc: tuple, data: Any) -> tuple:
+    """A pydantic error location as a path in the data: drops union tags such as ``'scenes'``."""
+    path, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("type") == part:
+            continue  # the discriminated union names the variant; the YAML has no such key
+        path.append(part)
+        node = node.get(part) if isinstance(node, dict) else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+    return tuple(path)
+
+
+def _message(error: dict) -> str:
+    """A pydantic error as one readable sentence with the offending value."""
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the config schema; check its spelling and indentation)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_not_found":
+        return "needs a `type:` key (opencv, images, picamera2 or scenes)"
+    msg = msg.removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], (dict, list)) and not kind.startswith("union_tag"):
+        msg += f" (got {error['input']!r})"
+    return msg
+
+
+def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None) -> AppConfig:
+    """Validate YAML text as an AppConfig; raise ConfigError listing every problem."""
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(filename, [ConfigProblem("", mark.line + 1 if mark else 0, f"not valid YAML: {problem}")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(filename, [ConfigProblem("", 1, "the file must be a mapping of sections (model:, camera:, ...)")])
+    lines = _line_index(node) if node is not None else {}
+    problems: list[ConfigProblem] = []
+    data = _substitute_tree(data, (), environ, lines, problems)
+    if problems:
+        raise ConfigError(filename, problems)
+    try:
+        return AppConfig.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = _data_path(error["loc"], data)
+            if error["type"] == "union_tag_invalid":
+                path += ("type",)  # point at the line that names the unknown kind
+            problems.append(ConfigProblem(_dotted(path), _line_of(path, lines), _message(error)))
+        raise ConfigError(filename, problems) from None
+
+
+def load_config(path: str | os.PathLike) -> AppConfig:
+    """Read and validate a config file; raise ConfigError (also for a missing file)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [ConfigProblem("", 0, f"cannot read the file: {exc.strerror}")]) from None
+    return parse_config(text, str(path))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``explaincam check-config``."""
+    parser.add_argument("-c", "--config", default="config.yaml", help="config file to check (default: config.yaml)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print each problem as ``file:line: key.path: message``; exit 1 if there are any."""
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem.format(exc.filename), file=sys.stderr)
+        print(f"{exc.filename}: {len(exc.problems)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK (camera {cfg.camera.name!r}, source {cfg.camera.source.type}, "
+          f"broker {cfg.mqtt.host}:{cfg.mqtt.port}, bundle {cfg.model.bundle})")
+    return 0
