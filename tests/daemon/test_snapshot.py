@@ -1,0 +1,77 @@
+"""Snapshot files: atomic writes, latest.jpg with the caption, latest.json, a self-refreshing index.html."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import cv2
+import numpy as np
+
+from daemon.snapshot import SnapshotWriter, atomic_write, draw_caption, encode_jpeg
+
+
+def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
+    target = tmp_path / "latest.json"
+    atomic_write(target, b"old")
+    atomic_write(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["latest.json"]
+    assert (target.stat().st_mode & 0o777) == 0o644
+
+
+def test_a_concurrent_reader_never_sees_a_torn_file(tmp_path):
+    target = tmp_path / "latest.json"
+    atomic_write(target, json.dumps({"n": 0, "pad": "x" * 50_000}).encode())
+    done = threading.Event()
+    torn = []
+
+    def read_constantly():
+        while not done.is_set():
+            try:
+                json.loads(target.read_bytes())
+            except ValueError as exc:
+                torn.append(exc)
+
+    reader = threading.Thread(target=read_constantly)
+    reader.start()
+    for n in range(150):
+        atomic_write(target, json.dumps({"n": n, "pad": "x" * (50_000 + n)}).encode())
+    done.set()
+    reader.join()
+    assert torn == []
+
+
+def test_draw_caption_scales_the_frame_and_adds_a_band():
+    frame = np.zeros((224, 224, 3), np.uint8)
+    drawn = draw_caption(frame, "a large red circle left of a small blue square " * 3, width=640)
+    assert drawn.shape[1] == 640 and drawn.shape[0] > 640 and drawn.dtype == np.uint8
+    assert drawn[640:].max() == 255  # white text in the band
+
+
+def test_writer_writes_decodable_image_json_and_html(tmp_path):
+    writer = SnapshotWriter(tmp_path / "snap", "front", min_interval_s=0)
+    rgb = np.zeros((120, 160, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    message = {"frame_id": 7, "ts": 1700000000.0, "caption": "a red <square>", "model": "m",
+               "ground_truth": "a red square"}
+    writer.write(encode_jpeg(draw_caption(rgb, message["caption"], 320)), message)
+    image = cv2.imread(str(tmp_path / "snap" / "latest.jpg"))
+    assert image is not None and image.shape[1] == 320 and image[10, 10, 2] > 150  # BGR on disk: red
+    record = json.loads((tmp_path / "snap" / "latest.json").read_text())
+    assert record["frame_id"] == 7 and record["image"] == "latest.jpg"
+    page = (tmp_path / "snap" / "index.html").read_text()
+    assert 'http-equiv="refresh"' in page and "latest.jpg" in page
+    assert "a red &lt;square&gt;" in page and "<square>" not in page and "ground truth: a red square" in page
+
+
+def test_writer_respects_the_minimum_interval(tmp_path):
+    now = [100.0]
+    writer = SnapshotWriter(tmp_path, "cam", min_interval_s=2.0, clock=lambda: now[0])
+    assert writer.due()
+    writer.write(b"jpeg", {"frame_id": 1, "caption": "x"})
+    now[0] += 1.0
+    assert not writer.due()
+    now[0] += 1.0
+    assert writer.due()
