@@ -1,0 +1,200 @@
+"""``explaincam run --demo``: the daemon on generated scenes, watched over MQTT, in one command.
+
+If no broker answers on the configured host and port, a private Mosquitto is started on
+loopback (``LocalBroker``, also used by the tests). The daemon then captions generated
+scenes with the shipped bundle, writes snapshots to ./build/snapshot, and every caption
+is printed as it arrives over MQTT, next to the scene's ground truth, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from daemon.captioner import DEFAULT_BUNDLE
+from daemon.config import AppConfig, ConfigError, load_config
+
+DEMO_SNAPSHOT_DIR = Path("build/snapshot")
+DEMO_BROKER_DIR = Path("build/demo-broker")
+MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto broker binary (often in /usr/sbin, outside a user's PATH), or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+def broker_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalBroker:
+    """A private Mosquitto on 127.0.0.1:``port`` (no persistence) that can be stopped and restarted on the same port."""
+
+    def __init__(self, port: int, workdir: str | os.PathLike, extra_config: str = "", binary: str | None = None,
+                 allow_anonymous: bool = True):
+        self.port = port
+        self.allow_anonymous = allow_anonymous
+        self.workdir = Path(workdir)
+        self.extra_config = extra_config
+        self.binary = binary or find_mosquitto()
+        if self.binary is None:
+            raise FileNotFoundError("mosquitto is not installed (sudo apt-get install mosquitto)")
+        self.config_file = self.workdir / "mosquitto.conf"
+        self.log_file = self.workdir / "mosquitto.log"
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 5.0) -> None:
+        """Start the broker and wait until it accepts connections; RuntimeError with its log if it does not."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(f"listener {self.port} 127.0.0.1\n"
+                                    f"allow_anonymous {str(self.allow_anonymous).lower()}\n"
+                                    f"persistence false\n{self.extra_config}")
+        with open(self.log_file, "ab") as log:
+            self._process = subprocess.Popen([self.binary, "-c", str(self.config_file)], stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not broker_answers("127.0.0.1", self.port, 0.2):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not start on port {self.port}:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after 2 s)."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(2)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down ``down_s`` seconds, start again on the same port."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of the broker's log."""
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def demo_config(path: str) -> AppConfig:
+    """The config file's settings (defaults if it is missing) with the demo's source, bundle and snapshot dir."""
+    cfg = load_config(path) if Path(path).is_file() else AppConfig()
+    data = cfg.model_dump()
+    data["camera"]["source"] = {"type": "scenes"}
+    data["model"]["bundle"] = DEFAULT_BUNDLE
+    data["snapshot"].update(enabled=True, dir=DEMO_SNAPSHOT_DIR.resolve(), min_interval_s=0)
+    return AppConfig.model_validate(data)
+
+
+class CaptionPrinter:
+    """Subscribes to the caption topic and prints each live caption beside its ground truth."""
+
+    def __init__(self, host: str, port: int, topic: str):
+        self.topic = topic
+        self.count = 0
+        self.matches = 0
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"explaincam-demo-{os.getpid()}")
+        self._client.on_connect = lambda client, *_: client.subscribe(topic)
+        self._client.on_message = self._on_message
+        self._client.connect_async(host, port)
+
+    def start(self) -> None:
+        """Connect and print in paho's thread."""
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_message(self, client, userdata, message) -> None:
+        if message.retain:  # a caption from before this run
+            return
+        record = json.loads(message.payload)
+        truth = record.get("ground_truth")
+        self.count += 1
+        mark = ""
+        if truth is not None:
+            matched = truth == record["caption"]
+            self.matches += matched
+            mark = "  ✓" if matched else f"  ✗ (truth: {truth})"
+        print(f"frame {record['frame_id']:>5}  {record['timings']['total_ms']:>6.0f} ms  "
+              f"{record['caption']}{mark}", flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The ``--demo`` mode of ``explaincam run``."""
+    from daemon.app import run_daemon, setup_logging
+
+    try:
+        cfg = demo_config(args.config)
+    except ConfigError as exc:
+        print(f"error: invalid configuration\n{exc}")
+        return 2
+    setup_logging(args.log_level or "warning")
+    broker = None
+    if not broker_answers(cfg.mqtt.host, cfg.mqtt.port):
+        binary = find_mosquitto()
+        if binary is None:
+            print(f"No MQTT broker answers on {cfg.mqtt.host}:{cfg.mqtt.port} and Mosquitto is not installed.\n"
+                  "Install it with:  sudo apt-get install mosquitto mosquitto-clients\n"
+                  "(or set mqtt.host/mqtt.port in the config to a broker you have).")
+            return 1
+        port = cfg.mqtt.port if not broker_answers("127.0.0.1", cfg.mqtt.port) else free_port()
+        broker = LocalBroker(port, DEMO_BROKER_DIR.resolve(), binary=binary)
+        broker.start()
+        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})})
+        print(f"started a private Mosquitto on 127.0.0.1:{port} (log: {broker.log_file})")
+    prefix, camera = cfg.mqtt.topic_prefix, cfg.camera.name
+    print(f"captions of generated scenes, as received on {prefix}/{camera}/caption; "
+          f"snapshots in {cfg.snapshot.dir}; Ctrl-C to stop", flush=True)
+    printer = CaptionPrinter(cfg.mqtt.host, cfg.mqtt.port, f"{prefix}/{camera}/caption")
+    printer.start()
+    try:
+        return run_daemon(cfg)
+    finally:
+        printer.stop()
+        if printer.count:
+            print(f"{printer.count} captions, {printer.matches} exactly as the ground truth")
+        if broker is not None:
+            broker.stop()

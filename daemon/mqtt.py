@@ -1,0 +1,339 @@
+"""MQTT for the daemon: paho-mqtt 2 (callback API v2), MQTT 3.1.1 or 5.
+
+``MqttPublisher`` connects in the background (a missing broker never blocks captioning),
+reconnects with backoff, and keeps the broker's view right after every (re)connect:
+``online`` on ``{prefix}/availability`` (the last will says ``offline``), then the newest
+value of every retained topic, then whatever waits in the bounded outgoing queue.
+Subscriptions are made in ``on_connect``, so they survive reconnects.
+
+``publish()`` never blocks: messages go through a bounded queue (the oldest are dropped
+and counted when it is full) to one sender thread, the only one that hands messages to
+paho, so retained topics are written to the broker in order. A retained message that a
+newer one of the same topic has replaced before it was sent is not sent at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from daemon.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+MessageCallback = Callable[[bytes, "Properties | None"], None]
+
+
+class MqttSetupError(Exception):
+    """The MQTT settings cannot be used (unreadable password file, missing variable, TLS files)."""
+
+
+def read_password(config: MqttConfig) -> str | None:
+    """The password from ``password_file`` or ``password_env`` (None when neither is set)."""
+    if config.password_file is not None:
+        try:
+            return Path(config.password_file).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise MqttSetupError(f"cannot read mqtt.password_file {config.password_file}: {exc.strerror}") from None
+    if config.password_env is not None:
+        if config.password_env not in os.environ:
+            raise MqttSetupError(f"mqtt.password_env names {config.password_env}, which is not set")
+        return os.environ[config.password_env]
+    return None
+
+
+def describe_connect_error(exc: BaseException | None, host: str, port: int, tls: bool = False) -> str:
+    """A short human reason for a failed connection attempt."""
+    if exc is None:
+        return f"cannot connect to {host}:{port}"
+    if tls and isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)):
+        return f"TLS handshake failed: the broker closed the connection (is {host}:{port} a TLS listener?)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {host}:{port} (is the broker running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve broker host {host!r}"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"connection to {host}:{port} timed out"
+    return f"cannot connect to {host}:{port}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+
+
+@dataclass
+class OutgoingMessage:
+    """A message waiting for the sender thread; ``seq`` orders messages of one topic."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    properties: Properties | None
+    seq: int
+
+
+class MqttPublisher:
+    """A resilient MQTT connection: availability, retained state, bounded outgoing queue, subscriptions."""
+
+    def __init__(self, config: MqttConfig, client_id: str, availability_topic: str):
+        self.config = config
+        self.availability_topic = availability_topic
+        self.is_v5 = config.protocol == "5"
+        self.state = "idle"  # idle | connecting | connected | disconnected | stopped
+        self.last_error: str | None = None
+        self.connects = 0
+        self.dropped = 0
+        self.sent = 0
+        self._queue: deque[OutgoingMessage] = deque()
+        self._retained: dict[str, OutgoingMessage] = {}
+        self._retained_sent: dict[str, int] = {}
+        self._republish_pending = False
+        self._subscriptions: dict[str, tuple[int, MessageCallback]] = {}
+        self._seq = 0
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._sender: threading.Thread | None = None
+        self._client = self._make_client(client_id)
+
+    # -- setup -------------------------------------------------------------------------
+    def _make_client(self, client_id: str) -> paho.Client:
+        c = self.config
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
+                             clean_session=None if self.is_v5 else True)
+        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        if c.username is not None:
+            client.username_pw_set(c.username, read_password(c))
+        if c.tls.active:
+            for name in ("ca_certs", "certfile", "keyfile"):
+                path = getattr(c.tls, name)
+                if path is not None and not Path(path).is_file():
+                    raise MqttSetupError(f"mqtt.tls.{name}: {path} does not exist")
+            try:
+                client.tls_set(ca_certs=_str_or_none(c.tls.ca_certs), certfile=_str_or_none(c.tls.certfile),
+                               keyfile=_str_or_none(c.tls.keyfile), cert_reqs=ssl.CERT_REQUIRED)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise MqttSetupError(f"mqtt.tls: cannot load the certificates: {exc}") from None
+            client.tls_insecure_set(c.tls.insecure)
+        client.reconnect_delay_set(c.reconnect_min_s, max(c.reconnect_max_s, c.reconnect_min_s))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        """Connect in the background and start the sender; returns at once even if no broker answers."""
+        self.state = "connecting"
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt-send", daemon=True)
+        self._sender.start()
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
+        self._client.loop_start()
+        log.info("MQTT: connecting to %s:%d (MQTT %s%s)", self.config.host, self.config.port,
+                 self.config.protocol, ", TLS" if self.config.tls.active else "")
+
+    # -- public API --------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the broker has accepted the connection."""
+        return self.state == "connected"
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first one."""
+        return max(0, self.connects - 1)
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for a connection; True if connected."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.state != "connected":
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                correlation_data: bytes | None = None, response_topic: str | None = None) -> bool:
+        """Queue a message without blocking; False if the queue was full and the oldest was dropped.
+
+        ``correlation_data`` and ``response_topic`` are MQTT 5 properties (ignored on 3.1.1).
+        A retained message is also remembered and re-published after every reconnect.
+        """
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        properties = None
+        if self.is_v5 and (correlation_data is not None or response_topic is not None):
+            properties = Properties(PacketTypes.PUBLISH)
+            if correlation_data is not None:
+                properties.CorrelationData = correlation_data
+            if response_topic is not None:
+                properties.ResponseTopic = response_topic
+        with self._cond:
+            self._seq += 1
+            message = OutgoingMessage(topic, data, qos, retain, properties, self._seq)
+            if retain:
+                self._retained[topic] = message
+                if self.state != "connected":
+                    return True  # sent by the re-publish after the next connect
+            accepted = True
+            if len(self._queue) >= self.config.queue_size:
+                self._queue.popleft()
+                self.dropped += 1
+                accepted = False
+            self._queue.append(message)
+            self._cond.notify_all()
+        return accepted
+
+    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 0) -> None:
+        """Call ``callback(payload, properties)`` for each message on ``topic`` (wildcards allowed).
+
+        The callback runs on paho's network thread: it must return quickly. Subscriptions
+        are renewed on every reconnect. ``properties`` is None on MQTT 3.1.1.
+        """
+        with self._cond:
+            self._subscriptions[topic] = (qos, callback)
+            connected = self.state == "connected"
+        if connected:
+            self._client.subscribe(topic, qos)
+
+    def status(self) -> dict:
+        """Connection figures for the stats message."""
+        with self._cond:
+            depth = len(self._queue)
+        return {"state": self.state, "last_error": self.last_error, "reconnects": self.reconnects,
+                "sent": self.sent, "dropped": self.dropped, "queue_depth": depth}
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Flush what can be sent, publish ``offline``, disconnect; bounded by about ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._sender is not None:
+            self._sender.join(max(0.0, deadline - time.monotonic()) / 2)
+        if self.state == "connected":
+            info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(max(0.05, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("MQTT: could not publish offline: %s", exc)
+        was_connected, self.state = self.state == "connected", "stopped"
+        self._client.disconnect()
+        # loop_stop() joins paho's thread, which may sleep up to 1 s in its reconnect wait:
+        # wait for it only when it is connected (and so quick to end).
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-loop-stop", daemon=True)
+        stopper.start()
+        if was_connected:
+            stopper.join(max(0.1, deadline - time.monotonic()))
+
+    # -- paho callbacks (network thread) -------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            reason = f"broker refused the connection: {reason_code}"
+            with self._cond:
+                changed = reason != self.last_error
+                self.state = "disconnected"
+                self.last_error = reason
+            (log.error if changed else log.debug)("MQTT: %s; retrying", reason)
+            return
+        with self._cond:
+            if self._stopping:
+                return
+            self.state = "connected"
+            self.last_error = None
+            self.connects += 1
+            self._republish_pending = True
+            subscriptions = [(topic, qos) for topic, (qos, _) in self._subscriptions.items()]
+            self._cond.notify_all()
+        log.info("MQTT: connected to %s:%d%s", self.config.host, self.config.port,
+                 f" (reconnect {self.reconnects})" if self.reconnects else "")
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        if subscriptions:
+            client.subscribe(subscriptions)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this inside its `except OSError:` block, so the exception is still at hand.
+        reason = describe_connect_error(sys.exc_info()[1], self.config.host, self.config.port, self.config.tls.active)
+        with self._cond:
+            changed = reason != self.last_error
+            self.state = "disconnected"
+            self.last_error = reason
+        (log.warning if changed else log.debug)("MQTT: %s; retrying", reason)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cond:
+            was_connected = self.state == "connected"
+            if self.state != "stopped":
+                self.state = "disconnected"
+            if was_connected and not self._stopping:
+                self.last_error = f"connection lost: {reason_code}"
+            self._cond.notify_all()
+        if was_connected and not self._stopping:
+            log.warning("MQTT: %s; reconnecting", self.last_error)
+
+    def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        with self._cond:
+            callbacks = [cb for topic, (_, cb) in self._subscriptions.items()
+                         if paho.topic_matches_sub(topic, message.topic)]
+        for callback in callbacks:
+            try:
+                callback(message.payload, message.properties if self.is_v5 else None)
+            except Exception:
+                log.exception("MQTT: handler for %s failed", message.topic)
+
+    # -- sender thread ------------------------------------------------------------------
+    def _next_batch(self) -> list[OutgoingMessage] | None:
+        """Messages to send now (waiting for some), or None when stopping with nothing sendable."""
+        with self._cond:
+            while True:
+                connected = self.state == "connected"
+                if connected and self._republish_pending:
+                    # After a (re)connect the broker may have lost its retained values: send them all.
+                    self._republish_pending = False
+                    batch = list(self._retained.values())
+                    self._retained_sent.update((m.topic, m.seq) for m in batch)
+                    if batch:
+                        return batch
+                elif connected and self._queue:
+                    message = self._queue.popleft()
+                    if message.retain:
+                        if (self._retained.get(message.topic) is not message
+                                or self._retained_sent.get(message.topic) == message.seq):
+                            continue  # replaced by a newer value, or already sent by the re-publish
+                        self._retained_sent[message.topic] = message.seq
+                    return [message]
+                elif self._stopping:
+                    return None
+                else:
+                    self._cond.wait()
+
+    def _send_loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            for message in batch:
+                info = self._client.publish(message.topic, message.payload, message.qos, message.retain,
+                                            message.properties)
+                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.sent += 1
+                elif not message.retain:  # retained values are re-published after the reconnect
+                    self.dropped += 1
+                    log.debug("MQTT: message on %s lost: %s", message.topic, paho.error_string(info.rc))
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)

@@ -1,0 +1,182 @@
+"""Shared fixtures: a real Mosquitto on loopback, an MQTT message collector, the daemon as a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from daemon.demo import LocalBroker, find_mosquitto, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED_BUNDLE = REPO / "models" / "scenes-mnv3s"
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A running Mosquitto on a free 127.0.0.1 port (``.port``, ``.stop()``, ``.start()``, ``.restart()``)."""
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    broker = LocalBroker(free_port(), tmp_path / "mosquitto")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@dataclass
+class Received:
+    """One message a collector got."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    properties: object
+    at: float = field(default_factory=time.monotonic)
+
+    def json(self):
+        """The payload parsed as JSON."""
+        return json.loads(self.payload)
+
+
+class MessageCollector:
+    """A real MQTT 5 client that subscribes (again after every reconnect) and keeps what arrives."""
+
+    def __init__(self, port: int, topics: list[str], host: str = "127.0.0.1"):
+        self.topics = topics
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{id(self)}",
+                                  protocol=paho.MQTTv5)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self.connected.clear()
+        self.client.on_message = self._on_message
+        self.client.connect_async(host, port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.subscribe([(t, 0) for t in self.topics])
+        self.connected.set()
+
+    def _on_message(self, client, userdata, message):
+        with self._lock:
+            self.messages.append(Received(message.topic, message.payload, bool(message.retain), message.properties))
+
+    def on(self, topic: str, since: float = 0.0) -> list[Received]:
+        """Messages received on ``topic`` (exact name) at or after monotonic time ``since``."""
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic and m.at >= since]
+
+    def wait_for(self, topic: str, predicate=lambda m: True, timeout: float = 10.0, since: float = 0.0) -> Received:
+        """The first message on ``topic`` that satisfies ``predicate``, waiting up to ``timeout`` s."""
+        return wait_until(lambda: next((m for m in self.on(topic, since) if predicate(m)), None), timeout,
+                          message=f"a matching message on {topic}")
+
+    def close(self):
+        """Disconnect."""
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def collect():
+    """Factory: ``collect(port, topic, ...)`` -> a connected MessageCollector, closed at teardown."""
+    collectors = []
+
+    def make(port: int, *topics: str, wait: bool = True) -> MessageCollector:
+        collector = MessageCollector(port, list(topics))
+        collectors.append(collector)
+        if wait:
+            assert collector.connected.wait(5), "collector could not connect"
+        return collector
+
+    yield make
+    for collector in collectors:
+        collector.close()
+
+
+def daemon_config(tmp_path: Path, port: int, **sections) -> dict:
+    """A test config for the daemon: scenes source, shipped bundle, fast reconnects, tmp snapshot dir."""
+    config = {
+        "model": {"bundle": str(SHIPPED_BUNDLE), "threads": 1},
+        "camera": {"name": "testcam",
+                   "source": {"type": "scenes", "fps": 5, "retry_initial_s": 0.2, "retry_max_s": 1}},
+        "caption": {"rate": 0},
+        "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_s": 1,
+                 "reconnect_max_s": 1, "stats_interval_s": 1},
+        "snapshot": {"dir": str(tmp_path / "snapshot"), "min_interval_s": 0},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    return config
+
+
+class DaemonProcess:
+    """``explaincam run -c CONFIG`` as a subprocess, its stderr in a log file."""
+
+    def __init__(self, config: dict, workdir: Path, env: dict | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_file = workdir / "config.yaml"
+        self.config_file.write_text(yaml.safe_dump(config))
+        self.log_file = workdir / "daemon.log"
+        with open(self.log_file, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "daemon.cli", "run", "-c", str(self.config_file)],
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def log(self) -> str:
+        """Everything the daemon wrote so far."""
+        return self.log_file.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10.0) -> float:
+        """Send ``sig`` and wait for the exit; the seconds it took."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        self.process.wait(timeout)
+        return time.monotonic() - started
+
+    def kill(self):
+        """SIGKILL if still running."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def daemon_process(tmp_path):
+    """Factory: ``daemon_process(config, env=None)`` -> a started DaemonProcess, killed at teardown."""
+    processes = []
+
+    def start(config: dict, env: dict | None = None) -> DaemonProcess:
+        process = DaemonProcess(config, tmp_path / f"daemon{len(processes)}", env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.kill()
