@@ -1,0 +1,173 @@
+"""``explaincam run``: the capture daemon, wired together.
+
+config → model bundle → frame cache → MQTT → (explainer, when installed) → camera grab
+thread → caption loop on the main thread. SIGTERM/SIGINT end it within about 2 s: the
+loop stops, systemd hears STOPPING=1, the camera is released and ``offline`` is published.
+
+This process never imports TensorFlow (the explainer runs it in a process of its own);
+the stats message's ``tensorflow_loaded`` shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from daemon.bundle import BundleError
+from daemon.capture import CameraTopics, CaptionLoop
+from daemon.captioner import Captioner
+from daemon.config import AppConfig, ConfigError, load_config
+from daemon.encoder import EncoderError
+from daemon.framecache import FrameCache
+from daemon.mqtt import MqttPublisher, MqttSetupError
+from daemon.notify import SystemdNotifier
+from daemon.snapshot import SnapshotWriter
+from daemon.sources import FrameGrabber, make_source
+
+log = logging.getLogger("explaincam")
+
+SOURCE_START_TIMEOUT_S = 10.0  # READY=1 waits this long at most for the camera's first answer
+EXIT_CONFIG = 2  # bad config, model or MQTT settings: restarting will not help
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``explaincam run``."""
+    parser.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="override the config's log_level")
+    parser.add_argument("--demo", action="store_true", help=(
+        "demo: generated scenes with the shipped model, a private Mosquitto on loopback if no broker "
+        "answers, snapshots in ./build/snapshot, captions printed as they arrive over MQTT"))
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; without timestamps under systemd (the journal adds its own)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=fmt, force=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the daemon (or the demo) until SIGTERM/SIGINT; the exit code says why it ended."""
+    if args.demo:
+        from daemon.demo import run_demo
+
+        return run_demo(args)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: invalid configuration\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(args.log_level or cfg.log_level)
+    return run_daemon(cfg)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``; a second signal kills at once."""
+    def handle(signum, frame):
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _explain_service_available() -> bool:
+    """Whether the explainer package (daemon.explain.service) is installed."""
+    try:
+        return importlib.util.find_spec("daemon.explain.service") is not None
+    except ModuleNotFoundError:  # no daemon.explain package at all
+        return False
+
+
+def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
+    """Run the daemon with a validated config until ``stop`` is set (or a signal sets it)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        install_stop_handlers(stop)
+    notifier = SystemdNotifier.from_environment()
+    camera = cfg.camera.name
+    topics = CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
+
+    notifier.status("loading the model")
+    bundle_path = cfg.model.bundle_path()
+    try:
+        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width)
+    except (BundleError, EncoderError) as exc:
+        log.error("cannot load the model: %s", exc)
+        notifier.status(f"cannot load the model: {exc}")
+        return EXIT_CONFIG
+    log.info("model %s from %s (input %d px, %d encoder threads, beam %d)", captioner.bundle.name,
+             bundle_path, captioner.input_size, cfg.model.threads, cfg.model.beam_width)
+
+    cache = FrameCache(cfg.caption.cache_size)
+    try:
+        publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera), topics.availability)
+    except MqttSetupError as exc:
+        log.error("%s", exc)
+        notifier.status(str(exc))
+        return EXIT_CONFIG
+
+    # --- Explainer seam. daemon/explain/ is built separately; when it is installed, its
+    # ExplainService answers {prefix}/{camera}/explain/request from the frame cache. It must
+    # not import TensorFlow here (it starts its own process) and handle_request() must
+    # return at once (it runs on the MQTT network thread).
+    explain_service = None
+    if _explain_service_available():
+        try:
+            service_module = importlib.import_module("daemon.explain.service")
+            explain_service = service_module.ExplainService(
+                config=cfg.explain, bundle_path=bundle_path,
+                snapshot_dir=cfg.snapshot.dir if cfg.snapshot.enabled else None,
+                publish=publisher.publish,
+                topics={"response": topics.explain_response, "image": topics.explain_image},
+                frame_cache=cache, model_name=captioner.bundle.name)
+        except Exception:
+            log.exception("the explainer could not be set up; captioning goes on without it")
+        else:
+            def on_explain_request(payload: bytes, properties) -> None:
+                explain_service.handle_request(payload, response_topic=getattr(properties, "ResponseTopic", None),
+                                               correlation_data=getattr(properties, "CorrelationData", None))
+            publisher.subscribe(topics.explain_request, on_explain_request)
+    # --- end of the explainer seam.
+
+    snapshot = None
+    if cfg.snapshot.enabled:
+        try:
+            snapshot = SnapshotWriter(cfg.snapshot.dir, camera, cfg.snapshot.min_interval_s)
+        except OSError as exc:
+            log.error("snapshot folder %s is not usable (%s); no snapshot files will be written",
+                      cfg.snapshot.dir, exc.strerror or exc)
+
+    source_cfg = cfg.camera.source
+    grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
+    loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
+    try:
+        grabber.start()
+        publisher.start()
+        deadline = time.monotonic() + SOURCE_START_TIMEOUT_S
+        while not (stop.is_set() or grabber.wait_started(0.25) or time.monotonic() > deadline):
+            pass
+        notifier.ready(loop.status_line())
+        log.info("captioning %s as camera %r; topics under %s/%s", grabber.source.describe(), camera,
+                 cfg.mqtt.topic_prefix, camera)
+        loop.run(stop)
+    finally:
+        notifier.stopping()
+        notifier.status("stopping")
+        grabber.stop(timeout=0.5)
+        if explain_service is not None:
+            explain_service.stop()
+        publisher.stop(timeout=1.0)
+        notifier.close()
+        log.info("stopped after %d captions", loop.stats.captions)
+    return 0
