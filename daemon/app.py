@@ -166,7 +166,10 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
         notifier.status("stopping")
         grabber.stop(timeout=0.5)
         if explain_service is not None:
-            explain_service.stop()
+            try:
+                explain_service.stop()
+            except Exception:
+                log.exception("stopping the explainer failed")
         publisher.stop(timeout=1.0)
         notifier.close()
         log.info("stopped after %d captions", loop.stats.captions)

@@ -172,29 +172,30 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"error: invalid configuration\n{exc}")
         return 2
     setup_logging(args.log_level or "warning")
-    broker = None
-    if not broker_answers(cfg.mqtt.host, cfg.mqtt.port):
-        binary = find_mosquitto()
-        if binary is None:
-            print(f"No MQTT broker answers on {cfg.mqtt.host}:{cfg.mqtt.port} and Mosquitto is not installed.\n"
-                  "Install it with:  sudo apt-get install mosquitto mosquitto-clients\n"
-                  "(or set mqtt.host/mqtt.port in the config to a broker you have).")
-            return 1
-        port = cfg.mqtt.port if not broker_answers("127.0.0.1", cfg.mqtt.port) else free_port()
-        broker = LocalBroker(port, DEMO_BROKER_DIR.resolve(), binary=binary)
-        broker.start()
-        cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})})
-        print(f"started a private Mosquitto on 127.0.0.1:{port} (log: {broker.log_file})")
-    prefix, camera = cfg.mqtt.topic_prefix, cfg.camera.name
-    print(f"captions of generated scenes, as received on {prefix}/{camera}/caption; "
-          f"snapshots in {cfg.snapshot.dir}; Ctrl-C to stop", flush=True)
-    printer = CaptionPrinter(cfg.mqtt.host, cfg.mqtt.port, f"{prefix}/{camera}/caption")
-    printer.start()
+    broker = printer = None
     try:
+        if not broker_answers(cfg.mqtt.host, cfg.mqtt.port):
+            binary = find_mosquitto()
+            if binary is None:
+                print(f"No MQTT broker answers on {cfg.mqtt.host}:{cfg.mqtt.port} and Mosquitto is not installed.\n"
+                      "Install it with:  sudo apt-get install mosquitto mosquitto-clients\n"
+                      "(or set mqtt.host/mqtt.port in the config to a broker you have).")
+                return 1
+            port = cfg.mqtt.port if not broker_answers("127.0.0.1", cfg.mqtt.port) else free_port()
+            broker = LocalBroker(port, DEMO_BROKER_DIR.resolve(), binary=binary)
+            broker.start()
+            cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})})
+            print(f"started a private Mosquitto on 127.0.0.1:{port} (log: {broker.log_file})")
+        prefix, camera = cfg.mqtt.topic_prefix, cfg.camera.name
+        print(f"captions of generated scenes, as received on {prefix}/{camera}/caption; "
+              f"snapshots in {cfg.snapshot.dir}; Ctrl-C to stop", flush=True)
+        printer = CaptionPrinter(cfg.mqtt.host, cfg.mqtt.port, f"{prefix}/{camera}/caption")
+        printer.start()
         return run_daemon(cfg)
     finally:
-        printer.stop()
-        if printer.count:
-            print(f"{printer.count} captions, {printer.matches} exactly as the ground truth")
+        if printer is not None:
+            printer.stop()
+            if printer.count:
+                print(f"{printer.count} captions, {printer.matches} exactly as the ground truth")
         if broker is not None:
             broker.stop()
