@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import importlib.util
 import shutil
+import threading
 
 import cv2
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 
 from convert.scenes import scene_at
 from daemon.config import ImagesSourceConfig, OpenCVSourceConfig, Picamera2SourceConfig, ScenesSourceConfig
+from daemon.demo import free_port
 from daemon.sources import FrameGrabber, FrameSource, SourceError, make_source
 from tests.conftest import wait_until
 
@@ -41,7 +45,7 @@ def write_images(folder, count, size=(48, 64)):
 def write_video(path, frames=6, fps=25, size=(64, 48)):
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     for i in range(frames):
-        writer.write(np.full((size[1], size[0], 3), 30 * i, np.uint8))
+        writer.write(np.full((size[1], size[0], 3), (30 * i) % 256, np.uint8))
     writer.release()
 
 
@@ -175,3 +179,33 @@ def test_missing_v4l2_device_is_retried(grabbers):
 
 def test_source_error_is_permanent_only_when_said():
     assert not SourceError("x").permanent and SourceError("x", permanent=True).permanent
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_folder(folder, port):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), functools.partial(QuietHandler, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_stream_url_that_goes_away_and_comes_back(grabbers, tmp_path):
+    write_video(tmp_path / "clip.avi", frames=10)
+    port = free_port()
+    server = serve_folder(tmp_path, port)
+    grabber = grabbers(OpenCVSourceConfig(type="opencv", url=f"http://127.0.0.1:{port}/clip.avi", open_timeout_s=2,
+                                          retry_initial_s=0.1, retry_max_s=0.3))
+    try:
+        assert grabber.wait_frame(0, timeout=10).image.shape == (48, 64, 3)
+        server.shutdown()
+        server.server_close()
+        state = wait_state(grabber, "retrying", timeout=10)
+        assert "stream http://127.0.0.1" in state.message
+        server = serve_folder(tmp_path, port)
+        wait_state(grabber, "ok", timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
