@@ -149,11 +149,6 @@ class MqttPublisher:
 
     # -- public API --------------------------------------------------------------------
     @property
-    def connected(self) -> bool:
-        """Whether the broker has accepted the connection."""
-        return self.state == "connected"
-
-    @property
     def reconnects(self) -> int:
         """Connections made after the first one."""
         return max(0, self.connects - 1)
@@ -328,11 +323,14 @@ class MqttPublisher:
             for message in batch:
                 info = self._client.publish(message.topic, message.payload, message.qos, message.retain,
                                             message.properties)
-                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self.sent += 1
-                elif not message.retain:  # retained values are re-published after the reconnect
-                    self.dropped += 1
-                    log.debug("MQTT: message on %s lost: %s", message.topic, paho.error_string(info.rc))
+                sent = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                with self._cond:
+                    if sent:
+                        self.sent += 1
+                    elif not message.retain:  # retained values are re-published after the reconnect
+                        self.dropped += 1
+                if not sent:
+                    log.debug("MQTT: message on %s not sent: %s", message.topic, paho.error_string(info.rc))
 
 
 def _str_or_none(path: Path | None) -> str | None:
