@@ -1,0 +1,316 @@
+"""``explaincam install-service``: install explaincam as a systemd service, or remove it.
+
+Under ``--root`` (default ``/``; tests give a scratch folder) it writes::
+
+    {prefix}/venv/                          python -m venv, pip install <source>[explain]
+    {prefix}/models/<bundle>/               the bundle that <source>/config.yaml names
+    {prefix}/README-service.md
+    /etc/explaincam/config.yaml             <source>/config.yaml, model.bundle -> {prefix}/models/<bundle>
+    /etc/explaincam/mqtt-password           empty, mode 0600, only if missing (LoadCredential= needs it)
+    /etc/sysusers.d/explaincam.conf         the `explaincam` system user
+    /etc/systemd/system/explaincam.service  systemd/explaincam.service, rewritten for {prefix}
+
+and, only when the root is ``/``: ``systemd-sysusers``, ``systemctl daemon-reload`` and
+``systemctl enable --now explaincam`` (a restart instead if it was running).
+
+A config.yaml the user edited is never overwritten: the new default goes beside it as
+config.yaml.new. One the installer wrote and nobody touched since (its sha256 is in
+{prefix}/install-state.json) is updated. Every file is written to a temporary name and
+renamed into place; a second run with the same source changes nothing.
+
+``--uninstall`` stops and disables the unit and removes it, the venv and the models; the
+configuration (/etc/explaincam) and the snapshot folder (/var/lib/explaincam) stay unless
+``--purge`` is given. The system user stays (``userdel explaincam`` removes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from daemon.bundle import BundleError, load_bundle
+
+UNIT_NAME = "explaincam.service"
+DEFAULT_PREFIX = "/opt/explaincam"  # the prefix systemd/explaincam.service is written for
+CONFIG_DIR = Path("/etc/explaincam")
+STATE_DIR = Path("/var/lib/explaincam")
+UNIT_DIR = Path("/etc/systemd/system")
+SYSUSERS_FILE = Path("/etc/sysusers.d/explaincam.conf")
+SOURCE_DEFAULT = Path(__file__).resolve().parent.parent
+
+
+class InstallError(Exception):
+    """The installation cannot go on; the message says why."""
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``explaincam install-service``."""
+    parser.add_argument("--root", type=Path, default=Path("/"),
+                        help="install under this folder instead of / (staging, tests); systemctl runs only for /")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
+                        help=f"install folder of the venv and the models (default: {DEFAULT_PREFIX})")
+    parser.add_argument("--source", type=Path, default=SOURCE_DEFAULT,
+                        help="explaincam checkout to install from (default: the one this command runs from)")
+    parser.add_argument("--no-enable", action="store_true", help="install, but do not enable or start the unit")
+    parser.add_argument("--skip-venv", action="store_true", help="do not create the venv or run pip (tests)")
+    parser.add_argument("--uninstall", action="store_true", help="stop, disable and remove the service")
+    parser.add_argument("--purge", action="store_true",
+                        help="with --uninstall: also remove /etc/explaincam and /var/lib/explaincam")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Install or uninstall; 0 on success, 1 with a message on stderr otherwise."""
+    try:
+        if args.purge and not args.uninstall:
+            raise InstallError("--purge only goes with --uninstall")
+        if not args.prefix.startswith("/"):
+            raise InstallError(f"--prefix must be an absolute path, not {args.prefix!r}")
+        installer = Installer(args.root, args.prefix.rstrip("/") or "/")
+        if installer.live and os.geteuid() != 0:
+            raise InstallError("installing into / needs root: run it with sudo (or give --root DIR)")
+        if args.uninstall:
+            installer.uninstall(purge=args.purge)
+        else:
+            installer.install(args.source.resolve(), enable=not args.no_enable, make_venv=not args.skip_venv)
+    except InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def render_unit(text: str, prefix: str) -> str:
+    """The unit file text for an install folder other than /opt/explaincam."""
+    return text.replace(DEFAULT_PREFIX, prefix)
+
+
+def render_config(text: str, bundle: str) -> str:
+    """config.yaml text with ``model.bundle`` set to ``bundle``; comments and layout are kept."""
+    value = bundle if re.fullmatch(r"[\w./-]+", bundle) else json.dumps(bundle)
+    lines = text.splitlines(keepends=True)
+    in_model = False
+    for i, line in enumerate(lines):
+        if re.match(r"[^\s#]", line):
+            in_model = re.match(r"model:\s*(#.*)?$", line) is not None
+        elif in_model and (match := re.match(r"([ \t]+bundle:[ \t]*)(\"[^\"]*\"|'[^']*'|[^\s#]+)", line)):
+            lines[i] = match.group(1) + value + line[match.end():]
+            break
+    rendered = "".join(lines)
+    if (yaml.safe_load(rendered) or {}).get("model", {}).get("bundle") != bundle:
+        raise InstallError("cannot find `model: bundle:` in the source config.yaml")
+    return rendered
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same files with the same bytes."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
+
+
+class Installer:
+    """Installs into (or removes from) one root and prefix, printing each step."""
+
+    def __init__(self, root: Path, prefix: str):
+        self.root = Path(root).resolve()
+        self.live = self.root == Path("/")
+        self.prefix = prefix
+        self.prefix_dir = self.at(prefix)
+        self.venv = self.prefix_dir / "venv"
+        self.config = self.at(CONFIG_DIR / "config.yaml")
+        self.password = self.at(CONFIG_DIR / "mqtt-password")
+        self.unit = self.at(UNIT_DIR / UNIT_NAME)
+        self.sysusers = self.at(SYSUSERS_FILE)
+        self.state_file = self.prefix_dir / "install-state.json"
+
+    def at(self, path: str | Path) -> Path:
+        """Where an absolute system path lies under the root."""
+        return self.root / Path(path).relative_to("/")
+
+    @staticmethod
+    def report(verb: str, path: Path, note: str = "") -> None:
+        """Print one step: what happened to which path."""
+        print(f"  {verb:<10} {path}" + (f"  ({note})" if note else ""), flush=True)
+
+    def _write(self, path: Path, data: bytes, mode: int = 0o644) -> bool:
+        """Write a file unless it already holds ``data``; True if written."""
+        if path.is_file() and path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
+            self.report("unchanged", path)
+            return False
+        existed = path.exists()
+        write_atomic(path, data, mode)
+        self.report("updated" if existed else "wrote", path)
+        return True
+
+    def _run(self, *command: str, check: bool = True) -> int:
+        """Run a command, echoing it; with ``check``, a non-zero exit status is an InstallError."""
+        print(f"  {'run':<10} {' '.join(command)}", flush=True)
+        try:
+            result = subprocess.run(command)
+        except FileNotFoundError:
+            raise InstallError(f"`{command[0]}` is not installed") from None
+        if check and result.returncode != 0:
+            raise InstallError(f"`{' '.join(command)}` failed with exit status {result.returncode}")
+        return result.returncode
+
+    # -- install ---------------------------------------------------------------------------
+    def install(self, source: Path, enable: bool, make_venv: bool) -> None:
+        """Install from the checkout ``source``; see the module docstring for what goes where."""
+        src_config, src_unit = source / "config.yaml", source / "systemd" / UNIT_NAME
+        src_users, src_readme = source / "systemd" / "explaincam.sysusers", source / "systemd" / "README-service.md"
+        for path in (src_config, src_unit, src_users, src_readme):
+            if not path.is_file():
+                raise InstallError(f"{path} is missing: is {source} an explaincam checkout?")
+        bundle_name = Path(str((yaml.safe_load(src_config.read_text()) or {}).get("model", {}).get("bundle", ""))).name
+        try:
+            bundle = load_bundle(source / "models" / bundle_name)
+        except BundleError as exc:
+            raise InstallError(f"the model bundle named by {src_config} cannot be installed: {exc}") from None
+
+        print(f"installing explaincam from {source} into {self.prefix}" + ("" if self.live else f" under {self.root}"))
+        old_umask = os.umask(0o022)  # the daemon's user must be able to read what root installs
+        try:
+            changed = False
+            if make_venv:
+                changed = self._install_venv(source)
+            else:
+                self.report("skipped", self.venv, "--skip-venv")
+            installed_bundle = f"{self.prefix}/models/{bundle.path.name}"
+            changed |= self._install_tree(bundle.path, self.at(installed_bundle))
+            changed |= self._write(self.prefix_dir / "README-service.md", src_readme.read_bytes())
+            changed |= self._install_config(render_config(src_config.read_text(), installed_bundle).encode())
+            if not self.password.exists():
+                write_atomic(self.password, b"", 0o600)
+                self.report("wrote", self.password, "empty; put the MQTT password here")
+            changed |= self._write(self.sysusers, src_users.read_bytes())
+            changed |= self._write(self.unit, render_unit(src_unit.read_text(), self.prefix).encode())
+        finally:
+            os.umask(old_umask)
+        if self.live:
+            self._activate(enable, changed)
+        else:
+            self.report("skipped", Path("systemctl"), f"--root {self.root} is not /")
+        print("done.")
+
+    def _install_venv(self, source: Path) -> bool:
+        """Create the venv if missing and pip-install the project with the `explain` extra."""
+        python = self.venv / "bin" / "python"
+        if not python.exists():
+            self._run(sys.executable, "-m", "venv", str(self.venv))
+        self._run(str(python), "-m", "pip", "install", "--quiet", f"{source}[explain]")
+        self.report("installed", self.venv, "explaincam[explain]")
+        return True
+
+    def _install_tree(self, src: Path, dest: Path) -> bool:
+        """Copy a folder into place through a temporary sibling and renames; True if it changed."""
+        if dest.is_dir() and _same_tree(src, dest):
+            self.report("unchanged", dest)
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp, old = dest.with_name(f".{dest.name}.new"), dest.with_name(f".{dest.name}.old")
+        for leftover in (tmp, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        shutil.copytree(src, tmp, copy_function=shutil.copyfile)
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        existed = dest.exists()
+        if existed:
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        self.report("updated" if existed else "wrote", dest)
+        return True
+
+    def _install_config(self, rendered: bytes) -> bool:
+        """Install the default config, keeping one the user edited (then config.yaml.new)."""
+        state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        new_file = self.config.with_name(self.config.name + ".new")
+        current = self.config.read_bytes() if self.config.is_file() else None
+        if current is not None and current != rendered and _sha256(current) != state.get("config_sha256"):
+            self._write(new_file, rendered)
+            self.report("kept", self.config, f"edited by you; the new default is {new_file.name}, merge it by hand")
+            return False
+        changed = self._write(self.config, rendered)
+        if new_file.exists():
+            new_file.unlink()
+            self.report("removed", new_file, "config.yaml is the default now")
+        self._write(self.state_file, (json.dumps({"config_sha256": _sha256(rendered)}, indent=2) + "\n").encode())
+        return changed
+
+    def _activate(self, enable: bool, changed: bool) -> None:
+        """Create the user, reload systemd, enable and (re)start the unit."""
+        self._run("systemd-sysusers", SYSUSERS_FILE.name)
+        if not Path("/run/systemd/system").is_dir():
+            self.report("skipped", Path("systemctl"), "systemd is not running here")
+            return
+        self._run("systemctl", "daemon-reload")
+        if not enable:
+            self.report("skipped", Path("systemctl enable"), "--no-enable; later: systemctl enable --now explaincam")
+            return
+        was_active = self._run("systemctl", "is-active", "--quiet", UNIT_NAME, check=False) == 0
+        self._run("systemctl", "enable", "--now", UNIT_NAME)
+        if was_active and changed:
+            self._run("systemctl", "restart", UNIT_NAME)
+
+    # -- uninstall -----------------------------------------------------------------------------
+    def uninstall(self, purge: bool) -> None:
+        """Stop, disable and remove the unit, the venv and the models; ``purge`` also config and state."""
+        print(f"removing explaincam from {self.prefix}" + ("" if self.live else f" under {self.root}"))
+        systemd_up = self.live and Path("/run/systemd/system").is_dir()
+        if systemd_up and self.unit.exists():
+            self._run("systemctl", "disable", "--now", UNIT_NAME, check=False)
+        self._remove(self.unit)
+        if systemd_up:
+            self._run("systemctl", "daemon-reload")
+        for path in (self.venv, self.prefix_dir / "models", self.prefix_dir / "README-service.md", self.state_file):
+            self._remove(path)
+        if self.prefix_dir.is_dir() and not any(self.prefix_dir.iterdir()):
+            self._remove(self.prefix_dir)
+        kept = [self.at(CONFIG_DIR), self.at(STATE_DIR), self.sysusers]
+        for path in kept:
+            if purge:
+                self._remove(path)
+            elif path.exists():
+                self.report("kept", path, "--purge removes it")
+        print("done.")
+
+    def _remove(self, path: Path) -> None:
+        """Remove a file or folder, saying so (or that it was not there)."""
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        else:
+            self.report("absent", path)
+            return
+        self.report("removed", path)

@@ -1,0 +1,159 @@
+"""Home Assistant MQTT discovery: the messages carry what Home Assistant's schemas require,
+match the MQTT contract, and survive a real broker retained (and are removed by empty ones)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from daemon.discovery import EXPLAIN_REQUEST, discovery_messages, handles_birth, removal_messages
+from tests.service.tls_broker import Subscriber
+
+PREFIX, CAMERA = "explaincam", "cam"
+COMMON = {"name", "unique_id", "default_entity_id", "availability_topic", "payload_available",
+          "payload_not_available", "device", "origin"}
+REQUIRED = {  # per component, beside COMMON (Home Assistant: sensor.mqtt, image.mqtt, button.mqtt)
+    "sensor": {"state_topic", "value_template", "json_attributes_topic"},
+    "image": {"image_topic", "content_type"},
+    "button": {"command_topic", "payload_press"},
+}
+TOPIC = re.compile(r"^homeassistant/(sensor|image|button)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
+
+
+def messages(camera: str = CAMERA, **kwargs) -> list[tuple[str, dict]]:
+    return discovery_messages(PREFIX, camera, model_name="scenes-mnv3s", version="0.1.0", **kwargs)
+
+
+def by_key(camera: str = CAMERA) -> dict[str, dict]:
+    """Payloads by the last level before /config (caption, snapshot, explain, explanation)."""
+    return {topic.split("/")[-2]: payload for topic, payload in messages(camera)}
+
+
+def test_every_message_has_its_components_required_fields():
+    for topic, payload in messages():
+        assert TOPIC.match(topic), topic
+        component = topic.split("/")[1]
+        missing = (COMMON | REQUIRED[component]) - payload.keys()
+        assert not missing, f"{topic} lacks {missing}"
+        assert payload["default_entity_id"] == f"{component}.{payload['unique_id']}"
+        assert payload["availability_topic"] == f"{PREFIX}/availability"
+        assert (payload["payload_available"], payload["payload_not_available"]) == ("online", "offline")
+        json.dumps(payload)  # publishable as JSON
+
+
+def test_device_and_origin_blocks():
+    for _, payload in messages():
+        device = payload["device"]
+        assert device["identifiers"] and all(isinstance(i, str) for i in device["identifiers"])
+        assert device == {"identifiers": device["identifiers"], "name": "explaincam cam",
+                          "manufacturer": "explaincam", "model": "scenes-mnv3s", "sw_version": "0.1.0"}
+        assert payload["origin"]["name"] == "explaincam" and payload["origin"]["sw_version"] == "0.1.0"
+
+
+def test_unique_ids_are_unique_across_entities_and_cameras():
+    ids = [payload["unique_id"] for camera in ("cam", "garden") for _, payload in messages(camera)]
+    topics = [topic for camera in ("cam", "garden") for topic, _ in messages(camera)]
+    assert len(ids) == len(set(ids)) == 8
+    assert len(topics) == len(set(topics)) == 8
+
+
+def test_topics_match_the_mqtt_contract():
+    entities = by_key()
+    base = f"{PREFIX}/{CAMERA}"
+    assert entities["caption"]["state_topic"] == entities["caption"]["json_attributes_topic"] == f"{base}/caption"
+    assert entities["caption"]["value_template"] == "{{ value_json.caption[:255] }}"
+    assert (entities["snapshot"]["image_topic"], entities["snapshot"]["content_type"]) == (f"{base}/snapshot", "image/jpeg")
+    assert entities["explain"]["command_topic"] == f"{base}/explain/request"
+    assert json.loads(entities["explain"]["payload_press"]) == EXPLAIN_REQUEST == {
+        "id": "ha-button", "frame": "latest", "methods": ["gradcam", "saliency"], "words": "all"}
+    assert (entities["explanation"]["image_topic"], entities["explanation"]["content_type"]) == (
+        f"{base}/explain/image", "image/png")
+    assert all("url_topic" not in payload for payload in entities.values())  # exclusive with image_topic
+
+
+def test_discovery_prefix_is_configurable():
+    for topic, _ in messages(discovery_prefix="ha"):
+        assert topic.startswith("ha/") and topic.endswith("/config")
+
+
+def test_removal_messages_empty_every_config_topic():
+    assert removal_messages(PREFIX, CAMERA) == [(topic, b"") for topic, _ in messages()]
+
+
+@pytest.mark.parametrize("topic, payload, expected", [
+    ("homeassistant/status", b"online", True),
+    ("homeassistant/status", "online\n", True),
+    ("homeassistant/status", b"offline", False),
+    ("explaincam/availability", b"online", False),
+    ("ha/status", b"online", False),
+])
+def test_handles_birth(topic, payload, expected):
+    assert handles_birth(topic, payload) is expected
+
+
+def test_handles_birth_with_another_discovery_prefix():
+    assert handles_birth("ha/status", b"online", "ha")
+
+
+def publish_all(client: paho.Client, items) -> None:
+    for topic, payload in items:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload)
+        client.publish(topic, data, qos=1, retain=True).wait_for_publish(5)
+
+
+def test_messages_are_retained_by_a_real_broker_and_removed_again(plain_broker):
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    publisher.connect("127.0.0.1", plain_broker.port)
+    publisher.loop_start()
+    try:
+        publish_all(publisher, messages())
+        # Home Assistant subscribes later and still gets every config, retained and intact.
+        late = Subscriber(plain_broker.port, "homeassistant/#")
+        got = late.wait_for(4)
+        late.close()
+        assert sorted((m.topic, json.loads(m.payload)) for m in got) == sorted(messages())
+        assert all(m.retain for m in got)
+
+        publish_all(publisher, removal_messages(PREFIX, CAMERA))
+        after = Subscriber(plain_broker.port, "homeassistant/#")
+        assert after.wait_for(1, timeout=1.0) == []  # nothing retained any more
+        after.close()
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
+def test_birth_message_triggers_a_resend_through_the_broker(plain_broker):
+    # The daemon side: subscribed to homeassistant/status, re-sends on Home Assistant's birth.
+    daemon = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    resent = threading.Event()
+
+    def on_message(client, userdata, message):
+        if handles_birth(message.topic, message.payload):
+            for topic, payload in messages():
+                client.publish(topic, json.dumps(payload), qos=1, retain=True)
+            resent.set()
+
+    subscribed = threading.Event()
+    daemon.on_message = on_message
+    daemon.on_subscribe = lambda *args: subscribed.set()
+    daemon.connect("127.0.0.1", plain_broker.port)
+    daemon.subscribe("homeassistant/status", qos=1)
+    daemon.loop_start()
+    home_assistant = Subscriber(plain_broker.port, "homeassistant/+/+/+/config")
+    try:
+        assert subscribed.wait(5)
+        home_assistant.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+        assert resent.wait(5)
+        configs = [m for m in home_assistant.wait_for(4) if m.payload]
+        assert {m.topic for m in configs} == {topic for topic, _ in messages()}
+    finally:
+        home_assistant.close()
+        publish_all(daemon, removal_messages(PREFIX, CAMERA))
+        daemon.disconnect()
+        daemon.loop_stop()
