@@ -1,0 +1,275 @@
+"""``explaincam evaluate``: caption metrics of a bundle on a scenes folder, and with
+``--explanations`` the faithfulness of every explanation method.
+
+Captions: ``exact_match`` (int8 greedy caption == ground truth), ``bleu4`` (corpus BLEU-4
+with brevity penalty), ``int8_float_agreement`` (int8 vs float-encoder features, same numpy
+decoder) and counts.
+
+Explanations (methods explain the *ground-truth* caption, teacher-forced, so that word
+positions line up with the scene's object records): for every object word (a word in some
+object's ``token_indices``),
+
+- ``pointing_game``: share of words whose heatmap peak lies in the union mask of the
+  objects the word names;
+- ``deletion_auc`` / ``insertion_auc``: area under the word's probability as pixels are
+  deleted (replaced by the image's mean colour) or inserted (into a strongly blurred copy)
+  in heatmap order, 20 steps; ``random`` is the same with a random pixel order;
+- ``randomization_similarity``: mean Spearman rank correlation between each map and the
+  map of the same method on the model whose top layers were re-initialised, cascading
+  from the top (Adebayo et al., 2018): the whole decoder head, the encoder head and the
+  backbone's last resolution stage. Low means the maps depend on what the model learned.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from convert import faithfulness as ff
+from convert.progress import Progress
+from convert.scenes import objects_mask, read_scenes
+from daemon.explain.registry import METHODS, ExplainOptions
+
+DELETION_STEPS = 20
+DECODER_HEAD = ("logits", "merge_dense", "lstm", "embedding", "feat_dense")
+
+
+def corpus_bleu(references: list[list[str]], hypotheses: list[list[str]], max_n: int = 4) -> float:
+    """Corpus BLEU (Papineni et al., 2002): clipped n-gram precisions up to ``max_n``, brevity penalty, one reference each."""
+    matches, totals = np.zeros(max_n), np.zeros(max_n)
+    ref_len = hyp_len = 0
+    for ref, hyp in zip(references, hypotheses):
+        ref_len += len(ref)
+        hyp_len += len(hyp)
+        for n in range(1, max_n + 1):
+            hyp_grams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
+            ref_grams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
+            matches[n - 1] += sum(min(c, ref_grams[g]) for g, c in hyp_grams.items())
+            totals[n - 1] += max(len(hyp) - n + 1, 0)
+    if hyp_len == 0 or np.any(totals == 0) or np.any(matches == 0):
+        return 0.0
+    brevity = 1.0 if hyp_len > ref_len else float(np.exp(1 - ref_len / hyp_len))
+    return float(brevity * np.exp(np.mean(np.log(matches / totals))))
+
+
+def _glorot(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Glorot-uniform values (Keras' default kernel initialiser) for a kernel of this shape."""
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    fan_in, fan_out = receptive * shape[-2], receptive * shape[-1]
+    limit = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, shape).astype(np.float32)
+
+
+def randomization_layers(captioner) -> list:
+    """The layers re-initialised for the randomization test, top first (a cascade)."""
+    encoder = captioner.get_layer("encoder")
+    backbone = encoder.get_layer("backbone")
+    chain = [layer for layer in encoder.layers if layer.weights]
+    head = [layer for layer in reversed(chain[chain.index(backbone) + 1:])]
+    last_stage = backbone.output.shape[1:3]
+    stage = [layer for layer in backbone.layers
+             if layer.weights and tuple(layer.output.shape[1:3]) == tuple(last_stage)]
+    return [captioner.get_layer(name) for name in DECODER_HEAD] + head + list(reversed(stage))
+
+
+def randomize(captioner, seed: int = 0) -> list[str]:
+    """Re-initialise the randomization layers in place (kernels Glorot-uniform, biases zero;
+    batch-norm statistics are kept); return their names."""
+    from keras import layers as keras_layers
+
+    rng = np.random.default_rng(seed)
+    names = []
+    for layer in randomization_layers(captioner):
+        if isinstance(layer, keras_layers.BatchNormalization):
+            continue
+        layer.set_weights([_glorot(w.shape, rng) if w.ndim >= 2 else np.zeros_like(w) for w in layer.get_weights()])
+        names.append(layer.name)
+    return names
+
+
+class _Totals:
+    """Running sums of the explanation metrics."""
+
+    def __init__(self, methods: list[str]):
+        self.methods = methods
+        self.hits = Counter()
+        self.words = 0
+        self.deletion, self.insertion = defaultdict(list), defaultdict(list)
+        self.similarity = defaultdict(list)
+        self.explain_ms = defaultdict(list)
+
+    def report(self) -> dict:
+        """The metrics as JSON-ready numbers (means over words; explain times per frame)."""
+        def mean(values):
+            return round(float(np.mean(values)), 4) if values else None
+
+        keys = self.methods + ["random"]
+        similarity = {m: mean(self.similarity[m]) for m in self.methods}
+        known = [v for v in similarity.values() if v is not None]
+        return {
+            "pointing_game": {m: round(self.hits[m] / self.words, 4) if self.words else None for m in self.methods},
+            "deletion_auc": {m: mean(self.deletion[m]) for m in keys},
+            "insertion_auc": {m: mean(self.insertion[m]) for m in keys},
+            "randomization_similarity": {**similarity, "mean": round(float(np.mean(known)), 4) if known else None},
+            "explain_ms_per_frame": {m: round(float(np.mean(self.explain_ms[m])), 1) for m in self.methods},
+        }
+
+
+def _score_fn(explainer, tokens: list[int], index: int):
+    """Callback: probability of word ``index`` of the teacher-forced caption for a batch of images."""
+    return lambda images: np.exp(explainer.word_logprobs(images, tokens)[:, index])
+
+
+def explain_scene(explainer, random_explainer, image: np.ndarray, tokens: list[int], objects: list,
+                  totals: _Totals, rng: np.random.Generator) -> None:
+    """Add one scene's pointing, deletion/insertion and randomization results to ``totals``."""
+    words = sorted({i for obj in objects for i in obj["token_indices"] if i < len(tokens)})
+    if not words:
+        return
+    x = explainer.prepare(image)
+    explanation = explainer.explain(image, tokens, words, totals.methods)
+    randomized = random_explainer.explain(image, tokens, words, totals.methods) if random_explainer else None
+    for method in totals.methods:
+        totals.explain_ms[method].append(explanation.timings_ms[f"{method}_ms"])
+    # the random ordering does not depend on the word: one series scores every word at once
+    order = ff.random_order(x.shape[0] * x.shape[1], rng)
+    for curve, key in ((ff.deletion_curve, "deletion"), (ff.insertion_curve, "insertion")):
+        scores = curve(lambda images: np.exp(explainer.word_logprobs(images, tokens)), x, order, DELETION_STEPS)
+        for i in words:
+            getattr(totals, key)["random"].append(ff.auc(scores[:, i]))
+    for k, i in enumerate(words):
+        mask = objects_mask(objects, i, x.shape[:2])
+        totals.words += 1
+        score = _score_fn(explainer, tokens, i)
+        for method in totals.methods:
+            heat = explanation.maps[method][k]
+            totals.hits[method] += ff.pointing_hit(explanation.peaks[method][k], mask)
+            ranked = ff.importance_order(heat, rng)
+            totals.deletion[method].append(ff.auc(ff.deletion_curve(score, x, ranked, DELETION_STEPS)))
+            totals.insertion[method].append(ff.auc(ff.insertion_curve(score, x, ranked, DELETION_STEPS)))
+            if randomized is not None:
+                totals.similarity[method].append(ff.spearman(heat, randomized.maps[method][k]))
+
+
+def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None = None,
+             explanations: bool = False, methods: list[str] | None = None,
+             randomization_limit: int | None = None, options: ExplainOptions | None = None,
+             seed: int = 0, progress=None) -> dict:
+    """All metrics of a bundle on a scenes folder, as a JSON-ready dict."""
+    import keras
+
+    from daemon.captioner import Captioner, read_rgb, resize_for_encoder
+    from daemon.explain.explainer import Explainer
+
+    records = read_scenes(scenes_dir)[:limit] if limit else read_scenes(scenes_dir)
+    captioner = Captioner.from_path(bundle_path, threads=2)
+    explainer = Explainer(captioner.bundle, options)
+    methods = list(methods or METHODS)
+    random_explainer, randomized_layers = None, []
+    if explanations:
+        copy = keras.models.load_model(captioner.bundle.file("captioner"), compile=False)
+        randomized_layers = randomize(copy, seed)
+        random_explainer = Explainer(captioner.bundle, options, captioner=copy)
+    totals = _Totals(methods)
+    rng = np.random.default_rng(seed)
+    references, hypotheses = [], []
+    exact = exact_float = agree = skipped = 0
+    for n, record in enumerate(records):
+        image = resize_for_encoder(read_rgb(record["path"]), captioner.input_size)
+        result = captioner.caption(image)
+        float_tokens = explainer.float_caption(image)
+        truth = record["caption"].split()
+        references.append(truth)
+        hypotheses.append(result.words)
+        exact += result.words == truth
+        exact_float += explainer.vocab.decode(float_tokens).split() == truth
+        agree += float_tokens == result.tokens
+        if explanations:
+            tokens = explainer.vocab.encode(record["caption"])
+            if len(tokens) != len(truth):  # a word outside the vocabulary: positions would not line up
+                skipped += 1
+            else:
+                use_random = randomization_limit is None or n < randomization_limit
+                explain_scene(explainer, random_explainer if use_random else None, image, tokens,
+                              record["objects"], totals, rng)
+        if progress:
+            progress(n + 1, len(records))
+    count = len(records)
+    report = {
+        "bundle": str(bundle_path), "scenes": str(scenes_dir),
+        "exact_match": round(exact / count, 4) if count else None,
+        "exact_match_float": round(exact_float / count, 4) if count else None,
+        "bleu4": round(corpus_bleu(references, hypotheses), 4),
+        "int8_float_agreement": round(agree / count, 4) if count else None,
+        "counts": {"scenes": count},
+    }
+    if explanations:
+        report.update(totals.report())
+        report["counts"].update(object_words=totals.words, skipped_scenes=skipped,
+                                randomization_scenes=min(count, randomization_limit or count))
+        report["settings"] = {"gradcam_layer": explainer.layer, "deletion_steps": DELETION_STEPS,
+                              "deletion_substrate": "mean colour", "insertion_substrate": "gaussian blur, sigma 10% of side",
+                              "randomized_layers": randomized_layers, **vars(explainer.options)}
+    return report
+
+
+def configure(parser) -> None:
+    """Arguments of ``explaincam evaluate``."""
+    defaults = ExplainOptions()
+    parser.add_argument("--bundle", required=True, help="model bundle folder")
+    parser.add_argument("--scenes", required=True, help="folder written by `explaincam scenes`")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N scenes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--explanations", action="store_true",
+                        help="also measure the explanations (pointing game, deletion/insertion, randomization)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
+                        help="methods to measure (default: all)")
+    parser.add_argument("--randomization-limit", type=int, default=None,
+                        help="run the randomization test on the first N scenes only (default: all)")
+    parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples)
+    parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps)
+    parser.add_argument("--seed", type=int, default=0, help="seed of random orderings and re-initialised weights")
+
+
+def _print_table(report: dict) -> None:
+    """A readable version of the report."""
+    print(f"scenes: {report['counts']['scenes']}  exact match: {report['exact_match']}  "
+          f"BLEU-4: {report['bleu4']}  int8/float agreement: {report['int8_float_agreement']}")
+    if "pointing_game" not in report:
+        return
+    print(f"object words: {report['counts']['object_words']}")
+    print(f"{'method':<22}{'pointing':>9}{'deletion':>10}{'insertion':>10}{'random sim':>11}{'ms/frame':>10}")
+    for m in report["pointing_game"]:
+        print(f"{m:<22}{report['pointing_game'][m]:>9}{report['deletion_auc'][m]:>10}{report['insertion_auc'][m]:>10}"
+              f"{str(report['randomization_similarity'][m]):>11}{report['explain_ms_per_frame'][m]:>10}")
+    print(f"{'random order':<22}{'':>9}{report['deletion_auc']['random']:>10}{report['insertion_auc']['random']:>10}")
+    print(f"randomization similarity, mean: {report['randomization_similarity']['mean']}")
+
+
+def main(args) -> int:
+    """Evaluate and print the report."""
+    from daemon.bundle import BundleError
+
+    if not Path(args.scenes, "captions.jsonl").is_file():
+        print(f"error: {args.scenes} is not a scenes folder (no captions.jsonl); "
+              "make one with `explaincam scenes --out DIR`", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed)
+    try:
+        report = evaluate(args.bundle, args.scenes, args.limit, args.explanations, args.methods,
+                          args.randomization_limit, options, args.seed, Progress("evaluating"))
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report["seconds"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_table(report)
+    return 0

@@ -1,0 +1,82 @@
+"""``explaincam explain IMAGE``: caption one image as the daemon would, then explain that caption.
+
+The caption comes from the int8 runtime (what the daemon publishes); the explanation is of
+that caption under the float model, in this process, with the same code as the explainer
+process. Output: a summary (or ``--json``: the MQTT response object) and, with ``--out``,
+response.json, one heatmap PNG per word and method and grid.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from daemon.captioner import DEFAULT_BUNDLE, read_rgb
+from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
+from daemon.explain.requests import parse_words, response, save_explanation, summary_lines
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``explaincam explain``."""
+    defaults = ExplainOptions()
+    parser.add_argument("image", help="image file")
+    parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="model bundle folder")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS, metavar="METHOD",
+                        help=f"methods: {', '.join(METHODS)} (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
+    parser.add_argument("--out", default=None, help="folder for response.json, heatmaps and grid.png")
+    parser.add_argument("--json", action="store_true", help="print the response JSON instead of a summary")
+    parser.add_argument("--gradcam-layer", default=None, help="backbone layer for Grad-CAM (default: the bundle's)")
+    parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples,
+                        help="noisy copies per word for smoothgrad")
+    parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps,
+                        help="path steps per word for integrated_gradients")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Caption, explain, print and save."""
+    from daemon.bundle import BundleError
+    from daemon.captioner import Captioner
+    from daemon.encoder import EncoderError
+
+    try:
+        words = parse_words(args.words)
+        frame = read_rgb(args.image)
+        captioner = Captioner.from_path(args.bundle)
+    except (ValueError, BundleError, EncoderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    caption = captioner.caption(frame)
+    indices = list(range(len(caption.tokens))) if words == "all" else words
+    bad = [i for i in indices if not 0 <= i < len(caption.tokens)]
+    if bad:
+        print(f"error: word index {bad[0]} is out of range: {caption.caption!r} has {len(caption.tokens)} words",
+              file=sys.stderr)
+        return 2
+    from daemon.explain.explainer import Explainer
+
+    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps)
+    try:
+        explainer = Explainer(captioner.bundle, options, args.gradcam_layer)
+    except (BundleError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    float_tokens = explainer.float_caption(frame)
+    float_ms = (time.perf_counter() - started) * 1e3
+    explanation = explainer.explain(frame, caption.tokens, indices, args.methods)
+    payload = response(args.image, "ok", caption=caption.caption, float_caption=explainer.vocab.decode(float_tokens),
+                       words=explanation.word_records(),
+                       timings_ms={**caption.timings, "float_caption_ms": round(float_ms, 1),
+                                   **explanation.timings_ms})
+    if args.out:
+        save_explanation(args.out, payload, explanation.grid_png(explainer.prepare(frame).astype("uint8")))
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print("\n".join(summary_lines(payload)))
+        if args.out:
+            print(f"saved to {args.out}")
+    return 0

@@ -1,0 +1,43 @@
+"""The explanation methods a request may name, and the module that implements each.
+
+A method module defines ``METHOD``, an object with ``name`` and ``explain(...)`` (see
+``daemon.explain.base``). Adding a method is one module plus one line here; ``ace``
+is reserved for the concept-based explanations of a later issue.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+METHODS: dict[str, str] = {
+    "gradcam": "daemon.explain.gradcam",
+    "gradcampp": "daemon.explain.gradcampp",
+    "saliency": "daemon.explain.saliency",
+    "smoothgrad": "daemon.explain.smoothgrad",
+    "integrated_gradients": "daemon.explain.integrated_gradients",
+}
+
+RESERVED: dict[str, str] = {
+    "ace": "concept-based explanations (ACE) are not available in this version",
+}
+
+DEFAULT_METHODS = ["gradcam", "saliency"]
+
+
+def load_method(name: str):
+    """The ``METHOD`` object of a known method (imports its module, and so TensorFlow)."""
+    if name not in METHODS:
+        raise KeyError(f"unknown explanation method {name!r}")
+    return importlib.import_module(METHODS[name]).METHOD
+
+
+@dataclass(frozen=True)
+class ExplainOptions:
+    """How hard the methods work: batch size and the sample counts of the sampling methods."""
+
+    batch_size: int = 16  # images per forward/backward pass
+    smoothgrad_samples: int = 16  # noisy copies per word (Smilkov et al. suggest 10-50)
+    smoothgrad_noise: float = 0.15  # noise sigma as a share of the 0..255 input range
+    ig_steps: int = 32  # points on the straight path from the black baseline
+    seed: int = 0  # noise of SmoothGrad, so repeated requests give the same map

@@ -1,0 +1,206 @@
+"""The explain request/response contract (DESIGN.md, MQTT contract); no TensorFlow.
+
+Request: ``{"id": "...", "frame": "latest" | <frame_id>, "methods": [...], "words": "all" | [indices]}``.
+Response: ``{"id", "status": "ok" | "error" | "busy", "frame_id", "caption", "float_caption",
+"words": [{"index", "word", "<method>": {"heatmap": base64 PNG, "peak": [x, y]}}],
+"timings_ms": {...}, "error": {"code", "message"} | null}``.
+
+Every answer carries the request's ``id`` whenever it can be recovered from the payload,
+even from one that is not valid JSON or too large.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from daemon.explain import heatmap
+from daemon.explain.registry import METHODS, RESERVED
+
+ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
+               "frame_not_cached", "busy", "internal")
+MAX_ID_LENGTH = 128
+_ID_PATTERN = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_ID_LENGTH)
+
+
+class ExplainRequest(BaseModel):
+    """One explain request; unknown fields and wrong types are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: StrictStr = Field(min_length=1, max_length=MAX_ID_LENGTH,
+                          description="caller's request id, echoed in the response")
+    frame: Union[Literal["latest"], StrictInt] = Field(
+        "latest", description="frame_id of a cached frame, or 'latest'")
+    methods: list[StrictStr] | None = Field(
+        None, min_length=1, description="explanation methods (default: the configured ones)")
+    words: Union[Literal["all"], list[StrictInt]] = Field(
+        "all", description="caption word indices (0-based) to explain, or 'all'")
+
+
+@dataclass
+class ErrorResponse:
+    """A request that is answered at once without an explanation (error or busy)."""
+
+    id: str | int | None
+    code: str
+    message: str
+    frame_id: int | None = None
+    caption: str | None = None
+
+    def payload(self) -> dict:
+        """The response JSON object."""
+        return response(self.id, "busy" if self.code == "busy" else "error", frame_id=self.frame_id,
+                        caption=self.caption, error={"code": self.code, "message": self.message})
+
+
+def response(request_id, status: str, *, frame_id=None, caption=None, float_caption=None,
+             words=None, timings_ms=None, error=None) -> dict:
+    """A response object with every key of the contract present (null where unknown)."""
+    return {"id": request_id, "status": status, "frame_id": frame_id, "caption": caption,
+            "float_caption": float_caption, "words": words or [], "timings_ms": timings_ms or {},
+            "error": error}
+
+
+def recover_id(payload: bytes, parsed=None):
+    """The request id, from the parsed object if it has a usable one, else from the raw bytes."""
+    if isinstance(parsed, dict):
+        value = parsed.get("id")
+        if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return None
+    match = _ID_PATTERN.search(payload[:64 * 1024])
+    if not match:
+        return None
+    try:
+        return json.loads(b'"' + match.group(1) + b'"')
+    except ValueError:
+        return None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line naming each invalid field and what was wrong with it."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "request"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unexpected field {where!r}")
+        elif err["type"] == "missing":
+            parts.append(f"missing field {where!r}")
+        else:
+            parts.append(f"{where}: {err['msg']}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+def validate_request(payload: bytes | str, max_bytes: int,
+                     default_methods: list[str] | None = None) -> ExplainRequest | ErrorResponse:
+    """Parse and check a request payload; methods default to ``default_methods``.
+
+    Returns the request, or an ErrorResponse with code too_large, bad_json, bad_request or
+    unknown_method. Frame and word checks need the frame cache: see ``check_words``.
+    """
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8", "surrogateescape")
+    if len(payload) > max_bytes:
+        return ErrorResponse(recover_id(payload), "too_large",
+                             f"request is {len(payload)} bytes; at most {max_bytes} are accepted")
+    try:
+        parsed = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return ErrorResponse(recover_id(payload), "bad_json", f"request is not valid UTF-8 JSON: {exc}")
+    if not isinstance(parsed, dict):
+        return ErrorResponse(None, "bad_request",
+                             f"request must be a JSON object, not {type(parsed).__name__}")
+    request_id = recover_id(payload, parsed)
+    try:
+        request = ExplainRequest.model_validate(parsed)
+    except ValidationError as exc:
+        return ErrorResponse(request_id, "bad_request", _describe(exc))
+    if request.methods is None:
+        request = request.model_copy(update={"methods": list(default_methods or [])})
+    for name in request.methods:
+        if name in RESERVED:
+            return ErrorResponse(request.id, "unknown_method", f"method {name!r}: {RESERVED[name]}")
+        if name not in METHODS:
+            return ErrorResponse(request.id, "unknown_method",
+                                 f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    if len(set(request.methods)) != len(request.methods):
+        return ErrorResponse(request.id, "bad_request", "methods lists a method twice")
+    return request
+
+
+def check_words(request: ExplainRequest, caption_words: list[str], frame_id: int | None = None,
+                caption: str | None = None) -> list[int] | ErrorResponse:
+    """The word indices to explain, checked against the cached frame's published caption."""
+    n = len(caption_words)
+    if request.words == "all":
+        return list(range(n))
+    bad = [i for i in request.words if not 0 <= i < n]
+    if bad:
+        valid = f"indices 0..{n - 1}" if n else "no word can be explained"
+        return ErrorResponse(request.id, "bad_word_index",
+                             f"word index {bad[0]} is out of range: the caption {caption!r} has {n} words "
+                             f"({valid})", frame_id, caption)
+    if len(set(request.words)) != len(request.words):
+        return ErrorResponse(request.id, "bad_request", "words lists an index twice", frame_id, caption)
+    return list(request.words)
+
+
+def parse_words(text: str) -> str | list[int]:
+    """``all`` or a comma-separated list of word indices, as the command-line tools take them."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"words must be 'all' or indices like 0,2 (got {text!r})") from None
+
+
+def summary_lines(payload: dict) -> list[str]:
+    """A human summary of an ok response: captions, then each word's peak per method, timings."""
+    lines = [f"frame {payload.get('frame_id')}: {payload.get('caption')!r}",
+             f"float model's caption: {payload.get('float_caption')!r}"]
+    for record in payload.get("words", []):
+        peaks = ", ".join(f"{k} peak {tuple(v['peak'])}" for k, v in record.items()
+                          if isinstance(v, dict) and "peak" in v)
+        lines.append(f"  #{record['index']} {record['word']}: {peaks}")
+    timings = payload.get("timings_ms") or {}
+    if timings:
+        lines.append("timings (ms): " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} {v}"
+                                                  for k, v in timings.items()))
+    return lines
+
+
+def save_explanation(out: str | Path, payload: dict, grid_png: bytes | None) -> list[Path]:
+    """Write response.json, one grey PNG per word and method, and grid.png into ``out``.
+
+    Without ``grid_png`` the grid is drawn from the heatmaps alone. Returns the paths written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "response.json"]
+    written[0].write_text(json.dumps(payload, indent=2) + "\n")
+    rows = []
+    for record in payload.get("words", []):
+        panels = []
+        for method, value in record.items():
+            if not (isinstance(value, dict) and "heatmap" in value):
+                continue
+            path = out / f"{record['index']:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', record['word'])}_{method}.png"
+            path.write_bytes(base64.b64decode(value["heatmap"]))
+            written.append(path)
+            panels.append((method, heatmap.heatmap_from_base64(value["heatmap"]), tuple(value["peak"])))
+        rows.append((f"#{record['index']} {record['word']}", panels))
+    if grid_png is None:
+        grid_png = heatmap.encode_png(heatmap.grid(None, rows))
+    (out / "grid.png").write_bytes(grid_png)
+    written.append(out / "grid.png")
+    return written
