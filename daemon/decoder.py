@@ -87,11 +87,12 @@ class StepDecoder:
         projected = self.project(features[None])
         h = c = np.zeros((1, self.units), np.float32)
         token, tokens, logps = self.start, [], []
-        for _ in range(max_length + 1):
+        for step in range(max_length + 1):
             logits, h, c = self.step(projected, np.array([token]), h, c)
             logp = log_softmax(logits[0])
             logp[PAD] = logp[self.start] = -np.inf
-            token = int(np.argmax(logp))
+            # After max_length words only the end token is left, as in beam search.
+            token = self.end if step == max_length else int(np.argmax(logp))
             logps.append(float(logp[token]))
             if token == self.end:
                 break
