@@ -165,12 +165,12 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
         notifier.stopping()
         notifier.status("stopping")
         grabber.stop(timeout=0.5)
+        publisher.stop(timeout=0.5)  # `offline` goes out before the slowest part
         if explain_service is not None:
             try:
-                explain_service.stop()
+                explain_service.stop(timeout=0.5)  # then the explainer process is terminated
             except Exception:
                 log.exception("stopping the explainer failed")
-        publisher.stop(timeout=1.0)
         notifier.close()
         log.info("stopped after %d captions", loop.stats.captions)
     return 0

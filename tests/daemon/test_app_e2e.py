@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import signal
@@ -14,6 +15,8 @@ import time
 import cv2
 import numpy as np
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from convert.scenes import scene_at
 from tests.conftest import REPO, SHIPPED_BUNDLE, daemon_config, wait_until
@@ -26,6 +29,7 @@ CAPTION = f"{PREFIX}/{CAMERA}/caption"
 SNAPSHOT = f"{PREFIX}/{CAMERA}/snapshot"
 SOURCE = f"{PREFIX}/{CAMERA}/source"
 STATS = f"{PREFIX}/stats"
+EXPLAINER_INSTALLED = importlib.util.find_spec("daemon.explain.service") is not None
 START_TIMEOUT = 60  # model loading on a busy 2-core box
 
 
@@ -97,6 +101,14 @@ def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
         assert cv2.imread(str(snapshot / "latest.jpg")) is not None
         assert json.loads((snapshot / "latest.json").read_text())["caption"]
         assert "latest.jpg" in (snapshot / "index.html").read_text()
+
+        if EXPLAINER_INSTALLED:  # the seam: requests reach the explain service, replies are correlated
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic, props.CorrelationData = "e2e/reply", b"corr-7"
+            replies = collect(mosquitto.port, "e2e/reply")
+            replies.client.publish(f"{PREFIX}/{CAMERA}/explain/request", b"{not json", properties=props)
+            reply = replies.wait_for("e2e/reply", timeout=5)
+            assert reply.json()["status"] == "error" and reply.properties.CorrelationData == b"corr-7"
 
         elapsed = daemon.stop(signal.SIGTERM)
         assert daemon.process.returncode == 0 and elapsed < 2.0, f"stopped in {elapsed:.2f} s"
