@@ -193,9 +193,11 @@ def run_demo(args: argparse.Namespace) -> int:
         printer.start()
         return run_daemon(cfg)
     finally:
-        if printer is not None:
-            printer.stop()
-            if printer.count:
-                print(f"{printer.count} captions, {printer.matches} exactly as the ground truth")
-        if broker is not None:
-            broker.stop()
+        try:
+            if printer is not None:
+                printer.stop()
+                if printer.count:
+                    print(f"{printer.count} captions, {printer.matches} exactly as the ground truth")
+        finally:  # the private broker goes even if the terminal went away (broken pipe)
+            if broker is not None:
+                broker.stop()
