@@ -1,0 +1,103 @@
+"""`explaincam bench` on the shipped bundle with tiny settings: every key, sane and consistent values.
+
+Speed claims (int8 faster than Keras, the issue's targets) are read from a real bench run,
+not asserted here: this box's timings are too noisy for a timed test.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from convert.bench import format_table
+from daemon.captioner import DEFAULT_BUNDLE
+from daemon.explain.registry import METHODS
+
+THREADS = ("1", "2")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """One short bench run (JSON) on the shipped bundle."""
+    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "bench", "--bundle", str(DEFAULT_BUNDLE),
+                           "--seconds", "0.5", "--seed-frames", "1", "--threads", "2", "--json"],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def positive_stats(stats):
+    """A timing summary with 0 < median <= p95 and at least one run."""
+    return stats["runs"] >= 1 and 0 < stats["median"] <= stats["p95"]
+
+
+def test_every_key_is_there_and_only_ace_may_be_missing(bench):
+    assert {"encoder_ms", "encoder_int8_vs_keras", "encoder_int8_vs_float_tflite", "decode_ms", "decoder_vs_seed",
+            "caption_ms", "pipeline_vs_seed", "captions_per_s", "explain_slowdown", "rss_mb", "explain_ms",
+            "macs", "encoder_gops", "machine"} <= set(bench)
+    assert set(bench["null_reasons"]) <= {"explain_ms.ace"}, bench["null_reasons"]
+    assert bench["machine"]["cores"] >= 1 and bench["machine"]["model"]
+
+
+def test_encoder_timings_and_ratios_are_consistent(bench):
+    enc = bench["encoder_ms"]
+    for kind in ("int8_litert", "float_tflite", "keras_float", "keras_float_graph"):
+        assert set(enc[kind]) == set(THREADS)
+        assert all(positive_stats(enc[kind][n]) for n in THREADS), enc[kind]
+    for n in THREADS:
+        int8 = enc["int8_litert"][n]["median"]
+        assert bench["encoder_int8_vs_keras"][n] == pytest.approx(enc["keras_float"][n]["median"] / int8, rel=0.01)
+        assert bench["encoder_int8_vs_keras_graph"][n] == pytest.approx(
+            enc["keras_float_graph"][n]["median"] / int8, rel=0.01)
+        assert bench["encoder_int8_vs_float_tflite"][n] == pytest.approx(
+            enc["float_tflite"][n]["median"] / int8, rel=0.01)
+        assert bench["encoder_gops"][n] == pytest.approx(2 * bench["macs"] / (int8 * 1e-3) / 1e9, rel=0.01)
+
+
+def test_decoder_and_pipeline_against_the_seed_style_baseline(bench):
+    dec = bench["decode_ms"]
+    assert all(positive_stats(dec[k]) for k in ("numpy_greedy", "numpy_beam3", "seed_beam3"))
+    assert bench["decoder_vs_seed"] == pytest.approx(dec["seed_beam3"]["median"] / dec["numpy_beam3"]["median"],
+                                                     rel=0.01)
+    assert positive_stats(bench["caption_ms"]) and positive_stats(bench["seed_pipeline_ms"])
+    assert bench["pipeline_vs_seed"] == pytest.approx(
+        bench["seed_pipeline_ms"]["median"] / bench["caption_ms"]["median"], rel=0.01)
+    # the seed-style decoder is built from the same weights: it finds the same beam-3 caption
+    assert bench["seed_agreement"] == 1.0
+    assert bench["seed_prefix_length"] == json.loads((DEFAULT_BUNDLE / "manifest.json").read_text())["max_length"] + 1
+
+
+def test_capture_rates_memory_and_explanations(bench):
+    assert bench["captions_per_s"] > 0 and bench["captions_per_s_explaining"] > 0
+    assert bench["explain_slowdown"] == pytest.approx(
+        bench["captions_per_s_explaining"] / bench["captions_per_s"], rel=0.01)
+    assert bench["explanations_done"] >= 1
+    capture, explainer = bench["rss_mb"]["capture"], bench["rss_mb"]["explainer"]
+    assert 0 < capture["rss"] <= capture["hwm"] and 0 < explainer["rss"] <= explainer["hwm"]
+    assert explainer["rss"] > capture["rss"]  # TensorFlow and the float model live only in the explainer
+    assert set(METHODS) <= set(bench["explain_ms"])
+    assert all(bench["explain_ms"][m] > 0 for m in METHODS)
+    assert bench["explain_words"] >= 1
+
+
+def test_macs_agree_between_the_keras_model_and_the_int8_graph(bench):
+    kinds = bench["macs_by_kind"]
+    assert kinds["total"] == bench["macs"] == kinds["conv"] + kinds["depthwise"] + kinds["dense"]
+    assert 10e6 < bench["macs"] < 1e9
+    assert bench["macs_tflite"] == pytest.approx(bench["macs"], rel=0.02)
+    assert bench["int8_delegate_partitions"] >= 1
+
+
+def test_table_shows_the_figures(bench):
+    table = format_table(bench)
+    for label in ("int8 LiteRT", "Keras float (predict)", "seed-style", "pipeline_vs_seed", "decoder_vs_seed",
+                  "captions/s", "RSS capture", "RSS explainer", "M MACs", "GOPS", "gradcam"):
+        assert label in table
+    assert bench["machine"]["model"] in table
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "daemon.cli", "bench", "--bundle", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
