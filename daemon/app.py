@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -20,6 +22,7 @@ import sys
 import threading
 import time
 
+from daemon import discovery
 from daemon.bundle import BundleError
 from daemon.capture import CameraTopics, CaptionLoop
 from daemon.captioner import Captioner
@@ -89,6 +92,39 @@ def _explain_service_available() -> bool:
         return False
 
 
+def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera: str, model_name: str) -> None:
+    """Publish the Home Assistant discovery messages (retained, so every reconnect re-sends
+    them) and send them again whenever Home Assistant's birth message says ``online``;
+    with discovery off, remove any entities announced before."""
+    ha = cfg.mqtt.discovery.prefix
+    prefix = cfg.mqtt.topic_prefix
+    if not cfg.mqtt.discovery.enabled:
+        for topic, payload in discovery.removal_messages(prefix, camera, ha):
+            publisher.publish(topic, payload, qos=1, retain=True)
+        return
+
+    def announce() -> None:
+        for topic, payload in discovery.discovery_messages(prefix, camera, ha, model_name=model_name,
+                                                           version=_version()):
+            publisher.publish(topic, json.dumps(payload), qos=1, retain=True)
+
+    def on_birth(payload: bytes, properties) -> None:
+        if discovery.handles_birth(f"{ha}/status", payload, ha):
+            log.info("Home Assistant came online: discovery sent again")
+            announce()
+
+    announce()
+    publisher.subscribe(f"{ha}/status", on_birth)
+
+
+def _version() -> str:
+    """explaincam's installed version."""
+    try:
+        return importlib.metadata.version("explaincam")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     """Run the daemon with a validated config until ``stop`` is set (or a signal sets it)."""
     stop = stop or threading.Event()
@@ -139,6 +175,8 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
                                                correlation_data=getattr(properties, "CorrelationData", None))
             publisher.subscribe(topics.explain_request, on_explain_request)
     # --- end of the explainer seam.
+
+    announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
 
     snapshot = None
     if cfg.snapshot.enabled:

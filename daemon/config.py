@@ -146,6 +146,15 @@ class TlsConfig(StrictModel):
         return self.enabled or any(p is not None for p in (self.ca_certs, self.certfile, self.keyfile))
 
 
+class DiscoveryConfig(StrictModel):
+    """Home Assistant MQTT discovery."""
+
+    enabled: bool = Field(True, description="announce the caption sensor, snapshot image, explain button "
+                                            "and explanation image to Home Assistant")
+    prefix: str = Field("homeassistant", pattern=r"^[^+#]+$",
+                        description="Home Assistant's discovery prefix; its birth message is {prefix}/status")
+
+
 class MqttConfig(StrictModel):
     """The MQTT broker and what is published to it."""
 
@@ -157,7 +166,7 @@ class MqttConfig(StrictModel):
     keepalive: int = Field(30, ge=5, le=3600, description="seconds between keep-alive pings")
     username: str | None = Field(None, description="user name; null = anonymous")
     password_file: Path | None = Field(None, description=(
-        "file holding the password (e.g. ${CREDENTIALS_DIRECTORY}/mqtt_password); never put the password here"))
+        "file holding the password (e.g. ${CREDENTIALS_DIRECTORY}/mqtt-password); never put the password here"))
     password_env: str | None = Field(None, description="name of an environment variable holding the password")
     tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings")
     reconnect_min_s: int = Field(1, ge=1, description="first wait before reconnecting to a lost broker")
@@ -165,6 +174,7 @@ class MqttConfig(StrictModel):
     queue_size: int = Field(100, ge=1, description="outgoing messages held while the broker is slow or away; the oldest are dropped")
     publish_jpeg: bool = Field(True, description="publish each captioned frame as a JPEG on {prefix}/{camera}/snapshot")
     stats_interval_s: float = Field(30.0, gt=0, description="seconds between messages on {prefix}/stats")
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
 
     @field_validator("protocol", mode="before")
     @classmethod

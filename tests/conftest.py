@@ -39,7 +39,7 @@ def wait_until(predicate, timeout: float, interval: float = 0.05, message: str =
 def mosquitto(tmp_path):
     """A running Mosquitto on a free 127.0.0.1 port (``.port``, ``.stop()``, ``.start()``, ``.restart()``)."""
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        pytest.fail("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)")
     broker = LocalBroker(free_port(), tmp_path / "mosquitto")
     broker.start()
     yield broker
@@ -90,6 +90,11 @@ class MessageCollector:
         """Messages received on ``topic`` (exact name) at or after monotonic time ``since``."""
         with self._lock:
             return [m for m in self.messages if m.topic == topic and m.at >= since]
+
+    def on_prefix(self, prefix: str, since: float = 0.0) -> list[Received]:
+        """Messages received on any topic starting with ``prefix`` at or after ``since``."""
+        with self._lock:
+            return [m for m in self.messages if m.topic.startswith(prefix) and m.at >= since]
 
     def wait_for(self, topic: str, predicate=lambda m: True, timeout: float = 10.0, since: float = 0.0) -> Received:
         """The first message on ``topic`` that satisfies ``predicate``, waiting up to ``timeout`` s."""

@@ -68,10 +68,10 @@ def test_env_substitution_with_and_without_default():
         mqtt:
           host: ${BROKER}
           port: ${BROKER_PORT:-1884}
-          password_file: ${CREDENTIALS_DIRECTORY}/mqtt_password
+          password_file: ${CREDENTIALS_DIRECTORY}/mqtt-password
     """), "t.yaml", {"BROKER": "hub.local", "CREDENTIALS_DIRECTORY": "/run/credentials/explaincam.service"})
     assert cfg.mqtt.host == "hub.local" and cfg.mqtt.port == 1884
-    assert str(cfg.mqtt.password_file) == "/run/credentials/explaincam.service/mqtt_password"
+    assert str(cfg.mqtt.password_file) == "/run/credentials/explaincam.service/mqtt-password"
 
 
 def test_unset_env_variable_is_reported_with_key_and_line():

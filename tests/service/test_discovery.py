@@ -12,6 +12,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.discovery import EXPLAIN_REQUEST, discovery_messages, handles_birth, removal_messages
+from tests.conftest import daemon_config, wait_until
 from tests.service.tls_broker import Subscriber
 
 PREFIX, CAMERA = "explaincam", "cam"
@@ -157,3 +158,30 @@ def test_birth_message_triggers_a_resend_through_the_broker(plain_broker):
         publish_all(daemon, removal_messages(PREFIX, CAMERA))
         daemon.disconnect()
         daemon.loop_stop()
+
+
+def test_daemon_announces_itself_and_again_when_home_assistant_restarts(mosquitto, collect, daemon_process,
+                                                                       tmp_path):
+    """`explaincam run` publishes the four entities retained, and re-sends them on HA's birth."""
+    import time
+
+    cfg = daemon_config(tmp_path, mosquitto.port)
+    watcher = collect(mosquitto.port, "homeassistant/#")
+    daemon_process(cfg)
+    expected = {topic for topic, _ in discovery_messages("explaincam", "testcam", model_name="m", version="v")}
+
+    wait_until(lambda: expected <= {m.topic for m in watcher.on_prefix("homeassistant/")}, 30,
+               message="all discovery messages")
+    button = watcher.wait_for(next(t for t in expected if "/button/" in t)).json()
+    assert button["command_topic"] == "explaincam/testcam/explain/request"
+    assert button["device"]["model"] == "scenes-mnv3s"
+
+    since = time.monotonic()
+    publisher = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    publisher.connect("127.0.0.1", mosquitto.port)
+    publisher.loop_start()
+    publisher.publish("homeassistant/status", "online").wait_for_publish(5)
+    wait_until(lambda: expected <= {m.topic for m in watcher.on_prefix("homeassistant/", since)}, 10,
+               message="discovery sent again after the birth message")
+    publisher.loop_stop()
+    publisher.disconnect()
