@@ -21,8 +21,6 @@ from paho.mqtt.properties import Properties
 from convert.scenes import scene_at
 from tests.conftest import REPO, SHIPPED_BUNDLE, daemon_config, wait_until
 
-needs_bundle = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
-                                  reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
 PREFIX, CAMERA = "explaincam", "testcam"
 AVAILABILITY = f"{PREFIX}/availability"
 CAPTION = f"{PREFIX}/{CAMERA}/caption"
@@ -68,7 +66,6 @@ def live_captions(collector, since=0.0):
     return [m.json() for m in collector.on(CAPTION, since) if not m.retain]
 
 
-@needs_bundle
 def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
     notify = NotifyListener(tmp_path / "notify.sock")
     watcher = collect(mosquitto.port, f"{PREFIX}/#")
@@ -122,7 +119,6 @@ def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
         notify.close()
 
 
-@needs_bundle
 def test_broker_absent_at_start(tmp_path, mosquitto, collect, daemon_process):
     mosquitto.stop()
     daemon_process(daemon_config(tmp_path, mosquitto.port))
@@ -136,7 +132,6 @@ def test_broker_absent_at_start(tmp_path, mosquitto, collect, daemon_process):
     assert watcher.wait_for(CAPTION, lambda m: not m.retain, timeout=5).json()["frame_id"] > first
 
 
-@needs_bundle
 def test_broker_restart_captions_resume_within_5_s(tmp_path, mosquitto, collect, daemon_process):
     daemon_process(daemon_config(tmp_path, mosquitto.port))
     collect(mosquitto.port, CAPTION).wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
@@ -148,7 +143,6 @@ def test_broker_restart_captions_resume_within_5_s(tmp_path, mosquitto, collect,
     assert watcher.wait_for(AVAILABILITY).payload == b"online"
 
 
-@needs_bundle
 def test_source_fails_and_comes_back(tmp_path, mosquitto, collect, daemon_process):
     folder = tmp_path / "pictures"
     folder.mkdir()

@@ -21,8 +21,6 @@ from daemon.snapshot import SnapshotWriter
 from daemon.sources import Frame, FrameGrabber, make_source
 from tests.conftest import SHIPPED_BUNDLE
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
-                                reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
 TOPICS = CameraTopics.for_camera("explaincam", "cam")
 
 

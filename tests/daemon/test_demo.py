@@ -7,15 +7,12 @@ import signal
 import subprocess
 import sys
 
-import pytest
 import yaml
 
-from daemon.demo import LocalBroker, broker_answers, find_mosquitto, free_port
-from tests.conftest import REPO, SHIPPED_BUNDLE, wait_until
+from daemon.demo import LocalBroker, broker_answers, free_port
+from tests.conftest import REPO, wait_until
 
 
-@pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(), reason="the shipped bundle is not there yet")
-@pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed")
 def test_demo_starts_a_broker_and_prints_captions(tmp_path):
     port = free_port()
     config = tmp_path / "config.yaml"
@@ -41,8 +38,6 @@ def test_demo_starts_a_broker_and_prints_captions(tmp_path):
 
 
 def test_local_broker_restarts_on_the_same_port(tmp_path):
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed")
     broker = LocalBroker(free_port(), tmp_path)
     broker.start()
     try:
