@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 
-from convert.scenes import COLOURS, objects_mask, read_scenes, scene_at, scene_vocabulary, write_scenes
+from convert.scenes import COLOURS, objects_mask, read_scenes, scene_at, scene_vocabulary
 from daemon.cli import main as cli
 
 

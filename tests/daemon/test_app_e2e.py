@@ -14,7 +14,6 @@ import time
 
 import cv2
 import numpy as np
-import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
