@@ -219,6 +219,8 @@ class SeedStyleDecoder(StepDecoder):
     Each step runs the seed-format model on the whole pre-padded prefix instead of carrying
     the LSTM state. The prefix rides in the place of the LSTM state, so greedy and beam
     search are the very code of ``StepDecoder`` and both decoders must give the same caption.
+    The search stops once no open beam can win, where a fixed-length seed loop would run
+    every beam to the full prefix length: if anything, the baseline is flattered.
     """
 
     def __init__(self, step_model, prefix_length: int, start: int, end: int):
