@@ -56,13 +56,38 @@ def preprocessing_affine(mode: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown preprocessing mode {mode!r}")
 
 
+def _moment_pooling(x):
+    """Per channel: the mean activation and its first moments along x and y.
+
+    A fixed (non-trainable) depthwise convolution over the whole map with three kernels per
+    channel: 1, x and y (coordinates in -1..1), each divided by the map's area. Like global
+    average pooling every position is read the same way, so a channel still means "this
+    kind of thing here" and Grad-CAM localises; unlike it, where things are survives, so
+    "left of" and "above" can be told apart. Plain layers: it saves, loads and quantizes
+    to int8 like any depthwise convolution.
+    """
+    h, w, channels = (int(d) for d in x.shape[1:])
+    ys, xs = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    basis = np.stack([np.ones((h, w)), xs, ys], -1) / (h * w)  # (h, w, 3)
+    kernel = np.repeat(basis[:, :, None, :], channels, axis=2).astype(np.float32)  # (h, w, C, 3)
+    moments = layers.DepthwiseConv2D((h, w), depth_multiplier=3, use_bias=False, trainable=False,
+                                     name="moments")
+    out = moments(x)
+    moments.set_weights([kernel])
+    return out
+
+
 def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: str | None = None,
-                  pooling: str = "spatial", spatial_channels: int = 24) -> keras.Model:
+                  pooling: str = "moments", spatial_channels: int = 96) -> keras.Model:
     """A keras.applications backbone taking 0..255 RGB, ending in a feature vector.
 
-    ``pooling="avg"`` is the seed's global average pooling. ``"spatial"`` keeps the coarse
-    layout (1x1 conv to a few channels, flattened) so the decoder can tell left from
-    right; global pooling throws position away.
+    ``pooling="avg"`` is the seed's global average pooling, which throws away where things
+    are. ``"moments"`` (default) adds, per channel of a 1x1-reduced map, the activation's
+    first moments along x and y (see ``_moment_pooling``), so relations like "left of"
+    survive while every position is still read alike. ``"spatial"`` flattens the reduced
+    map: it keeps the layout too, but gives each position its own decoder weights, and
+    then deep feature maps no longer keep an object's evidence at its place (Grad-CAM
+    peaks fell inside the named object for 4% of words), so it is not the default.
     """
     try:
         factory = getattr(keras.applications, name)
@@ -88,11 +113,14 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     x = backbone(x)
     if pooling == "avg":
         features = layers.GlobalAveragePooling2D(name="features")(x)
+    elif pooling == "moments":
+        x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
+        features = layers.Flatten(name="features")(_moment_pooling(x))
     elif pooling == "spatial":
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
         features = layers.Flatten(name="features")(x)
     else:
-        raise ValueError(f"pooling must be 'avg' or 'spatial', not {pooling!r}")
+        raise ValueError(f"pooling must be 'moments', 'avg' or 'spatial', not {pooling!r}")
     return keras.Model(image, features, name="encoder")
 
 

@@ -49,8 +49,8 @@ class _Batches(keras.utils.PyDataset):
 
 
 def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None = None,
-          scenes: int = 12000, seed: int = 1, dataset: str | None = None, epochs: int = 12,
-          batch_size: int = 32, input_size: int = 224, pooling: str = "spatial",
+          scenes: int = 12000, seed: int = 1, dataset: str | None = None, epochs: int = 10,
+          batch_size: int = 32, input_size: int = 224, pooling: str = "moments",
           embedding_dim: int = 64, units: int = 128, learning_rate: float = 2e-3,
           min_word_count: int = 1, max_words: int | None = None, validation: int = 500,
           verbose: int = 1) -> dict:
@@ -113,12 +113,13 @@ def configure(parser) -> None:
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="keras.applications model name")
     parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
                         help="initial encoder weights: none (from scratch) or imagenet (needs internet)")
-    parser.add_argument("--pooling", default="spatial", choices=["spatial", "avg"],
-                        help="encoder head: spatial (keeps layout) or avg (seed-style global pooling)")
+    parser.add_argument("--pooling", default="moments", choices=["moments", "avg", "spatial"],
+                        help="encoder head: moments (mean + x/y moments per channel, keeps where things are), "
+                             "avg (the seed's global average pooling) or spatial (flattened map)")
     parser.add_argument("--scenes", type=int, default=12000, help="generated training scenes")
     parser.add_argument("--seed", type=int, default=1, help="scene stream and initialisation seed")
     parser.add_argument("--dataset", default=None, help="train on a Flickr8k/Flickr30k-style folder instead")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--embedding-dim", type=int, default=64)
