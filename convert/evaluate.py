@@ -16,8 +16,11 @@ object's ``token_indices``),
   in heatmap order, 20 steps; ``random`` is the same with a random pixel order;
 - ``randomization_similarity``: mean Spearman rank correlation between each map and the
   map of the same method on the model whose top layers were re-initialised, cascading
-  from the top (Adebayo et al., 2018): the whole decoder head, the encoder head and the
-  backbone's last resolution stage. Low means the maps depend on what the model learned.
+  from the top (Adebayo et al., 2018): the decoder head, then the encoder head, then the
+  backbone's last resolution stage, then the backbone down to the Grad-CAM layer (every
+  layer between the explained map and the words). The figure is the last stage's;
+  ``randomization_cascade`` has every stage. Low means the maps depend on what the model
+  learned.
 """
 
 from __future__ import annotations
@@ -65,31 +68,64 @@ def _glorot(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(-limit, limit, shape).astype(np.float32)
 
 
-def randomization_layers(captioner) -> list:
-    """The layers re-initialised for the randomization test, top first (a cascade)."""
+def randomization_stages(captioner, gradcam_layer: str) -> list[tuple[str, list]]:
+    """The cascade of the randomization test: (stage name, its layers with weights), top first."""
     encoder = captioner.get_layer("encoder")
     backbone = encoder.get_layer("backbone")
-    chain = [layer for layer in encoder.layers if layer.weights]
-    head = [layer for layer in reversed(chain[chain.index(backbone) + 1:])]
-    last_stage = backbone.output.shape[1:3]
-    stage = [layer for layer in backbone.layers
-             if layer.weights and tuple(layer.output.shape[1:3]) == tuple(last_stage)]
-    return [captioner.get_layer(name) for name in DECODER_HEAD] + head + list(reversed(stage))
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    last_stage = tuple(backbone.output.shape[1:3])
+    top = [layer for layer in weighted if tuple(layer.output.shape[1:3]) == last_stage]
+    names = [layer.name for layer in backbone.layers]
+    above = [layer for layer in weighted if names.index(layer.name) > names.index(gradcam_layer) and layer not in top]
+    stages = [("decoder", [captioner.get_layer(name) for name in DECODER_HEAD]),
+              ("encoder_head", [layer for layer in reversed(encoder.layers[encoder.layers.index(backbone) + 1:])
+                                if layer.weights]),
+              ("backbone_top", list(reversed(top))),
+              ("backbone_to_gradcam_layer", list(reversed(above)))]
+    return [(name, layers) for name, layers in stages if layers]
 
 
-def randomize(captioner, seed: int = 0) -> list[str]:
-    """Re-initialise the randomization layers in place (kernels Glorot-uniform, biases zero;
-    batch-norm statistics are kept); return their names."""
+def reinitialise(layers: list, rng: np.random.Generator) -> list[str]:
+    """Re-initialise layers in place: kernels Glorot-uniform, biases zero, batch-norm kept."""
     from keras import layers as keras_layers
 
-    rng = np.random.default_rng(seed)
     names = []
-    for layer in randomization_layers(captioner):
+    for layer in layers:
         if isinstance(layer, keras_layers.BatchNormalization):
             continue
         layer.set_weights([_glorot(w.shape, rng) if w.ndim >= 2 else np.zeros_like(w) for w in layer.get_weights()])
         names.append(layer.name)
     return names
+
+
+def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 0, progress=None) -> dict:
+    """Spearman similarity of the trained maps to the maps after each cascade stage.
+
+    ``scenes`` holds (image, tokens, words, Explanation of the trained model). Returns
+    ``{"stages": {stage: {method: mean}}, "layers": {stage: [names]}}``.
+    """
+    import keras
+
+    from daemon.explain.explainer import Explainer
+
+    copy = keras.models.load_model(explainer.bundle.file("captioner"), compile=False)
+    randomized = Explainer(explainer.bundle, explainer.options, explainer.layer, captioner=copy)
+    rng = np.random.default_rng(seed)
+    stages = randomization_stages(copy, explainer.layer)
+    result = {"stages": {}, "layers": {}}
+    for s, (stage, layers) in enumerate(stages):
+        result["layers"][stage] = reinitialise(layers, rng)  # cumulative: earlier stages stay random
+        similarity = defaultdict(list)
+        for n, (image, tokens, words, trained) in enumerate(scenes):
+            after = randomized.explain(image, tokens, words, methods)
+            for method in methods:
+                for k in range(len(words)):
+                    similarity[method].append(ff.spearman(trained.maps[method][k], after.maps[method][k]))
+            if progress:
+                progress(s * len(scenes) + n + 1, len(stages) * len(scenes))
+        result["stages"][stage] = {m: round(float(np.mean(similarity[m])), 4) if similarity[m] else None
+                                   for m in methods}
+    return result
 
 
 class _Totals:
@@ -100,7 +136,6 @@ class _Totals:
         self.hits = Counter()
         self.words = 0
         self.deletion, self.insertion = defaultdict(list), defaultdict(list)
-        self.similarity = defaultdict(list)
         self.explain_ms = defaultdict(list)
 
     def report(self) -> dict:
@@ -109,13 +144,10 @@ class _Totals:
             return round(float(np.mean(values)), 4) if values else None
 
         keys = self.methods + ["random"]
-        similarity = {m: mean(self.similarity[m]) for m in self.methods}
-        known = [v for v in similarity.values() if v is not None]
         return {
             "pointing_game": {m: round(self.hits[m] / self.words, 4) if self.words else None for m in self.methods},
             "deletion_auc": {m: mean(self.deletion[m]) for m in keys},
             "insertion_auc": {m: mean(self.insertion[m]) for m in keys},
-            "randomization_similarity": {**similarity, "mean": round(float(np.mean(known)), 4) if known else None},
             "explain_ms_per_frame": {m: round(float(np.mean(self.explain_ms[m])), 1) for m in self.methods},
         }
 
@@ -125,15 +157,17 @@ def _score_fn(explainer, tokens: list[int], index: int):
     return lambda images: np.exp(explainer.word_logprobs(images, tokens)[:, index])
 
 
-def explain_scene(explainer, random_explainer, image: np.ndarray, tokens: list[int], objects: list,
-                  totals: _Totals, rng: np.random.Generator) -> None:
-    """Add one scene's pointing, deletion/insertion and randomization results to ``totals``."""
+def explain_scene(explainer, image: np.ndarray, tokens: list[int], objects: list, totals: _Totals,
+                  rng: np.random.Generator):
+    """Add one scene's pointing and deletion/insertion results to ``totals``.
+
+    Returns (object word indices, the Explanation), or None when no word names an object.
+    """
     words = sorted({i for obj in objects for i in obj["token_indices"] if i < len(tokens)})
     if not words:
-        return
+        return None
     x = explainer.prepare(image)
     explanation = explainer.explain(image, tokens, words, totals.methods)
-    randomized = random_explainer.explain(image, tokens, words, totals.methods) if random_explainer else None
     for method in totals.methods:
         totals.explain_ms[method].append(explanation.timings_ms[f"{method}_ms"])
     # the random ordering does not depend on the word: one series scores every word at once
@@ -152,29 +186,22 @@ def explain_scene(explainer, random_explainer, image: np.ndarray, tokens: list[i
             ranked = ff.importance_order(heat, rng)
             totals.deletion[method].append(ff.auc(ff.deletion_curve(score, x, ranked, DELETION_STEPS)))
             totals.insertion[method].append(ff.auc(ff.insertion_curve(score, x, ranked, DELETION_STEPS)))
-            if randomized is not None:
-                totals.similarity[method].append(ff.spearman(heat, randomized.maps[method][k]))
+    return words, explanation
 
 
 def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None = None,
              explanations: bool = False, methods: list[str] | None = None,
              randomization_limit: int | None = None, options: ExplainOptions | None = None,
-             seed: int = 0, progress=None) -> dict:
+             seed: int = 0, gradcam_layer: str | None = None, progress=None) -> dict:
     """All metrics of a bundle on a scenes folder, as a JSON-ready dict."""
-    import keras
-
     from daemon.captioner import Captioner, read_rgb, resize_for_encoder
     from daemon.explain.explainer import Explainer
 
     records = read_scenes(scenes_dir)[:limit] if limit else read_scenes(scenes_dir)
     captioner = Captioner.from_path(bundle_path, threads=2)
-    explainer = Explainer(captioner.bundle, options)
+    explainer = Explainer(captioner.bundle, options, gradcam_layer)
     methods = list(methods or METHODS)
-    random_explainer, randomized_layers = None, []
-    if explanations:
-        copy = keras.models.load_model(captioner.bundle.file("captioner"), compile=False)
-        randomized_layers = randomize(copy, seed)
-        random_explainer = Explainer(captioner.bundle, options, captioner=copy)
+    kept = []  # scenes for the randomization test
     totals = _Totals(methods)
     rng = np.random.default_rng(seed)
     references, hypotheses = [], []
@@ -194,9 +221,9 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
             if len(tokens) != len(truth):  # a word outside the vocabulary: positions would not line up
                 skipped += 1
             else:
-                use_random = randomization_limit is None or n < randomization_limit
-                explain_scene(explainer, random_explainer if use_random else None, image, tokens,
-                              record["objects"], totals, rng)
+                explained = explain_scene(explainer, image, tokens, record["objects"], totals, rng)
+                if explained and (randomization_limit is None or len(kept) < randomization_limit):
+                    kept.append((image, tokens, *explained))
         if progress:
             progress(n + 1, len(records))
     count = len(records)
@@ -210,11 +237,15 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     }
     if explanations:
         report.update(totals.report())
-        report["counts"].update(object_words=totals.words, skipped_scenes=skipped,
-                                randomization_scenes=min(count, randomization_limit or count))
+        cascade = randomization_test(explainer, kept, methods, seed, Progress("randomization test", bool(progress)))
+        last = list(cascade["stages"].values())[-1]
+        known = [v for v in last.values() if v is not None]
+        report["randomization_similarity"] = {**last, "mean": round(float(np.mean(known)), 4) if known else None}
+        report["randomization_cascade"] = cascade["stages"]
+        report["counts"].update(object_words=totals.words, skipped_scenes=skipped, randomization_scenes=len(kept))
         report["settings"] = {"gradcam_layer": explainer.layer, "deletion_steps": DELETION_STEPS,
                               "deletion_substrate": "mean colour", "insertion_substrate": "gaussian blur, sigma 10% of side",
-                              "randomized_layers": randomized_layers, **vars(explainer.options)}
+                              "randomized_layers": cascade["layers"], **vars(explainer.options)}
     return report
 
 
@@ -234,6 +265,8 @@ def configure(parser) -> None:
     parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples)
     parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps)
     parser.add_argument("--seed", type=int, default=0, help="seed of random orderings and re-initialised weights")
+    parser.add_argument("--gradcam-layer", default=None,
+                        help="backbone layer for gradcam/gradcampp (default: the bundle manifest's)")
 
 
 def _print_table(report: dict) -> None:
@@ -248,7 +281,9 @@ def _print_table(report: dict) -> None:
         print(f"{m:<22}{report['pointing_game'][m]:>9}{report['deletion_auc'][m]:>10}{report['insertion_auc'][m]:>10}"
               f"{str(report['randomization_similarity'][m]):>11}{report['explain_ms_per_frame'][m]:>10}")
     print(f"{'random order':<22}{'':>9}{report['deletion_auc']['random']:>10}{report['insertion_auc']['random']:>10}")
-    print(f"randomization similarity, mean: {report['randomization_similarity']['mean']}")
+    print(f"randomization similarity, mean: {report['randomization_similarity']['mean']}; by cascade stage:")
+    for stage, values in report["randomization_cascade"].items():
+        print(f"  {stage:<28}" + "  ".join(f"{m} {v}" for m, v in values.items()))
 
 
 def main(args) -> int:
@@ -263,8 +298,9 @@ def main(args) -> int:
     options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed)
     try:
         report = evaluate(args.bundle, args.scenes, args.limit, args.explanations, args.methods,
-                          args.randomization_limit, options, args.seed, Progress("evaluating"))
-    except BundleError as exc:
+                          args.randomization_limit, options, args.seed, args.gradcam_layer,
+                          Progress("evaluating"))
+    except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["seconds"] = round(time.monotonic() - started, 1)

@@ -41,6 +41,10 @@ class SplitCaptioner:
         features = captioner.get_layer("feat_dropout").input  # the encoder's output in the captioner graph
         self.decoder = keras.Model([features, captioner.inputs[1]], captioner.output)
         self.captioner = captioner
+        # Graph-compiled logits (about 2.5x faster than eager on a CPU); a GradientTape
+        # outside it still differentiates w.r.t. the images, not w.r.t. the activations.
+        self.compiled_logits = tf.function(lambda images, tokens: self.forward(images, tokens)[1],
+                                           reduce_retracing=True)
 
     def encode(self, images):
         """(activations, encoder features) of a batch of 0..255 RGB float images."""
@@ -67,7 +71,7 @@ class SplitCaptioner:
         for s in range(0, len(images), batch_size):
             x = tf.convert_to_tensor(images[s:s + batch_size], tf.float32)
             tok = tf.convert_to_tensor(np.tile(np.asarray(tokens, np.int32), (len(x), 1)))
-            out.append(self.forward(x, tok)[1].numpy())
+            out.append(self.compiled_logits(x, tok).numpy())
         return np.concatenate(out)
 
 
@@ -84,10 +88,12 @@ def _gradients(model: SplitCaptioner, images: np.ndarray, tokens: list[int], tar
         tok = tf.convert_to_tensor(np.tile(np.asarray(tokens, np.int32), (len(x), 1)))
         with tf.GradientTape() as tape:
             tape.watch(x)
-            acts, logits = model.forward(x, tok)
+            if wrt_layer:
+                acts, logits = model.forward(x, tok)
+            else:
+                logits = model.compiled_logits(x, tok)
             total = tf.add_n([target(logits[i]) for i, target in enumerate(targets[s:s + batch_size])])
-        grads = tape.gradient(total, acts if wrt_layer else x)
-        grads_out.append(grads.numpy())
+        grads_out.append(tape.gradient(total, acts if wrt_layer else x).numpy())
         if wrt_layer:
             acts_out.append(acts.numpy())
     grads = np.concatenate(grads_out)

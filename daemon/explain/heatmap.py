@@ -17,11 +17,10 @@ TILE = 192  # side of one grid panel in pixels
 _LABEL_HEIGHT = 22
 
 
-def normalise(raw: np.ndarray, clip_percentile: float | None = None) -> np.ndarray:
-    """Map to 0..1 (min -> 0, max or the given upper percentile -> 1); a flat map becomes 0."""
+def normalise(raw: np.ndarray) -> np.ndarray:
+    """Map to 0..1 (min -> 0, max -> 1); a flat map becomes 0, NaN and infinities 0."""
     m = np.nan_to_num(np.asarray(raw, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    lo = float(m.min())
-    hi = float(np.percentile(m, clip_percentile)) if clip_percentile is not None else float(m.max())
+    lo, hi = float(m.min()), float(m.max())
     if not hi - lo > 1e-6 * max(abs(hi), abs(lo)):  # flat (up to float rounding)
         return np.zeros_like(m)
     return np.clip((m - lo) / (hi - lo), 0.0, 1.0)

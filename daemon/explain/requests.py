@@ -166,8 +166,9 @@ def parse_words(text: str) -> str | list[int]:
 
 def summary_lines(payload: dict) -> list[str]:
     """A human summary of an ok response: captions, then each word's peak per method, timings."""
-    lines = [f"frame {payload.get('frame_id')}: {payload.get('caption')!r}",
-             f"float model's caption: {payload.get('float_caption')!r}"]
+    frame = f"frame {payload['frame_id']}: " if payload.get("frame_id") is not None else ""
+    lines = [f"{frame}caption {payload.get('caption')!r}",
+             f"float model's caption {payload.get('float_caption')!r}"]
     for record in payload.get("words", []):
         peaks = ", ".join(f"{k} peak {tuple(v['peak'])}" for k, v in record.items()
                           if isinstance(v, dict) and "peak" in v)

@@ -1,0 +1,96 @@
+"""ExplainService with a real spawn explainer process: queueing, busy, idle exit, crash recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from convert.scenes import scene_at
+from daemon.captioner import Captioner
+from daemon.config import ExplainConfig
+from daemon.explain.heatmap import decode_png
+from daemon.explain.service import ExplainService
+from daemon.framecache import CachedFrame, FrameCache
+from tests.conftest import SHIPPED_BUNDLE, wait_until
+
+pytestmark = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
+                                reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
+EXPLAIN_TIMEOUT = 180
+
+
+class Published:
+    """The service's ``publish`` seam, recording what it is given (thread-safe)."""
+
+    def __init__(self):
+        self.messages = []
+        self.lock = threading.Lock()
+
+    def __call__(self, topic, payload, qos=0, retain=False, correlation_data=None):
+        with self.lock:
+            self.messages.append((topic, payload, retain, correlation_data))
+
+    def answer(self, request_id, timeout=EXPLAIN_TIMEOUT):
+        """The JSON response with this id, its topic and correlation data."""
+        def find():
+            with self.lock:
+                for topic, payload, _, correlation in self.messages:
+                    if topic != "image" and json.loads(payload)["id"] == request_id:
+                        return json.loads(payload), topic, correlation
+            return None
+        return wait_until(find, timeout, message=f"the answer to {request_id!r}")
+
+
+@pytest.fixture
+def frames():
+    """A frame cache holding three captioned scenes, as the caption loop leaves it."""
+    captioner = Captioner.from_path(SHIPPED_BUNDLE)
+    cache = FrameCache(4)
+    for i in range(3):
+        scene = scene_at(2024, i)
+        cache.put(CachedFrame(100 + i, time.time(), scene.image, captioner.caption(scene.image), scene.caption))
+    return cache
+
+
+def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
+    published = Published()
+    config = ExplainConfig(idle_exit_s=3, queue_size=1, smoothgrad_samples=2, ig_steps=256, threads=1)
+    service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snap",
+                             publish=published, topics={"response": "response", "image": "image"},
+                             frame_cache=frames, model_name="test-model")
+    try:
+        # the first request starts the process; the queue holds one, so the next is busy at once
+        service.handle_request(b'{"id": "one", "frame": 101, "methods": ["gradcam"]}', "reply/one", b"c1")
+        service.handle_request(b'{"id": "two", "methods": ["gradcam"]}')
+        busy, topic, _ = published.answer("two", timeout=1)
+        assert (busy["status"], busy["error"]["code"], topic) == ("busy", "busy", "response")
+        one, topic, correlation = published.answer("one")
+        assert (one["status"], topic, correlation) == ("ok", "reply/one", b"c1")
+        assert one["frame_id"] == 101 and one["caption"] == frames.get(101).caption.caption
+        image = next(p for t, p, retain, _ in published.messages if t == "image" and retain)
+        assert decode_png(image).ndim == 3
+        snapshot = json.loads((tmp_path / "snap" / "explanation.json").read_text())
+        assert snapshot["id"] == "one" and snapshot["model"] == "test-model"
+
+        # idle: the process ends by itself, and the next request starts it again
+        wait_until(lambda: service.worker_pid is None, 30, message="the idle explainer to exit")
+        service.handle_request(b'{"id": "three", "words": [0], "methods": ["saliency"]}')
+        three, _, _ = published.answer("three")
+        assert three["status"] == "ok" and "load_ms" in three["timings_ms"]
+
+        # a crash mid-explanation is an `internal` error with the id; the daemon goes on
+        service.handle_request(b'{"id": "four", "methods": ["integrated_gradients"]}')
+        wait_until(lambda: service._running is not None, EXPLAIN_TIMEOUT, message="the job to start")
+        os.kill(service.worker_pid, signal.SIGKILL)
+        four, _, _ = published.answer("four", timeout=30)
+        assert (four["status"], four["error"]["code"]) == ("error", "internal")
+        assert "crashed" in four["error"]["message"]
+        service.handle_request(b'{"id": "five", "words": [0], "methods": ["gradcam"]}')
+        assert published.answer("five")[0]["status"] == "ok"
+    finally:
+        service.stop()
+    assert service.worker_pid is None
