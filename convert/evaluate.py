@@ -78,8 +78,9 @@ def randomization_stages(captioner, gradcam_layer: str) -> list[tuple[str, list]
     names = [layer.name for layer in backbone.layers]
     above = [layer for layer in weighted if names.index(layer.name) > names.index(gradcam_layer) and layer not in top]
     stages = [("decoder", [captioner.get_layer(name) for name in DECODER_HEAD]),
+              # fixed operations of the head (a non-trainable pooling kernel) are not learned: kept
               ("encoder_head", [layer for layer in reversed(encoder.layers[encoder.layers.index(backbone) + 1:])
-                                if layer.weights]),
+                                if layer.trainable_weights]),
               ("backbone_top", list(reversed(top))),
               ("backbone_to_gradcam_layer", list(reversed(above)))]
     return [(name, layers) for name, layers in stages if layers]

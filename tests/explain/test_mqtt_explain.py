@@ -177,3 +177,18 @@ def test_each_bad_request_gets_its_error_while_captions_keep_flowing(mosquitto, 
     assert ids == sorted(ids)
     assert daemon.process.poll() is None
     assert not any(loaded_tensorflow(child) for child in child_pids(daemon.process.pid))
+
+
+def test_the_request_cli_says_when_nobody_answers_or_no_broker_is_there(mosquitto, tmp_path):
+    base = [sys.executable, "-m", "daemon.cli", "request", "--host", "127.0.0.1", "--camera", "nobody",
+            "--out", str(tmp_path / "out")]
+    silent = subprocess.run(base + ["--port", str(mosquitto.port), "--timeout", "1"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert silent.returncode == 3 and "no answer" in silent.stderr
+    mosquitto.stop()
+    gone = subprocess.run(base + ["--port", str(mosquitto.port), "--timeout", "1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2 and "cannot connect" in gone.stderr
+    bad = subprocess.run(base + ["--port", "1", "--words", "first"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "words" in bad.stderr
