@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -95,10 +96,15 @@ def test_latest_frame_explained_over_mqtt5_with_correlation_and_the_request_cli(
     requester = Requester(mosquitto.port, "test/replies/e2e")
     try:
         correlation = b"\x00corr-1\xff"
+        sent = time.monotonic()
         requester.send({"id": "e2e-1", "frame": "latest", "methods": ["gradcam", "saliency"]}, correlation)
         reply = requester.reply_for(correlation, EXPLAIN_TIMEOUT)
+        answered = time.monotonic()
     finally:
         requester.close()
+    # captions kept coming while the explainer process started and worked
+    during = [m for m in watcher.on(CAPTION, sent) if m.at <= answered]
+    assert len(during) >= int(answered - sent) // 2, f"{len(during)} captions in {answered - sent:.1f} s"
     answer = json.loads(reply.payload)
     assert answer["id"] == "e2e-1" and answer["status"] == "ok", answer.get("error")
     assert answer["error"] is None
