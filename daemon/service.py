@@ -4,7 +4,7 @@ Under ``--root`` (default ``/``; tests give a scratch folder) it writes::
 
     {prefix}/venv/                          python -m venv, pip install <source>[explain]
     {prefix}/models/<bundle>/               the bundle that <source>/config.yaml names
-    {prefix}/README-service.md
+    {prefix}/README.md                     the project README (the unit's Documentation=)
     /etc/explaincam/config.yaml             <source>/config.yaml, model.bundle -> {prefix}/models/<bundle>
     /etc/explaincam/mqtt-password           empty, mode 0600, only if missing (LoadCredential= needs it)
     /etc/sysusers.d/explaincam.conf         the `explaincam` system user
@@ -187,7 +187,7 @@ class Installer:
     def install(self, source: Path, enable: bool, make_venv: bool) -> None:
         """Install from the checkout ``source``; see the module docstring for what goes where."""
         src_config, src_unit = source / "config.yaml", source / "systemd" / UNIT_NAME
-        src_users, src_readme = source / "systemd" / "explaincam.sysusers", source / "systemd" / "README-service.md"
+        src_users, src_readme = source / "systemd" / "explaincam.sysusers", source / "README.md"
         for path in (src_config, src_unit, src_users, src_readme):
             if not path.is_file():
                 raise InstallError(f"{path} is missing: is {source} an explaincam checkout?")
@@ -207,7 +207,7 @@ class Installer:
                 self.report("skipped", self.venv, "--skip-venv")
             installed_bundle = f"{self.prefix}/models/{bundle.path.name}"
             changed |= self._install_tree(bundle.path, self.at(installed_bundle))
-            changed |= self._write(self.prefix_dir / "README-service.md", src_readme.read_bytes())
+            changed |= self._write(self.prefix_dir / "README.md", src_readme.read_bytes())
             changed |= self._install_config(render_config(src_config.read_text(), installed_bundle).encode())
             if not self.password.exists():
                 write_atomic(self.password, b"", 0o600)
@@ -292,7 +292,7 @@ class Installer:
         self._remove(self.unit)
         if systemd_up:
             self._run("systemctl", "daemon-reload")
-        for path in (self.venv, self.prefix_dir / "models", self.prefix_dir / "README-service.md", self.state_file):
+        for path in (self.venv, self.prefix_dir / "models", self.prefix_dir / "README.md", self.state_file):
             self._remove(path)
         if self.prefix_dir.is_dir() and not any(self.prefix_dir.iterdir()):
             self._remove(self.prefix_dir)

@@ -35,10 +35,11 @@ def seed_decoder(vocab_size: int) -> keras.Model:
 
 
 def seed_greedy(decoder, features, vocab: Vocabulary) -> list[int]:
-    """The seed's caption loop: re-run the model on the pre-padded prefix for every word."""
+    """The seed's caption loop: re-run the model on the pre-padded prefix for every word,
+    as long as start token and words fit the prefix (MAX_LENGTH - 1 words)."""
     seq = [vocab.start]
     out = []
-    for _ in range(MAX_LENGTH):
+    for _ in range(MAX_LENGTH - 1):
         prefix = np.zeros((1, MAX_LENGTH), np.float32)
         prefix[0, -len(seq):] = seq
         probs = decoder.predict([features[None], prefix], verbose=0)[0]

@@ -21,7 +21,7 @@ from daemon.cli import main as cli
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "/srv/explaincam"  # not the default, to see the unit rewritten
 EXPECTED_FILES = {
-    "srv/explaincam/README-service.md",
+    "srv/explaincam/README.md",
     "srv/explaincam/install-state.json",
     "etc/explaincam/config.yaml",
     "etc/explaincam/mqtt-password",
@@ -36,8 +36,9 @@ def source(tmp_path) -> Path:
     src = tmp_path / "source"
     (src / "systemd").mkdir(parents=True)
     shutil.copy(REPO / "config.yaml", src / "config.yaml")
-    for name in ("explaincam.service", "explaincam.sysusers", "README-service.md"):
+    for name in ("explaincam.service", "explaincam.sysusers"):
         shutil.copy(REPO / "systemd" / name, src / "systemd" / name)
+    shutil.copy(REPO / "README.md", src / "README.md")
     bundle = src / "models" / Path(yaml.safe_load((src / "config.yaml").read_text())["model"]["bundle"]).name
     bundle.mkdir(parents=True)
     files = {"encoder_int8": "encoder_int8.tflite", "decoder": "decoder.npz", "vocab": "vocab.txt"}
