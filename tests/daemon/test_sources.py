@@ -202,10 +202,10 @@ def test_stream_url_that_goes_away_and_comes_back(grabbers, tmp_path):
         assert grabber.wait_frame(0, timeout=10).image.shape == (48, 64, 3)
         server.shutdown()
         server.server_close()
-        state = wait_state(grabber, "retrying", timeout=10)
+        state = wait_state(grabber, "retrying", timeout=20)
         assert "stream http://127.0.0.1" in state.message
         server = serve_folder(tmp_path, port)
-        wait_state(grabber, "ok", timeout=10)
+        wait_state(grabber, "ok", timeout=20)
     finally:
         server.shutdown()
         server.server_close()
