@@ -35,10 +35,11 @@ import numpy as np
 
 from convert import faithfulness as ff
 from convert.progress import Progress
-from convert.scenes import objects_mask, read_scenes
+from convert.scenes import COLOURS, PLURALS, SHAPES, objects_mask, read_scenes
 from daemon.explain.registry import METHODS, ExplainOptions
 
 DELETION_STEPS = 20
+ACE_WORDS = {*COLOURS, *SHAPES, *PLURALS.values()}  # ace_removal_win_rate: the objects' colour and shape words
 DECODER_HEAD = ("logits", "merge_dense", "lstm", "embedding", "feat_dense")
 
 
@@ -207,6 +208,14 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     rng = np.random.default_rng(seed)
     references, hypotheses = [], []
     exact = exact_float = agree = skipped = 0
+    # ACE (daemon.explain.ace): removal test of each object colour/shape word's top concept
+    ace_wins: list[bool] = []
+    if explanations and explainer.bundle.has("concepts"):
+        from daemon.explain.ace import concept_explainer
+
+        concepts = concept_explainer(explainer)
+    else:
+        concepts = None
     for n, record in enumerate(records):
         image = resize_for_encoder(read_rgb(record["path"]), captioner.input_size)
         result = captioner.caption(image)
@@ -223,6 +232,10 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
                 skipped += 1
             else:
                 explained = explain_scene(explainer, image, tokens, record["objects"], totals, rng)
+                if concepts is not None:
+                    words = sorted({i for obj in record["objects"] for i in obj["token_indices"]
+                                    if i < len(truth) and truth[i] in ACE_WORDS})
+                    ace_wins += concepts.word_removal_wins(image, tokens, words, seed=seed + n)
                 if explained and (randomization_limit is None or len(kept) < randomization_limit):
                     kept.append((image, tokens, *explained))
         if progress:
@@ -243,7 +256,9 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
         known = [v for v in last.values() if v is not None]
         report["randomization_similarity"] = {**last, "mean": round(float(np.mean(known)), 4) if known else None}
         report["randomization_cascade"] = cascade["stages"]
-        report["counts"].update(object_words=totals.words, skipped_scenes=skipped, randomization_scenes=len(kept))
+        report["ace_removal_win_rate"] = round(float(np.mean(ace_wins)), 4) if ace_wins else None
+        report["counts"].update(object_words=totals.words, skipped_scenes=skipped, randomization_scenes=len(kept),
+                                ace_words=len(ace_wins))
         report["settings"] = {"gradcam_layer": explainer.layer, "deletion_steps": DELETION_STEPS,
                               "deletion_substrate": "mean colour", "insertion_substrate": "gaussian blur, sigma 10% of side",
                               "randomized_layers": cascade["layers"], **vars(explainer.options)}
@@ -285,6 +300,7 @@ def _print_table(report: dict) -> None:
     print(f"randomization similarity, mean: {report['randomization_similarity']['mean']}; by cascade stage:")
     for stage, values in report["randomization_cascade"].items():
         print(f"  {stage:<28}" + "  ".join(f"{m} {v}" for m, v in values.items()))
+    print(f"ACE removal win rate: {report['ace_removal_win_rate']} ({report['counts']['ace_words']} words)")
 
 
 def main(args) -> int:

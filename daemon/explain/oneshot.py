@@ -14,7 +14,7 @@ import sys
 import time
 
 from daemon.captioner import DEFAULT_BUNDLE, read_rgb
-from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
+from daemon.explain.registry import CONCEPT_METHODS, DEFAULT_METHODS, METHODS, ExplainOptions
 from daemon.explain.requests import parse_words, response, save_explanation, summary_lines
 
 
@@ -23,8 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     defaults = ExplainOptions()
     parser.add_argument("image", help="image file")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="model bundle folder")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS, metavar="METHOD",
-                        help=f"methods: {', '.join(METHODS)} (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *CONCEPT_METHODS], default=DEFAULT_METHODS,
+                        metavar="METHOD", help=f"methods: {', '.join([*METHODS, *CONCEPT_METHODS])} "
+                                               f"(default: {' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
     parser.add_argument("--out", default=None, help="folder for response.json, heatmaps and grid.png")
     parser.add_argument("--json", action="store_true", help="print the response JSON instead of a summary")
@@ -66,13 +67,22 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     float_tokens = explainer.float_caption(frame)
     float_ms = (time.perf_counter() - started) * 1e3
-    explanation = explainer.explain(frame, caption.tokens, indices, args.methods)
+    explanation = explainer.explain(frame, caption.tokens, indices, [m for m in args.methods if m in METHODS])
     payload = response(args.image, "ok", caption=caption.caption, float_caption=explainer.vocab.decode(float_tokens),
                        words=explanation.word_records(),
                        timings_ms={**caption.timings, "float_caption_ms": round(float_ms, 1),
                                    **explanation.timings_ms})
+    grid = explanation.grid_png(explainer.prepare(frame).astype("uint8"))
+    if "ace" in args.methods:  # ACE adds its "ace" block and a row of the picture (daemon.explain.ace)
+        from daemon.explain.ace import add_to_response
+
+        try:
+            grid = add_to_response(explainer, frame, caption.tokens, indices, payload, grid)
+        except BundleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.out:
-        save_explanation(args.out, payload, explanation.grid_png(explainer.prepare(frame).astype("uint8")))
+        save_explanation(args.out, payload, grid)
     if args.json:
         print(json.dumps(payload))
     else:

@@ -21,7 +21,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from daemon.explain import heatmap
-from daemon.explain.registry import METHODS, RESERVED
+from daemon.explain.registry import CONCEPT_METHODS, METHODS, RESERVED
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
                "frame_not_cached", "busy", "internal")
@@ -129,9 +129,9 @@ def validate_request(payload: bytes | str, max_bytes: int,
     for name in request.methods:
         if name in RESERVED:
             return ErrorResponse(request.id, "unknown_method", f"method {name!r}: {RESERVED[name]}")
-        if name not in METHODS:
+        if name not in METHODS and name not in CONCEPT_METHODS:  # ace: concepts, answered by daemon.explain.ace
             return ErrorResponse(request.id, "unknown_method",
-                                 f"unknown method {name!r}; known: {', '.join(METHODS)}")
+                                 f"unknown method {name!r}; known: {', '.join([*METHODS, *CONCEPT_METHODS])}")
     if len(set(request.methods)) != len(request.methods):
         return ErrorResponse(request.id, "bad_request", "methods lists a method twice")
     return request

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.explain.registry import ExplainOptions
+from daemon.explain.registry import CONCEPT_METHODS, ExplainOptions
 
 
 @dataclass
@@ -53,14 +53,20 @@ def answer(explainer, job: Job) -> tuple[dict, bytes]:
     started = time.perf_counter()
     float_tokens = explainer.float_caption(job.image)
     float_ms = (time.perf_counter() - started) * 1e3
-    explanation = explainer.explain(job.image, job.tokens, job.indices, job.methods)
+    heatmap_methods = [m for m in job.methods if m not in CONCEPT_METHODS]
+    explanation = explainer.explain(job.image, job.tokens, job.indices, heatmap_methods)
     render_started = time.perf_counter()
     words = explanation.word_records()
     grid = explanation.grid_png(explainer.prepare(job.image).astype(np.uint8))
     timings = {"float_caption_ms": round(float_ms, 1), **explanation.timings_ms,
                "render_ms": round((time.perf_counter() - render_started) * 1e3, 1)}
-    return response(job.request_id, "ok", frame_id=job.frame_id, caption=job.caption,
-                    float_caption=explainer.vocab.decode(float_tokens), words=words, timings_ms=timings), grid
+    payload = response(job.request_id, "ok", frame_id=job.frame_id, caption=job.caption,
+                       float_caption=explainer.vocab.decode(float_tokens), words=words, timings_ms=timings)
+    if "ace" in job.methods:  # ACE adds its "ace" block and a row of the picture (daemon.explain.ace)
+        from daemon.explain.ace import add_to_response
+
+        grid = add_to_response(explainer, job.image, job.tokens, job.indices, payload, grid)
+    return payload, grid
 
 
 def serve(jobs, results, settings: WorkerSettings) -> None:

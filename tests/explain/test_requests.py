@@ -28,7 +28,6 @@ def test_a_full_request_and_the_defaults():
     (b'{"id": "x1", "frame": ', "bad_json", "JSON"),
     (b'\xff\xfe{"id": "x1"}', "bad_json", "UTF-8"),
     ({"id": "x1", "methods": ["gradcam", "lime"]}, "unknown_method", "lime"),
-    ({"id": "x1", "methods": ["ace"]}, "unknown_method", "ace"),
     ({"id": "x1", "colour": "red"}, "bad_request", "unexpected field 'colour'"),
     ({"id": "x1", "frame": "17"}, "bad_request", "frame"),
     ({"id": "x1", "frame": True}, "bad_request", "frame"),
