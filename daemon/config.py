@@ -221,11 +221,12 @@ class ExplainConfig(StrictModel):
     @field_validator("default_methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from daemon.explain.registry import METHODS
+        from daemon.explain.registry import CONCEPT_METHODS, METHODS
 
-        unknown = [m for m in methods if m not in METHODS]
+        known = [*METHODS, *CONCEPT_METHODS]
+        unknown = [m for m in methods if m not in known]
         if unknown:
-            raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(METHODS)}")
+            raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(known)}")
         return methods
 
 
