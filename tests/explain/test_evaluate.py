@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-import pytest
 
 from convert import evaluate as ev
 from convert.scenes import write_scenes
 from daemon.explain.registry import ExplainOptions
 from tests.conftest import SHIPPED_BUNDLE
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
-                                reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
 
 
 def test_caption_and_explanation_metrics_on_two_scenes(tmp_path):

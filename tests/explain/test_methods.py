@@ -12,8 +12,6 @@ from daemon.explain.registry import METHODS, ExplainOptions
 from daemon.explain.targets import CaptionLogProb, teacher_tokens, word_targets
 from tests.conftest import SHIPPED_BUNDLE
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
-                                reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
 HELD_OUT_SEED = 8181  # neither training (1), calibration (4242) nor the converter's report (4343)
 
 

@@ -12,16 +12,13 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.explain.heatmap import decode_png, heatmap_from_base64
-from tests.conftest import REPO, SHIPPED_BUNDLE, daemon_config, wait_until
+from tests.conftest import REPO, daemon_config, wait_until
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
-                                reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
 PREFIX, CAMERA = "explaincam", "testcam"
 CAPTION = f"{PREFIX}/{CAMERA}/caption"
 REQUEST = f"{PREFIX}/{CAMERA}/explain/request"

@@ -18,8 +18,6 @@ from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
 from tests.conftest import SHIPPED_BUNDLE, wait_until
 
-pytestmark = pytest.mark.skipif(not (SHIPPED_BUNDLE / "manifest.json").is_file(),
-                                reason=f"the shipped bundle {SHIPPED_BUNDLE} is not there yet")
 EXPLAIN_TIMEOUT = 180
 
 
