@@ -40,17 +40,21 @@ class ConvertError(Exception):
     """The input model cannot be converted; the message says why."""
 
 
-def backbone_gradcam_layer(captioner: keras.Model, pretrained: bool = True) -> str:
-    """The backbone layer Grad-CAM reads.
+def default_gradcam_layer(captioner: keras.Model, pretrained: bool = True) -> str:
+    """The encoder layer Grad-CAM reads.
 
-    A backbone with ImageNet weights: its last feature map, Grad-CAM's usual layer. One
-    trained from scratch on captions keeps an object's evidence at the object's place only
-    in early maps: on the scenes models (flattened and moment-pooled heads alike) the last
-    7x7 map's Grad-CAM peak lay inside the named object for 11-28 % of object words, the
-    first rectified (ReLU) map at 1/8 of the input resolution for 38-52 % (Grad-CAM++: 7-29 %
-    there against 79-83 %), so that map is chosen for it (the last layer if there is none).
+    A moments head: its ``moment_map``, the map the features are the global average of,
+    which is where Grad-CAM's spatially averaged gradients are exact. Otherwise, with
+    ImageNet weights, the backbone's last feature map (Grad-CAM's usual layer). Otherwise,
+    from scratch, the first rectified (ReLU) map at 1/8 of the input resolution (the last
+    layer if there is none): deep maps of a backbone trained from scratch behind a
+    flattened head kept an object's evidence at its place for 4-28 % of object words,
+    that map for 38-52 %.
     """
-    backbone = captioner.get_layer("encoder").get_layer("backbone")
+    encoder = captioner.get_layer("encoder")
+    if "moment_map" in [layer.name for layer in encoder.layers]:
+        return "moment_map"
+    backbone = encoder.get_layer("backbone")
     if pretrained:
         return backbone.layers[-1].name
     stride_8 = int(backbone.input.shape[1]) // 8
@@ -168,7 +172,7 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
         "max_length": int(max_length),
         "vocab_size": len(vocab),
         "feature_dim": int(encoder.output_shape[-1]),
-        "gradcam_layer": backbone_gradcam_layer(captioner, pretrained=any(
+        "gradcam_layer": default_gradcam_layer(captioner, pretrained=any(
             isinstance(section, dict) and section.get("weights") for section in (extra or {}).values())),
         "files": files,
         **(extra or {}),
@@ -224,8 +228,9 @@ def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = N
     images, refs = report_set(size, report_count, image_dir if summary["source"].get("dataset") else None)
     return write_bundle(
         out, captioner, vocab, name=name or Path(out).name, max_length=summary["max_words"],
-        encoder_name=summary["encoder"], extra={"training": {k: summary[k] for k in (
-            "encoder", "weights", "pooling", "training_images", "epochs", "source", "seconds")}},
+        encoder_name=summary["encoder"], extra={"training": {k: summary.get(k) for k in (
+            "encoder", "weights", "pooling", "backbone_stride", "minimalistic", "training_images", "epochs",
+            "source", "seconds")}},
         calibration=calibration_images(size, calibration_count, image_dir),
         report_images=images, report_references=refs, verbose=verbose)
 

@@ -77,7 +77,9 @@ def randomization_stages(captioner, gradcam_layer: str) -> list[tuple[str, list]
     last_stage = tuple(backbone.output.shape[1:3])
     top = [layer for layer in weighted if tuple(layer.output.shape[1:3]) == last_stage]
     names = [layer.name for layer in backbone.layers]
-    above = [layer for layer in weighted if names.index(layer.name) > names.index(gradcam_layer) and layer not in top]
+    # a Grad-CAM layer in the encoder head has the whole backbone below it: nothing more to add
+    start = names.index(gradcam_layer) if gradcam_layer in names else len(names)
+    above = [layer for layer in weighted if names.index(layer.name) > start and layer not in top]
     stages = [("decoder", [captioner.get_layer(name) for name in DECODER_HEAD]),
               # fixed operations of the head (a non-trainable pooling kernel) are not learned: kept
               ("encoder_head", [layer for layer in reversed(encoder.layers[encoder.layers.index(backbone) + 1:])

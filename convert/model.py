@@ -19,6 +19,8 @@ import numpy as np
 import keras
 from keras import layers
 
+from daemon.explain.layers import MomentMap
+
 # How each keras.applications family expects its 0..255 RGB input to be scaled. Families
 # not listed carry their own preprocessing inside the model (EfficientNet, EfficientNetV2,
 # MobileNetV3, ConvNeXt, RegNet).
@@ -56,38 +58,33 @@ def preprocessing_affine(mode: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown preprocessing mode {mode!r}")
 
 
-def _moment_pooling(x):
-    """Per channel: the mean activation and its first moments along x and y.
-
-    A fixed (non-trainable) depthwise convolution over the whole map with three kernels per
-    channel: 1, x and y (coordinates in -1..1), each divided by the map's area. Like global
-    average pooling every position is read the same way, so a channel still means "this
-    kind of thing here" and Grad-CAM localises; unlike it, where things are survives, so
-    "left of" and "above" can be told apart. Plain layers: it saves, loads and quantizes
-    to int8 like any depthwise convolution.
-    """
-    h, w, channels = (int(d) for d in x.shape[1:])
-    ys, xs = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    basis = np.stack([np.ones((h, w)), xs, ys], -1) / (h * w)  # (h, w, 3)
-    kernel = np.repeat(basis[:, :, None, :], channels, axis=2).astype(np.float32)  # (h, w, C, 3)
-    moments = layers.DepthwiseConv2D((h, w), depth_multiplier=3, use_bias=False, trainable=False,
-                                     name="moments")
-    out = moments(x)
-    moments.set_weights([kernel])
-    return out
+def _cut_backbone(backbone: keras.Model, stride: int) -> keras.Model:
+    """The backbone up to its last map at 1/``stride`` of the input resolution."""
+    side = int(backbone.input.shape[1]) // stride
+    at_stride = [layer for layer in backbone.layers
+                 if len(layer.output.shape) == 4 and layer.output.shape[1] == side]
+    if not at_stride:
+        sides = sorted({int(layer.output.shape[1]) for layer in backbone.layers if len(layer.output.shape) == 4})
+        raise ValueError(f"{backbone.name} has no {side}x{side} map (1/{stride} of the input); its maps: {sides}")
+    return keras.Model(backbone.input, at_stride[-1].output)
 
 
 def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: str | None = None,
-                  pooling: str = "moments", spatial_channels: int = 96) -> keras.Model:
+                  pooling: str = "moments", spatial_channels: int = 96, stride: int | None = None,
+                  minimalistic: bool = False) -> keras.Model:
     """A keras.applications backbone taking 0..255 RGB, ending in a feature vector.
 
     ``pooling="avg"`` is the seed's global average pooling, which throws away where things
-    are. ``"moments"`` (default) adds, per channel of a 1x1-reduced map, the activation's
-    first moments along x and y (see ``_moment_pooling``), so relations like "left of"
-    survive while every position is still read alike. ``"spatial"`` flattens the reduced
+    are. ``"moments"`` (default) pools a 1x1-reduced map together with its x- and
+    y-weighted copies (``MomentMap``), so relations like "left of" survive while the
+    pooling still reads every position alike; the weighted map is where Grad-CAM looks. ``"spatial"`` flattens the reduced
     map: it keeps the layout too, but gives each position its own decoder weights, and
     then deep feature maps no longer keep an object's evidence at its place (Grad-CAM
     peaks fell inside the named object for 4% of words), so it is not the default.
+
+    ``stride`` cuts the backbone after its last map at 1/stride of the input (default:
+    the whole backbone, 1/32). ``minimalistic`` selects the MobileNetV3 variant without
+    hard-swish, squeeze-excite and 5x5 kernels (its int8 graph runs in one XNNPACK pass).
     """
     try:
         factory = getattr(keras.applications, name)
@@ -101,7 +98,12 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
         affine = layers.Dense(3, name="input_scaling", trainable=False)
         x = affine(x)
         affine.set_weights([matrix, bias])
-    backbone = factory(include_top=False, weights=weights, input_shape=(input_size, input_size, 3))
+    options = {"minimalistic": True} if minimalistic else {}
+    if minimalistic and not name.startswith("MobileNetV3"):
+        raise ValueError(f"minimalistic is a MobileNetV3 option, not one of {name}")
+    backbone = factory(include_top=False, weights=weights, input_shape=(input_size, input_size, 3), **options)
+    if stride:
+        backbone = _cut_backbone(backbone, stride)
     backbone.name = "backbone"
     if weights is None:
         # keras.applications uses BatchNorm momentum 0.999, tuned for long ImageNet runs. From
@@ -115,7 +117,8 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
         features = layers.GlobalAveragePooling2D(name="features")(x)
     elif pooling == "moments":
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
-        features = layers.Flatten(name="features")(_moment_pooling(x))
+        x = MomentMap(name="moment_map")(x)
+        features = layers.GlobalAveragePooling2D(name="features")(x)
     elif pooling == "spatial":
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
         features = layers.Flatten(name="features")(x)

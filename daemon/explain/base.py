@@ -24,7 +24,11 @@ from daemon.explain.registry import ExplainOptions
 
 
 class SplitCaptioner:
-    """The captioner as image -> (activations of one backbone layer, logits) in one pass."""
+    """The captioner as image -> (activations of one encoder layer, logits) in one pass.
+
+    The layer is either inside the nested ``backbone`` or one of the encoder's own layers
+    after it (the head, e.g. ``moment_map``).
+    """
 
     def __init__(self, captioner: keras.Model, layer_name: str):
         encoder = captioner.get_layer("encoder")
@@ -32,12 +36,17 @@ class SplitCaptioner:
         chain = [layer for layer in encoder.layers if not isinstance(layer, keras.layers.InputLayer)]
         at = chain.index(backbone)
         self.before, self.after = chain[:at], chain[at + 1:]
-        try:
-            layer = backbone.get_layer(layer_name)
-        except ValueError:
-            raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of the encoder backbone") from None
         self.layer_name = layer_name
-        self.split = keras.Model(backbone.input, [layer.output, backbone.output])
+        if layer_name in [layer.name for layer in self.after]:
+            self.in_head = True
+            self.split = backbone
+        else:
+            self.in_head = False
+            try:
+                layer = backbone.get_layer(layer_name)
+            except ValueError:
+                raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of the encoder") from None
+            self.split = keras.Model(backbone.input, [layer.output, backbone.output])
         features = captioner.get_layer("feat_dropout").input  # the encoder's output in the captioner graph
         self.decoder = keras.Model([features, captioner.inputs[1]], captioner.output)
         self.captioner = captioner
@@ -51,9 +60,14 @@ class SplitCaptioner:
         x = images
         for layer in self.before:
             x = layer(x, training=False)
-        acts, x = self.split(x, training=False)
+        if self.in_head:
+            acts, x = None, self.split(x, training=False)
+        else:
+            acts, x = self.split(x, training=False)
         for layer in self.after:
             x = layer(x, training=False)
+            if self.in_head and layer.name == self.layer_name:
+                acts = x
         return acts, x
 
     def forward(self, images, tokens):

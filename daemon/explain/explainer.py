@@ -21,6 +21,7 @@ from daemon.captioner import resize_for_encoder
 from daemon.decoder import StepDecoder
 from daemon.explain import heatmap
 from daemon.explain.base import SplitCaptioner
+from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
 from daemon.explain.registry import ExplainOptions, load_method
 from daemon.explain.targets import teacher_tokens, word_targets
 from daemon.vocab import Vocabulary

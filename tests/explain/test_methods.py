@@ -96,38 +96,35 @@ def test_each_method_gives_a_finite_map_per_word(explainer, method):
     assert explanation.timings_ms[f"{method}_ms"] > 0
 
 
-@pytest.fixture(scope="module")
-def converter_layer_explainer(explainer):
-    """The explainer on the Grad-CAM layer that ``explaincam convert`` chooses now for this model."""
-    from convert.bundle import backbone_gradcam_layer
-    from daemon.explain.explainer import Explainer
+def test_the_converter_reads_the_moment_map_of_a_moments_head():
+    from convert.bundle import default_gradcam_layer
+    from convert.model import build_captioner, build_encoder
 
-    pretrained = bool(explainer.bundle.manifest.get("training", {}).get("weights"))
-    layer = backbone_gradcam_layer(explainer.model.captioner, pretrained)
-    return Explainer(SHIPPED_BUNDLE, explainer.options, layer, captioner=explainer.model.captioner)
+    captioner = build_captioner(build_encoder(pooling="moments", stride=16, minimalistic=True), vocab_size=24)
+    assert default_gradcam_layer(captioner, pretrained=False) == "moment_map"
+    assert default_gradcam_layer(captioner, pretrained=True) == "moment_map"
 
 
-@pytest.mark.parametrize("pooling", ["spatial", "moments", "avg"])
-def test_the_converter_reads_an_early_map_of_a_backbone_trained_from_scratch(pooling):
+@pytest.mark.parametrize("pooling", ["spatial", "avg"])
+def test_other_heads_read_the_last_map_if_pretrained_else_an_early_one(pooling):
     import keras
 
-    from convert.bundle import backbone_gradcam_layer
+    from convert.bundle import default_gradcam_layer
     from convert.model import build_captioner, build_encoder
 
     captioner = build_captioner(build_encoder(pooling=pooling), vocab_size=24)
     backbone = captioner.get_layer("encoder").get_layer("backbone")
-    assert backbone_gradcam_layer(captioner, pretrained=True) == backbone.layers[-1].name
-    layer = backbone.get_layer(backbone_gradcam_layer(captioner, pretrained=False))
+    assert default_gradcam_layer(captioner, pretrained=True) == backbone.layers[-1].name
+    layer = backbone.get_layer(default_gradcam_layer(captioner, pretrained=False))
     assert tuple(layer.output.shape[1:3]) == (28, 28) and isinstance(layer, keras.layers.ReLU)
 
 
-def test_cam_methods_point_at_the_object_of_simple_single_object_scenes(converter_layer_explainer):
+def test_cam_methods_point_at_the_object_of_simple_single_object_scenes(explainer):
     """Large single-object scenes of a held-out stream: every named word (size, colour, shape).
 
     Measured: Grad-CAM++ peaks inside the object for all of them; Grad-CAM, whose averaged
     gradients mix the channels, for about half (this model family's weak point).
     """
-    explainer = converter_layer_explainer
     scenes = [s for s in (scene_at(HELD_OUT_SEED, i) for i in range(60))
               if len(s.objects) == 1 and s.objects[0].size == "large"][:8]
     hits = {"gradcam": [], "gradcampp": []}
