@@ -19,15 +19,18 @@ import numpy as np
 from convert.scenes import scene_at
 from daemon.vocab import Vocabulary, normalise_caption
 
+FOREGROUND_CELL = 8  # CaptionSet.foreground is kept at 1/8 of the image side
 IMAGE_FOLDERS = ("Images", "images", "flickr30k_images", "Flicker8k_Dataset", "Flickr8k_Dataset")
 
 
 @dataclass
 class CaptionSet:
-    """Images (N, H, W, 3 uint8 RGB) and, for each image, its reference captions."""
+    """Images (N, H, W, 3 uint8 RGB), for each image its reference captions, and where known
+    (generated scenes) the objects' extent (N, H/8, W/8 bool; an 8x8 block holds an object pixel)."""
 
     images: np.ndarray
     captions: list[list[str]]
+    foreground: np.ndarray | None = None
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
@@ -41,14 +44,15 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 
 def scenes_set(count: int, seed: int, progress=None) -> CaptionSet:
     """``count`` generated scenes of stream ``seed`` in memory."""
-    images, captions = [], []
+    images, captions, foreground = [], [], []
     for i in range(count):
         s = scene_at(seed, i)
         images.append(s.image)
         captions.append([s.caption])
+        foreground.append(s.foreground(FOREGROUND_CELL))
         if progress:
             progress(i + 1, count)
-    return CaptionSet(np.stack(images), captions)
+    return CaptionSet(np.stack(images), captions, np.stack(foreground))
 
 
 def read_flickr_captions(folder: str | Path) -> dict[str, list[str]]:

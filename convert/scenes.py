@@ -76,6 +76,20 @@ class Scene:
         """Boolean mask of every object that the caption word at ``token_index`` names."""
         return objects_mask(self.objects, token_index, self.image.shape[:2])
 
+    def foreground(self, cell: int = 1) -> np.ndarray:
+        """Boolean mask of all objects; with ``cell`` > 1, per cell x cell block: any object pixel."""
+        mask = np.zeros(self.image.shape[:2], np.uint8)
+        for obj in self.objects:
+            cv2.fillPoly(mask, [np.asarray(obj.polygon, np.int32)], 1)
+        return block_any(mask.astype(bool), cell)
+
+
+def block_any(mask: np.ndarray, cell: int) -> np.ndarray:
+    """Downsample a boolean (..., H, W) mask by ``cell``: a block is True if any pixel is."""
+    h, w = mask.shape[-2] // cell, mask.shape[-1] // cell
+    blocks = mask[..., :h * cell, :w * cell].reshape(*mask.shape[:-2], h, cell, w, cell)
+    return blocks.any(axis=(-3, -1))
+
 
 def objects_mask(objects: list, token_index: int, shape: tuple[int, int]) -> np.ndarray:
     """Union mask of the objects (SceneObject or their JSON records) named by one word."""

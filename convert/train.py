@@ -18,18 +18,25 @@ import keras
 from convert import datasets
 from convert.model import DEFAULT_ENCODER, build_captioner, build_encoder, preprocessing_mode
 from convert.progress import Progress
-from convert.scenes import scene_vocabulary
+from convert.scenes import block_any, scene_vocabulary
 
 VALIDATION_SEED_OFFSET = 7919  # validation scenes come from a stream training never sees
 
 
 class _Batches(keras.utils.PyDataset):
-    """Shuffled batches of ((image, input tokens), targets, mask) for teacher forcing."""
+    """Shuffled batches of ((image, input tokens), targets, mask) for teacher forcing.
 
-    def __init__(self, data: datasets.CaptionSet, rows, inputs, targets, batch_size, shuffle, seed=0):
+    With ``map_side`` (and a set that knows its foreground) the targets and weights also
+    carry each image's background at the encoder map's resolution, for the background
+    activity penalty.
+    """
+
+    def __init__(self, data: datasets.CaptionSet, rows, inputs, targets, batch_size, shuffle, seed=0,
+                 map_side: int | None = None):
         super().__init__()
         self.data, self.rows, self.inputs, self.targets = data, rows, inputs, targets
         self.batch_size, self.shuffle = batch_size, shuffle
+        self.map_side = map_side
         self.order = np.arange(len(rows))
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
@@ -41,11 +48,34 @@ class _Batches(keras.utils.PyDataset):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         images = self.data.images[self.rows[idx]].astype("float32")
         targets = self.targets[idx]
-        return (images, self.inputs[idx]), targets, (targets > 0).astype("float32")
+        weights = (targets > 0).astype("float32")
+        if self.map_side is None:
+            return (images, self.inputs[idx]), targets, weights
+        foreground = self.data.foreground[self.rows[idx]]
+        background = ~block_any(foreground, foreground.shape[-1] // self.map_side)
+        return ((images, self.inputs[idx]), (targets, background[..., None].astype("float32")),
+                (weights, np.ones(len(idx), "float32")))
 
     def on_epoch_end(self):
         if self.shuffle:
             self.rng.shuffle(self.order)
+
+
+def background_activity(background, head_map):
+    """Per image: the mean activation of the encoder's reduced map over background cells."""
+    return keras.ops.mean(background * head_map, axis=(1, 2, 3))
+
+
+def _with_head_map(captioner: keras.Model) -> keras.Model:
+    """The captioner with a second output, its encoder's reduced map (same layers, one pass)."""
+    encoder = captioner.get_layer("encoder")
+    both = keras.Model(encoder.input, [encoder.get_layer("spatial_reduce").output, encoder.output],
+                       name="background")
+    decoder = keras.Model([captioner.get_layer("feat_dropout").input, captioner.inputs[1]], captioner.output,
+                          name="caption")
+    image, tokens = keras.Input(captioner.inputs[0].shape[1:]), keras.Input((None,), dtype="int32")
+    head_map, features = both(image)
+    return keras.Model([image, tokens], [decoder([features, tokens]), head_map])
 
 
 def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None = None,
@@ -53,8 +83,15 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
           batch_size: int = 32, input_size: int = 224, pooling: str = "moments",
           embedding_dim: int = 64, units: int = 128, learning_rate: float = 2e-3,
           min_word_count: int = 1, max_words: int | None = None, validation: int = 500,
+          stride: int | None = None, minimalistic: bool = False, background_penalty: float = 0.0,
           verbose: int = 1) -> dict:
-    """Train a captioner and write it to ``out``; return the training summary."""
+    """Train a captioner and write it to ``out``; return the training summary.
+
+    ``background_penalty`` > 0 (generated scenes, moments head) adds that weight times the
+    mean activation of the encoder's reduced map outside the objects to the loss, so the
+    model keeps its evidence on the objects (Ross et al.'s "right for the right reasons",
+    on activations instead of input gradients).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
@@ -72,20 +109,43 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
     if max_words is None:
         max_words = max(len(vocab.encode(c)) for caps in train_set.captions for c in caps)
 
-    model = build_captioner(build_encoder(encoder, input_size, weights, pooling), len(vocab),
-                            embedding_dim, units)
+    def new_captioner():
+        return build_captioner(build_encoder(encoder, input_size, weights, pooling, stride=stride,
+                                             minimalistic=minimalistic), len(vocab), embedding_dim, units)
+
+    model = new_captioner()
     steps = math.ceil(sum(len(c) for c in train_set.captions) / batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02)
-    model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=["accuracy"])
+    caption_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    penalised = background_penalty > 0 and train_set.foreground is not None and pooling == "moments"
+    if background_penalty > 0 and not penalised:
+        raise ValueError("--background-penalty needs generated scenes (object masks) and --pooling moments")
+    if penalised:
+        trained = _with_head_map(model)
+        map_side = int(trained.outputs[1].shape[1])
+        trained.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
+                        loss=[caption_loss, background_activity], loss_weights=[1.0, background_penalty],
+                        weighted_metrics=[["accuracy"], []])
+    else:
+        trained, map_side = model, None
+        model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=caption_loss,
+                      weighted_metrics=["accuracy"])
     train_batches = _Batches(train_set, *datasets.sequences(train_set.captions, vocab, max_words),
-                             batch_size, shuffle=True, seed=seed)
+                             batch_size, shuffle=True, seed=seed, map_side=map_side)
     fit_kwargs = {}
     if len(val_set.images):
         fit_kwargs["validation_data"] = _Batches(
-            val_set, *datasets.sequences(val_set.captions, vocab, max_words), batch_size, shuffle=False)
-    history = model.fit(train_batches, epochs=epochs, verbose=verbose, **fit_kwargs)
+            val_set, *datasets.sequences(val_set.captions, vocab, max_words), batch_size, shuffle=False,
+            map_side=map_side)
+    history = trained.fit(train_batches, epochs=epochs, verbose=verbose, **fit_kwargs)
+    if penalised:
+        # the two-output graph left extra nodes on the captioner's layers, which its .keras
+        # file cannot describe: save a fresh copy holding the trained weights instead
+        fresh = new_captioner()
+        fresh.set_weights(model.get_weights())
+        model = fresh
+    curves = {k.replace("caption_", "").replace("background_loss", "background_activity"): v
+              for k, v in history.history.items()}
 
     model.save(out / "captioner.keras")
     vocab.save(out / "vocab.txt")
@@ -94,13 +154,16 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
         "weights": weights,
         "input_size": input_size,
         "pooling": pooling,
+        "backbone_stride": stride,
+        "minimalistic": minimalistic,
+        "background_penalty": background_penalty if penalised else 0.0,
         "preprocessing": preprocessing_mode(encoder),
         "max_words": int(max_words),
         "vocab_size": len(vocab),
         "training_images": int(len(train_set.images)),
         "epochs": epochs,
         "source": {"dataset": str(dataset)} if dataset else {"scenes": scenes, "seed": seed},
-        "history": {k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+        "history": {k: [round(float(v), 5) for v in vals] for k, vals in curves.items()},
         "seconds": round(time.time() - started, 1),
     }
     (out / "train.json").write_text(json.dumps(summary, indent=2))
@@ -116,6 +179,12 @@ def configure(parser) -> None:
     parser.add_argument("--pooling", default="moments", choices=["moments", "avg", "spatial"],
                         help="encoder head: moments (mean + x/y moments per channel, keeps where things are), "
                              "avg (the seed's global average pooling) or spatial (flattened map)")
+    parser.add_argument("--backbone-stride", type=int, default=None, choices=[8, 16, 32],
+                        help="cut the backbone after its last map at 1/N of the input (default: whole backbone)")
+    parser.add_argument("--minimalistic", action="store_true",
+                        help="MobileNetV3 without hard-swish and squeeze-excite (fast int8 on XNNPACK)")
+    parser.add_argument("--background-penalty", type=float, default=0.0,
+                        help="weight of the encoder map's activity outside the objects (generated scenes)")
     parser.add_argument("--scenes", type=int, default=12000, help="generated training scenes")
     parser.add_argument("--seed", type=int, default=1, help="scene stream and initialisation seed")
     parser.add_argument("--dataset", default=None, help="train on a Flickr8k/Flickr30k-style folder instead")
@@ -135,6 +204,8 @@ def main(args) -> int:
         summary = train(args.out, args.encoder, args.weights, args.scenes, args.seed, args.dataset,
                         args.epochs, args.batch_size, args.input_size, args.pooling,
                         args.embedding_dim, args.units, args.learning_rate, args.min_word_count,
+                        stride=args.backbone_stride, minimalistic=args.minimalistic,
+                        background_penalty=args.background_penalty,
                         verbose=0 if args.quiet else 1)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")

@@ -123,3 +123,37 @@ def test_convert_reports_bad_input(tmp_path, capsys):
     assert "not a training folder" in capsys.readouterr().out
     assert cli(["convert", "--from-seed", "--out", str(tmp_path / "b")]) == 2
     assert "--encoder" in capsys.readouterr().out
+
+
+def _background_activity(train_dir, scenes):
+    """Mean activation of the saved encoder's reduced map outside the objects of ``scenes``."""
+    import keras
+
+    from convert.model import load_captioner
+    from convert.scenes import block_any
+
+    encoder = load_captioner(train_dir / "captioner.keras").get_layer("encoder")
+    reduced = keras.Model(encoder.input, encoder.get_layer("spatial_reduce").output)
+    maps = reduced.predict(np.stack([s.image for s in scenes]).astype("float32"), verbose=0)
+    background = ~np.stack([block_any(s.foreground(), s.image.shape[0] // maps.shape[1]) for s in scenes])
+    return float((maps * background[..., None]).sum() / (background.sum() * maps.shape[-1]))
+
+
+def test_background_penalty_keeps_the_encoder_map_quiet_outside_the_objects(tmp_path):
+    activity = {}
+    for penalty in ("0", "1"):
+        out = tmp_path / f"penalty{penalty}"
+        assert cli(["train", "--out", str(out), "--scenes", "48", "--epochs", "2", "--minimalistic",
+                    "--backbone-stride", "8", "--background-penalty", penalty, "--batch-size", "8",
+                    "--quiet"]) == 0
+        summary = json.loads((out / "train.json").read_text())
+        assert summary["background_penalty"] == float(penalty) and "accuracy" in summary["history"]
+        activity[penalty] = _background_activity(out, [scene_at(77, i) for i in range(8)])
+    assert activity["1"] < 0.25 * activity["0"], activity
+
+
+def test_background_penalty_needs_object_masks(tmp_path, capsys):
+    write_flickr30k(tmp_path / "data", 4)
+    assert cli(["train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--epochs", "1",
+                "--input-size", "64", "--background-penalty", "1", "--quiet"]) == 2
+    assert "needs generated scenes" in capsys.readouterr().out
