@@ -116,6 +116,8 @@ def validate_request(payload: bytes | str, max_bytes: int,
         parsed = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return ErrorResponse(recover_id(payload), "bad_json", f"request is not valid UTF-8 JSON: {exc}")
+    except RecursionError:  # the parser's nesting limit, not a fault of the daemon
+        return ErrorResponse(recover_id(payload), "bad_json", "request nests arrays or objects too deeply to be read")
     if not isinstance(parsed, dict):
         return ErrorResponse(None, "bad_request",
                              f"request must be a JSON object, not {type(parsed).__name__}")
