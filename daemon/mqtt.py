@@ -36,6 +36,22 @@ from daemon.config import MqttConfig
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[bytes, "Properties | None"], None]
+MAX_TOPIC_BYTES = 65535  # an MQTT string's length is two bytes
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (empty, wildcards, NUL, too long), or None when it can."""
+    if not topic:
+        return "is empty"
+    if "+" in topic or "#" in topic:
+        return "has wildcards (+ or #)"
+    if "\x00" in topic:
+        return "holds a NUL character"
+    try:
+        size = len(topic.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return f"is {size} bytes long; at most {MAX_TOPIC_BYTES} are allowed" if size > MAX_TOPIC_BYTES else None
 
 
 class MqttSetupError(Exception):
@@ -166,11 +182,18 @@ class MqttPublisher:
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
                 correlation_data: bytes | None = None, response_topic: str | None = None) -> bool:
-        """Queue a message without blocking; False if the queue was full and the oldest was dropped.
+        """Queue a message without blocking; False if the queue was full and the oldest was dropped,
+        or if ``topic`` cannot be published to (the message is dropped with a log line).
 
         ``correlation_data`` and ``response_topic`` are MQTT 5 properties (ignored on 3.1.1).
         A retained message is also remembered and re-published after every reconnect.
         """
+        problem = topic_problem(topic)
+        if problem is not None:
+            log.warning("MQTT: message dropped: the topic %r %s", topic, problem)
+            with self._cond:
+                self.dropped += 1
+            return False
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         properties = None
         if self.is_v5 and (correlation_data is not None or response_topic is not None):
@@ -321,8 +344,14 @@ class MqttPublisher:
     def _send_loop(self) -> None:
         while (batch := self._next_batch()) is not None:
             for message in batch:
-                info = self._client.publish(message.topic, message.payload, message.qos, message.retain,
-                                            message.properties)
+                try:
+                    info = self._client.publish(message.topic, message.payload, message.qos, message.retain,
+                                                message.properties)
+                except (ValueError, TypeError) as exc:  # paho refuses the message: drop it, keep sending
+                    log.warning("MQTT: message on %r dropped: %s", message.topic, exc)
+                    with self._cond:
+                        self.dropped += 1
+                    continue
                 sent = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
                 with self._cond:
                     if sent:

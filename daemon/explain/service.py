@@ -27,6 +27,7 @@ from typing import Callable
 from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
+from daemon.mqtt import topic_problem
 from daemon.snapshot import atomic_write
 
 log = logging.getLogger("explaincam.explain")
@@ -246,8 +247,16 @@ class ExplainService:
             log.error("cannot write the explanation to %s: %s", self.snapshot_dir, exc)
 
     def _reply(self, payload: dict, reply: _Pending, text: str | None = None) -> None:
-        """Publish a response to the request's Response Topic (with its Correlation Data) or the default."""
+        """Publish a response to the request's Response Topic (with its Correlation Data) or the default.
+
+        An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line.
+        """
         topic = reply.response_topic or self.topics["response"]
+        problem = topic_problem(topic)
+        if problem is not None:
+            log.warning("answer to explain request %r dropped: its Response Topic %r %s",
+                        reply.request_id, topic, problem)
+            return
         self.publish(topic, text or json.dumps(payload), qos=1, correlation_data=reply.correlation_data)
 
     # --- shutdown --------------------------------------------------------------------

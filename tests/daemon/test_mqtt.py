@@ -11,7 +11,7 @@ from paho.mqtt.properties import Properties
 
 from daemon.config import MqttConfig
 from daemon.demo import LocalBroker, free_port
-from daemon.mqtt import MqttPublisher, MqttSetupError, read_password
+from daemon.mqtt import MqttPublisher, MqttSetupError, read_password, topic_problem
 from tests.conftest import wait_until
 
 AVAILABILITY = "t/availability"
@@ -90,6 +90,17 @@ def test_the_outgoing_queue_is_bounded_and_counts_drops(publishers):
     results = [publisher.publish("t/stats", str(i)) for i in range(5)]
     assert results == [True, True, True, False, False]
     assert publisher.status()["dropped"] == 2 and publisher.status()["queue_depth"] == 3
+
+
+def test_a_topic_that_cannot_be_published_to_is_dropped_and_sending_goes_on(mosquitto, publishers, collect):
+    publisher = publishers(mosquitto.port)
+    assert publisher.wait_connected(5)
+    watcher = collect(mosquitto.port, "t/after")
+    for topic in ("t/#", "+", "", "t/\x00", "t/" + "x" * 70000):
+        assert topic_problem(topic) is not None and publisher.publish(topic, b"x") is False
+    assert topic_problem("t/after") is None and publisher.publish("t/after", b"still sending")
+    assert watcher.wait_for("t/after").payload == b"still sending"
+    assert publisher.status()["dropped"] == 5
 
 
 def test_correlation_data_and_subscriptions_with_mqtt5_properties(mosquitto, publishers, collect):
