@@ -69,6 +69,44 @@ class Bundle:
         return key in self.manifest["files"]
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_manifest(manifest, manifest_path: Path) -> None:
+    """Raise BundleError, naming the manifest and the key, unless it has what the daemon reads."""
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{manifest_path} must hold a JSON object, not a {type(manifest).__name__}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{manifest_path.parent}: bundle format {version!r} is not supported "
+                          f"(expected {FORMAT_VERSION})")
+    for key in ("model_name", "input", "files", "sha256", "special_tokens", "max_length"):
+        if key not in manifest:
+            raise BundleError(f"{manifest_path} lacks the key {key!r}")
+    for key in ("input", "files", "sha256", "special_tokens"):
+        if not isinstance(manifest[key], dict):
+            raise BundleError(f"{manifest_path}: {key!r} must be a JSON object")
+    if not isinstance(manifest["model_name"], str):
+        raise BundleError(f"{manifest_path}: 'model_name' must be a string")
+    if not _positive_int(manifest["input"].get("size")):
+        raise BundleError(f"{manifest_path}: input.size must be a positive whole number of pixels, "
+                          f"not {manifest['input'].get('size')!r}")
+    if not _positive_int(manifest["max_length"]):
+        raise BundleError(f"{manifest_path}: max_length must be a positive whole number, "
+                          f"not {manifest['max_length']!r}")
+    for key in ("start", "end"):
+        if not isinstance(manifest["special_tokens"].get(key), str):
+            raise BundleError(f"{manifest_path}: special_tokens.{key} must be a word")
+    files = manifest["files"]
+    for key in ("encoder_int8", "decoder", "vocab"):
+        if key not in files:
+            raise BundleError(f"{manifest_path} names no {key!r} file")
+    for key, name in files.items():
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise BundleError(f"{manifest_path}: files.{key} must be a file name inside the bundle, not {name!r}")
+
+
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     """Read and (by default) hash-check a bundle; raise BundleError with the reason."""
     path = Path(path)
@@ -79,18 +117,10 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise BundleError(f"{path}: bundle format {version!r} is not supported (expected {FORMAT_VERSION})")
-    for key in ("model_name", "input", "files", "sha256", "special_tokens", "max_length"):
-        if key not in manifest:
-            raise BundleError(f"{manifest_path} lacks the key {key!r}")
+    check_manifest(manifest, manifest_path)
     files = manifest["files"]
-    for key in ("encoder_int8", "decoder", "vocab"):
-        if key not in files:
-            raise BundleError(f"{manifest_path} names no {key!r} file")
     if verify:
         for key, name in files.items():
             file = path / name

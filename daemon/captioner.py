@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,18 +57,33 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _read(bundle: Bundle, key: str, reader):
+    """``reader(path)`` of one bundle file; a file that cannot be read becomes a BundleError naming it."""
+    path = bundle.file(key)
+    try:
+        return reader(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise BundleError(f"{bundle.path}: {path.name} cannot be read: {exc}") from None
+
+
 class Captioner:
     """Captions RGB frames with a bundle's int8 encoder and the numpy step decoder."""
 
     def __init__(self, bundle: Bundle, threads: int = 1, beam_width: int = 1):
         self.bundle = bundle
         tokens = bundle.manifest["special_tokens"]
-        self.vocab = Vocabulary.load(bundle.file("vocab"), tokens["start"], tokens["end"])
+        self.vocab = _read(bundle, "vocab", lambda path: Vocabulary.load(path, tokens["start"], tokens["end"]))
         self.encoder = TFLiteEncoder(bundle.file("encoder_int8"), threads)
-        self.decoder = StepDecoder.load(bundle.file("decoder"), self.vocab.start, self.vocab.end)
+        self.decoder = _read(bundle, "decoder", lambda path: StepDecoder.load(path, self.vocab.start, self.vocab.end))
         if self.decoder.feature_dim != self.encoder.feature_dim:
             raise BundleError(f"{bundle.path}: encoder gives {self.encoder.feature_dim} features, "
                               f"decoder expects {self.decoder.feature_dim}")
+        if self.decoder.vocab_size != len(self.vocab):
+            raise BundleError(f"{bundle.path}: {bundle.file('vocab').name} has {len(self.vocab)} tokens, "
+                              f"{bundle.file('decoder').name} predicts {self.decoder.vocab_size}")
+        if self.encoder.input_shape[1:] != (bundle.input_size, bundle.input_size, 3):
+            raise BundleError(f"{bundle.path}: {bundle.file('encoder_int8').name} takes images of shape "
+                              f"{self.encoder.input_shape[1:]}, the manifest says {bundle.input_size} px RGB")
         self.beam_width = beam_width
         self.input_size = bundle.input_size
 

@@ -42,11 +42,36 @@ class Caption:
     word_logprobs: list[float]
 
 
+WEIGHTS = ("feat_kernel", "feat_bias", "embedding", "lstm_kernel", "lstm_recurrent", "lstm_bias",
+           "merge_kernel", "merge_bias", "logits_kernel", "logits_bias")
+
+
+def check_shapes(shapes: dict[str, tuple]) -> None:
+    """Raise ValueError unless the decoder weights are all there and their shapes fit together."""
+    missing = [k for k in WEIGHTS if k not in shapes]
+    if missing:
+        raise ValueError(f"lacks the weights {', '.join(missing)}")
+    try:
+        features, units = shapes["feat_kernel"]
+        vocab, width = shapes["embedding"]
+        _, merged = shapes["merge_kernel"]
+    except ValueError:
+        raise ValueError("feat_kernel, embedding and merge_kernel must be matrices") from None
+    expected = {"feat_kernel": (features, units), "feat_bias": (units,), "embedding": (vocab, width),
+                "lstm_kernel": (width, 4 * units), "lstm_recurrent": (units, 4 * units), "lstm_bias": (4 * units,),
+                "merge_kernel": (units, merged), "merge_bias": (merged,), "logits_kernel": (merged, vocab),
+                "logits_bias": (vocab,)}
+    for key, shape in expected.items():
+        if tuple(shapes[key]) != shape:
+            raise ValueError(f"weight {key} has shape {tuple(shapes[key])}, but the others need {shape}")
+
+
 class StepDecoder:
     """Greedy and beam decoding from encoder features with the weights of ``decoder.npz``."""
 
     def __init__(self, weights, start: int, end: int):
-        w = {k: np.asarray(weights[k], np.float32) for k in weights}
+        check_shapes({k: tuple(np.shape(weights[k])) for k in weights})
+        w = {k: np.asarray(weights[k], np.float32) for k in WEIGHTS}
         self.feat_kernel, self.feat_bias = w["feat_kernel"], w["feat_bias"]
         self.embedding = w["embedding"]
         self.lstm = (w["lstm_kernel"], w["lstm_recurrent"], w["lstm_bias"])
@@ -55,6 +80,7 @@ class StepDecoder:
         self.units = self.lstm[1].shape[0]
         self.feature_dim = self.feat_kernel.shape[0]
         self.start, self.end = start, end
+        self.vocab_size = self.logits_bias.shape[0]
 
     @classmethod
     def load(cls, path, start: int, end: int) -> "StepDecoder":
