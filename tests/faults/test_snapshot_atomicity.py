@@ -1,0 +1,77 @@
+"""Snapshot files under a concurrent reader: never torn, never half-written, never missing.
+
+The daemon rewrites latest.jpg, latest.json and index.html for every caption (as fast as
+it captions); a reader reads them over and over, thousands of times, and checks each
+read is a whole file: JSON that parses to a full record, a JPEG from its start marker to
+its end marker (decodable), a page that ends with its closing tag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cv2
+import numpy as np
+
+from tests.conftest import daemon_config, wait_until
+from tests.faults.probes import CAMERA, START_TIMEOUT, figures
+
+READ_SECONDS = 5.0
+MIN_READS = 2000  # of each file
+MIN_VERSIONS = 100  # distinct frames seen: the writes really interleaved with the reads
+DECODE_EVERY = 20  # a full JPEG decode every this many reads of latest.jpg
+
+
+def check_json(data: bytes) -> int:
+    """The frame_id of a whole latest.json; AssertionError otherwise."""
+    record = json.loads(data)
+    assert {"frame_id", "caption", "tokens", "timings", "image"} <= set(record), record
+    return record["frame_id"]
+
+
+def check_jpeg(data: bytes, decode: bool) -> None:
+    """AssertionError unless ``data`` is a whole JPEG file."""
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", f"torn JPEG ({len(data)} bytes)"
+    if decode:
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) is not None
+
+
+def check_html(data: bytes) -> None:
+    """AssertionError unless ``data`` is a whole index.html."""
+    assert data.startswith(b"<!doctype html>") and data.endswith(b"</html>\n"), f"torn page ({len(data)} bytes)"
+
+
+def test_a_reader_never_sees_a_torn_snapshot(tmp_path, mosquitto, daemon_process):
+    config = daemon_config(tmp_path, mosquitto.port, caption={"rate": 0},
+                           camera={"name": CAMERA, "source": {"type": "scenes", "fps": 100}},
+                           mqtt={"publish_jpeg": False})
+    daemon = daemon_process(config)
+    folder = tmp_path / "snapshot"
+    files = {name: folder / name for name in ("latest.json", "latest.jpg", "index.html")}
+    wait_until(lambda: all(p.exists() for p in files.values()), START_TIMEOUT, message="the snapshot files")
+    reads = dict.fromkeys(files, 0)
+    frame_ids = []
+    started = time.monotonic()
+    while time.monotonic() - started < READ_SECONDS or min(reads.values()) < MIN_READS:
+        for name, path in files.items():
+            data = path.read_bytes()  # FileNotFoundError would be a failure too
+            if name == "latest.json":
+                frame_id = check_json(data)
+                assert not frame_ids or frame_id >= frame_ids[-1], "latest.json went back in time"
+                frame_ids.append(frame_id)
+            elif name == "latest.jpg":
+                check_jpeg(data, reads[name] % DECODE_EVERY == 0)
+            else:
+                check_html(data)
+            reads[name] += 1
+        assert time.monotonic() - started < 60, f"too slow: {reads}"
+    seconds = time.monotonic() - started
+    versions = len(set(frame_ids))
+    assert daemon.stop() < 5 and daemon.process.returncode == 0
+    leftovers = sorted(p.name for p in folder.iterdir() if p.name not in files)
+    figures("snapshot_atomicity", reads=sum(reads.values()), reads_per_file=min(reads.values()),
+            seconds=round(seconds, 1), versions_seen=versions, frames_written=frame_ids[-1],
+            leftover_files=leftovers)
+    assert versions >= MIN_VERSIONS, f"only {versions} versions seen: the reads did not overlap the writes"
+    assert leftovers == [], "temporary files were left behind"
