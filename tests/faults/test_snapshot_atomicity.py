@@ -17,9 +17,9 @@ import numpy as np
 from tests.conftest import daemon_config, wait_until
 from tests.faults.probes import CAMERA, START_TIMEOUT, figures
 
-READ_SECONDS = 5.0
 MIN_READS = 2000  # of each file
 MIN_VERSIONS = 100  # distinct frames seen: the writes really interleaved with the reads
+READ_LIMIT_S = 120  # the daemon writes 10-100 versions a second, slower on a busy box
 DECODE_EVERY = 20  # a full JPEG decode every this many reads of latest.jpg
 
 
@@ -51,27 +51,26 @@ def test_a_reader_never_sees_a_torn_snapshot(tmp_path, mosquitto, daemon_process
     files = {name: folder / name for name in ("latest.json", "latest.jpg", "index.html")}
     wait_until(lambda: all(p.exists() for p in files.values()), START_TIMEOUT, message="the snapshot files")
     reads = dict.fromkeys(files, 0)
-    frame_ids = []
+    versions, last = set(), 0
     started = time.monotonic()
-    while time.monotonic() - started < READ_SECONDS or min(reads.values()) < MIN_READS:
+    while min(reads.values()) < MIN_READS or len(versions) < MIN_VERSIONS:
         for name, path in files.items():
             data = path.read_bytes()  # FileNotFoundError would be a failure too
             if name == "latest.json":
                 frame_id = check_json(data)
-                assert not frame_ids or frame_id >= frame_ids[-1], "latest.json went back in time"
-                frame_ids.append(frame_id)
+                assert frame_id >= last, "latest.json went back in time"
+                versions.add(frame_id)
+                last = frame_id
             elif name == "latest.jpg":
                 check_jpeg(data, reads[name] % DECODE_EVERY == 0)
             else:
                 check_html(data)
             reads[name] += 1
-        assert time.monotonic() - started < 60, f"too slow: {reads}"
+        assert time.monotonic() - started < READ_LIMIT_S, f"only {len(versions)} versions seen, {reads} reads"
     seconds = time.monotonic() - started
-    versions = len(set(frame_ids))
     assert daemon.stop() < 5 and daemon.process.returncode == 0
     leftovers = sorted(p.name for p in folder.iterdir() if p.name not in files)
     figures("snapshot_atomicity", reads=sum(reads.values()), reads_per_file=min(reads.values()),
-            seconds=round(seconds, 1), versions_seen=versions, frames_written=frame_ids[-1],
+            seconds=round(seconds, 1), versions_seen=len(versions), frames_written=last,
             leftover_files=leftovers)
-    assert versions >= MIN_VERSIONS, f"only {versions} versions seen: the reads did not overlap the writes"
     assert leftovers == [], "temporary files were left behind"
