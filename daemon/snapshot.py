@@ -40,6 +40,17 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
+    """Delete the temporary files ``atomic_write`` left in ``folder`` when the power was cut
+    mid-write (``.NAME.XXXX.tmp``); return their names. Call it before anything writes there."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    return removed
+
+
 def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
     """Split text into lines no wider than ``width_px`` in the Hershey font."""
     lines, line = [], ""
@@ -99,6 +110,7 @@ class SnapshotWriter:
     def __init__(self, folder: str | os.PathLike, camera: str, min_interval_s: float = 0.0, clock=time.monotonic):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.folder)
         self.camera = camera
         self.min_interval_s = min_interval_s
         self._clock = clock

@@ -75,3 +75,13 @@ def test_writer_respects_the_minimum_interval(tmp_path):
     assert not writer.due()
     now[0] += 1.0
     assert writer.due()
+
+
+def test_temporaries_of_a_write_cut_short_are_removed_when_the_writer_starts(tmp_path):
+    (tmp_path / "latest.json").write_text('{"caption": "kept"}')
+    (tmp_path / ".latest.json.k3j2x.tmp").write_text('{"capt')  # what a power cut mid-write leaves
+    (tmp_path / ".explanation.png.a1b2.tmp").write_bytes(b"\x89PN")
+    (tmp_path / "notes.tmp").write_text("a user's file, not one of ours")
+    SnapshotWriter(tmp_path, "cam")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "notes.tmp"]
+    assert json.loads((tmp_path / "latest.json").read_text()) == {"caption": "kept"}
