@@ -19,7 +19,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from daemon.explain.layers import MomentMap
+from daemon.explain.layers import LocalMaxima, MomentMap
 
 # How each keras.applications family expects its 0..255 RGB input to be scaled. Families
 # not listed carry their own preprocessing inside the model (EfficientNet, EfficientNetV2,
@@ -77,7 +77,9 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     ``pooling="avg"`` is the seed's global average pooling, which throws away where things
     are. ``"moments"`` (default) pools a 1x1-reduced map together with its x- and
     y-weighted copies (``MomentMap``), so relations like "left of" survive while the
-    pooling still reads every position alike; the weighted map is where Grad-CAM looks. ``"spatial"`` flattens the reduced
+    pooling still reads every position alike; the weighted map is where Grad-CAM looks.
+    ``"moments_max"`` also max-pools that map: a mean scales with how much of the image the
+    objects cover, a maximum does not, which is what counting small objects needs. ``"spatial"`` flattens the reduced
     map: it keeps the layout too, but gives each position its own decoder weights, and
     then deep feature maps no longer keep an object's evidence at its place (Grad-CAM
     peaks fell inside the named object for 4% of words), so it is not the default.
@@ -115,15 +117,23 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     x = backbone(x)
     if pooling == "avg":
         features = layers.GlobalAveragePooling2D(name="features")(x)
-    elif pooling == "moments":
+    elif pooling in ("moments", "moments_max", "moments_peaks"):
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
         x = MomentMap(name="moment_map")(x)
-        features = layers.GlobalAveragePooling2D(name="features")(x)
+        if pooling == "moments":
+            features = layers.GlobalAveragePooling2D(name="features")(x)
+        elif pooling == "moments_peaks":
+            peaks = layers.GlobalAveragePooling2D(name="peak_pool")(LocalMaxima(name="local_maxima")(x))
+            features = layers.Concatenate(name="features")([layers.GlobalAveragePooling2D(name="mean_pool")(x), peaks])
+        else:
+            features = layers.Concatenate(name="features")([layers.GlobalAveragePooling2D(name="mean_pool")(x),
+                                                            layers.GlobalMaxPooling2D(name="max_pool")(x)])
     elif pooling == "spatial":
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
         features = layers.Flatten(name="features")(x)
     else:
-        raise ValueError(f"pooling must be 'moments', 'avg' or 'spatial', not {pooling!r}")
+        raise ValueError(f"pooling must be 'moments', 'moments_max', 'moments_peaks', 'avg' or 'spatial', "
+                         f"not {pooling!r}")
     return keras.Model(image, features, name="encoder")
 
 

@@ -117,7 +117,7 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
     steps = math.ceil(sum(len(c) for c in train_set.captions) / batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02)
     caption_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    penalised = background_penalty > 0 and train_set.foreground is not None and pooling == "moments"
+    penalised = background_penalty > 0 and train_set.foreground is not None and pooling.startswith("moments")
     if background_penalty > 0 and not penalised:
         raise ValueError("--background-penalty needs generated scenes (object masks) and --pooling moments")
     if penalised:
@@ -176,9 +176,10 @@ def configure(parser) -> None:
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="keras.applications model name")
     parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
                         help="initial encoder weights: none (from scratch) or imagenet (needs internet)")
-    parser.add_argument("--pooling", default="moments", choices=["moments", "avg", "spatial"],
+    parser.add_argument("--pooling", default="moments", choices=["moments", "moments_max", "moments_peaks", "avg", "spatial"],
                         help="encoder head: moments (mean + x/y moments per channel, keeps where things are), "
-                             "avg (the seed's global average pooling) or spatial (flattened map)")
+                             "moments_max (the same, also max-pooled), avg (the seed's global average "
+                             "pooling) or spatial (flattened map)")
     parser.add_argument("--backbone-stride", type=int, default=None, choices=[8, 16, 32],
                         help="cut the backbone after its last map at 1/N of the input (default: whole backbone)")
     parser.add_argument("--minimalistic", action="store_true",

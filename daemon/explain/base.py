@@ -37,16 +37,18 @@ class SplitCaptioner:
         at = chain.index(backbone)
         self.before, self.after = chain[:at], chain[at + 1:]
         self.layer_name = layer_name
-        if layer_name in [layer.name for layer in self.after]:
-            self.in_head = True
+        head_input = self.after[0].input  # the backbone's output in the encoder's graph
+        self.in_head = layer_name in [layer.name for layer in self.after]
+        if self.in_head:
             self.split = backbone
+            self.head = keras.Model(head_input, [encoder.get_layer(layer_name).output, encoder.output])
         else:
-            self.in_head = False
             try:
                 layer = backbone.get_layer(layer_name)
             except ValueError:
                 raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of the encoder") from None
             self.split = keras.Model(backbone.input, [layer.output, backbone.output])
+            self.head = keras.Model(head_input, encoder.output)
         features = captioner.get_layer("feat_dropout").input  # the encoder's output in the captioner graph
         self.decoder = keras.Model([features, captioner.inputs[1]], captioner.output)
         self.captioner = captioner
@@ -61,14 +63,9 @@ class SplitCaptioner:
         for layer in self.before:
             x = layer(x, training=False)
         if self.in_head:
-            acts, x = None, self.split(x, training=False)
-        else:
-            acts, x = self.split(x, training=False)
-        for layer in self.after:
-            x = layer(x, training=False)
-            if self.in_head and layer.name == self.layer_name:
-                acts = x
-        return acts, x
+            return self.head(self.split(x, training=False), training=False)
+        acts, x = self.split(x, training=False)
+        return acts, self.head(x, training=False)
 
     def forward(self, images, tokens):
         """(activations, logits (B, T, V)) for images and teacher-forced token rows."""
