@@ -19,7 +19,7 @@ import numpy as np
 import keras
 from keras import layers
 
-from daemon.explain.layers import LocalMaxima, MomentMap
+from daemon.explain.layers import MomentMap
 
 # How each keras.applications family expects its 0..255 RGB input to be scaled. Families
 # not listed carry their own preprocessing inside the model (EfficientNet, EfficientNetV2,
@@ -117,14 +117,11 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     x = backbone(x)
     if pooling == "avg":
         features = layers.GlobalAveragePooling2D(name="features")(x)
-    elif pooling in ("moments", "moments_max", "moments_peaks"):
+    elif pooling in ("moments", "moments_max"):
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
         x = MomentMap(name="moment_map")(x)
         if pooling == "moments":
             features = layers.GlobalAveragePooling2D(name="features")(x)
-        elif pooling == "moments_peaks":
-            peaks = layers.GlobalAveragePooling2D(name="peak_pool")(LocalMaxima(name="local_maxima")(x))
-            features = layers.Concatenate(name="features")([layers.GlobalAveragePooling2D(name="mean_pool")(x), peaks])
         else:
             features = layers.Concatenate(name="features")([layers.GlobalAveragePooling2D(name="mean_pool")(x),
                                                             layers.GlobalMaxPooling2D(name="max_pool")(x)])
@@ -132,8 +129,7 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
         x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
         features = layers.Flatten(name="features")(x)
     else:
-        raise ValueError(f"pooling must be 'moments', 'moments_max', 'moments_peaks', 'avg' or 'spatial', "
-                         f"not {pooling!r}")
+        raise ValueError(f"pooling must be 'moments', 'moments_max', 'avg' or 'spatial', not {pooling!r}")
     return keras.Model(image, features, name="encoder")
 
 

@@ -176,7 +176,7 @@ def configure(parser) -> None:
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="keras.applications model name")
     parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
                         help="initial encoder weights: none (from scratch) or imagenet (needs internet)")
-    parser.add_argument("--pooling", default="moments", choices=["moments", "moments_max", "moments_peaks", "avg", "spatial"],
+    parser.add_argument("--pooling", default="moments", choices=["moments", "moments_max", "avg", "spatial"],
                         help="encoder head: moments (mean + x/y moments per channel, keeps where things are), "
                              "moments_max (the same, also max-pooled), avg (the seed's global average "
                              "pooling) or spatial (flattened map)")

@@ -40,16 +40,3 @@ class MomentMap(keras.layers.Layer):
         """Same map, three times the channels."""
         return (*input_shape[:-1], 3 * input_shape[-1])
 
-
-@keras.saving.register_keras_serializable(package="explaincam")
-class LocalMaxima(keras.layers.Layer):
-    """Keeps each channel's value where it is the maximum of its 3x3 neighbourhood, else 0.
-
-    Averaged over the map, this counts blobs (one peak each, whatever their size) where a
-    plain average measures how much of the image they cover.
-    """
-
-    def call(self, inputs):
-        """The map with everything but local maxima zeroed."""
-        neighbourhood = ops.max_pool(inputs, pool_size=3, strides=1, padding="same")
-        return ops.where(inputs >= neighbourhood, inputs, ops.zeros_like(inputs))
