@@ -45,7 +45,8 @@ def source(tmp_path) -> Path:
     for name in files.values():
         (bundle / name).write_bytes(name.encode() * 100)
     write_manifest(bundle, {"model_name": bundle.name, "input": {"size": 96}, "files": files,
-                            "special_tokens": {}, "max_length": 12})
+                            "special_tokens": {"start": "startseq", "end": "endseq", "pad_id": 0},
+                            "max_length": 12})
     return src
 
 
