@@ -21,6 +21,15 @@ from daemon.demo import LocalBroker, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = REPO / "models" / "scenes-mnv3s"
+# the topics of the daemon that daemon_config sets up (prefix explaincam, camera testcam)
+PREFIX, CAMERA = "explaincam", "testcam"
+AVAILABILITY = f"{PREFIX}/availability"
+CAPTION = f"{PREFIX}/{CAMERA}/caption"
+SOURCE = f"{PREFIX}/{CAMERA}/source"
+STATS = f"{PREFIX}/stats"
+REQUEST = f"{PREFIX}/{CAMERA}/explain/request"
+RESPONSE = f"{PREFIX}/{CAMERA}/explain/response"
+START_TIMEOUT = 60  # model loading on a busy 2-core box
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
@@ -128,7 +137,7 @@ def daemon_config(tmp_path: Path, port: int, **sections) -> dict:
     """A test config for the daemon: scenes source, shipped bundle, fast reconnects, tmp snapshot dir."""
     config = {
         "model": {"bundle": str(SHIPPED_BUNDLE), "threads": 1},
-        "camera": {"name": "testcam",
+        "camera": {"name": CAMERA,
                    "source": {"type": "scenes", "fps": 5, "retry_initial_s": 0.2, "retry_max_s": 1}},
         "caption": {"rate": 0},
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_s": 1,
@@ -185,3 +194,17 @@ def daemon_process(tmp_path):
     yield start
     for process in processes:
         process.kill()
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                children.append(int(entry.name))
+    return children

@@ -18,16 +18,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from convert.scenes import scene_at
-from tests.conftest import REPO, SHIPPED_BUNDLE, daemon_config, wait_until
+from tests.conftest import (AVAILABILITY, CAMERA, CAPTION, PREFIX, REPO, SHIPPED_BUNDLE, SOURCE, START_TIMEOUT,
+                            STATS, daemon_config, wait_until)
 
-PREFIX, CAMERA = "explaincam", "testcam"
-AVAILABILITY = f"{PREFIX}/availability"
-CAPTION = f"{PREFIX}/{CAMERA}/caption"
 SNAPSHOT = f"{PREFIX}/{CAMERA}/snapshot"
-SOURCE = f"{PREFIX}/{CAMERA}/source"
-STATS = f"{PREFIX}/stats"
 EXPLAINER_INSTALLED = importlib.util.find_spec("daemon.explain.service") is not None
-START_TIMEOUT = 60  # model loading on a busy 2-core box
 
 
 class NotifyListener:

@@ -17,14 +17,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.explain.heatmap import decode_png, heatmap_from_base64
-from tests.conftest import REPO, daemon_config, wait_until
+from tests.conftest import (CAMERA, CAPTION, PREFIX, REPO, REQUEST, RESPONSE, START_TIMEOUT, child_pids,
+                            daemon_config, wait_until)
 
-PREFIX, CAMERA = "explaincam", "testcam"
-CAPTION = f"{PREFIX}/{CAMERA}/caption"
-REQUEST = f"{PREFIX}/{CAMERA}/explain/request"
-RESPONSE = f"{PREFIX}/{CAMERA}/explain/response"
 IMAGE = f"{PREFIX}/{CAMERA}/explain/image"
-START_TIMEOUT = 60  # model loading on a busy 2-core box
 EXPLAIN_TIMEOUT = 180  # TensorFlow import + model load + explanation, niced, on a busy box
 FAST = {"idle_exit_s": 120, "smoothgrad_samples": 2, "ig_steps": 4, "threads": 1}
 
@@ -63,20 +59,6 @@ class Requester:
     def close(self):
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{pid}\n" in status:
-                children.append(int(entry.name))
-    return children
 
 
 def loaded_tensorflow(pid: int) -> bool:

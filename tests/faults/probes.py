@@ -14,14 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-PREFIX, CAMERA = "explaincam", "testcam"
-AVAILABILITY = f"{PREFIX}/availability"
-CAPTION = f"{PREFIX}/{CAMERA}/caption"
-SOURCE = f"{PREFIX}/{CAMERA}/source"
-STATS = f"{PREFIX}/stats"
-REQUEST = f"{PREFIX}/{CAMERA}/explain/request"
-RESPONSE = f"{PREFIX}/{CAMERA}/explain/response"
-START_TIMEOUT = 60  # model loading on a busy 2-core box
+from tests.conftest import CAPTION, REQUEST
+
 NODELAY = "set_tcp_nodelay true\n"  # broker option: small packets go out at once (no 40 ms Nagle waits)
 
 
@@ -61,20 +55,6 @@ def steady(probe, pid: int, samples: int = 5, interval: float = 0.05) -> int:
         readings.append(probe(pid))
         time.sleep(interval)
     return min(readings)
-
-
-def child_pids(pid: int) -> list[int]:
-    """Processes whose parent is ``pid`` (from /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            if f"\nPPid:\t{pid}\n" in status:
-                children.append(int(entry.name))
-    return children
 
 
 def live_captions(collector, since: float = 0.0) -> list:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import time
 
-from tests.conftest import daemon_config, wait_until
-from tests.faults.probes import AVAILABILITY, CAPTION, START_TIMEOUT, STATS, figures, live_captions
+from tests.conftest import AVAILABILITY, CAPTION, START_TIMEOUT, STATS, daemon_config, wait_until
+from tests.faults.probes import figures, live_captions
 
 CYCLES = 3
 DOWN_S = 2.0  # how long the broker stays dead each time

@@ -17,8 +17,8 @@ import pytest
 
 from convert.scenes import scene_at
 from daemon.demo import free_port
-from tests.conftest import daemon_config
-from tests.faults.probes import CAMERA, CAPTION, SOURCE, START_TIMEOUT, figures, live_captions
+from tests.conftest import CAMERA, CAPTION, SOURCE, START_TIMEOUT, daemon_config
+from tests.faults.probes import figures, live_captions
 
 SCENES = [scene_at(11, i) for i in range(6)]
 JPEGS = [cv2.imencode(".jpg", cv2.cvtColor(s.image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()

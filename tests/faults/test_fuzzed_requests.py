@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from daemon.explain.requests import ERROR_CODES, MAX_ID_LENGTH
 from daemon.explain.registry import CONCEPT_METHODS, METHODS
-from tests.conftest import daemon_config, wait_until
-from tests.faults.probes import CAPTION, NODELAY, RESPONSE, START_TIMEOUT, Requester, figures, live_captions
+from tests.conftest import CAPTION, RESPONSE, START_TIMEOUT, daemon_config, wait_until
+from tests.faults.probes import NODELAY, Requester, figures, live_captions
 
 PAYLOADS = 2000
 TOPICS = 150

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import daemon_config, wait_until
-from tests.faults.probes import (CAPTION, START_TIMEOUT, Requester, child_pids, figures, live_captions, rss_mb)
+from tests.conftest import CAPTION, START_TIMEOUT, child_pids, daemon_config, wait_until
+from tests.faults.probes import Requester, figures, live_captions, rss_mb
 
 RATE = 100  # requests per second
 SECONDS = 10

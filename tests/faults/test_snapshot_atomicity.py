@@ -14,8 +14,8 @@ import time
 import cv2
 import numpy as np
 
-from tests.conftest import daemon_config, wait_until
-from tests.faults.probes import CAMERA, START_TIMEOUT, figures
+from tests.conftest import CAMERA, START_TIMEOUT, daemon_config, wait_until
+from tests.faults.probes import figures
 
 MIN_READS = 2000  # of each file
 MIN_VERSIONS = 100  # distinct frames seen: the writes really interleaved with the reads

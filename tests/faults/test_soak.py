@@ -16,9 +16,8 @@ import time
 import cv2
 
 from convert.scenes import scene_at
-from tests.conftest import daemon_config, wait_until
-from tests.faults.probes import (CAMERA, START_TIMEOUT, STATS, fd_count, figures, rss_mb, steady,
-                                 thread_count)
+from tests.conftest import CAMERA, START_TIMEOUT, STATS, daemon_config, wait_until
+from tests.faults.probes import fd_count, figures, rss_mb, steady, thread_count
 
 FRAMES = 20_000
 WARM_UP = 2_000  # frames before the baseline readings: caches and allocator pools fill first
