@@ -278,12 +278,15 @@ class MqttPublisher:
             self.connects += 1
             self._republish_pending = True
             subscriptions = [(topic, qos) for topic, (qos, _) in self._subscriptions.items()]
+            # SUBSCRIBE is queued before the sender wakes (it needs this lock), so the broker
+            # has the subscriptions before anything queued is published: a reply to what we
+            # publish (Home Assistant's birth after discovery) cannot arrive unheard
+            if subscriptions:
+                client.subscribe(subscriptions)
             self._cond.notify_all()
         log.info("MQTT: connected to %s:%d%s", self.config.host, self.config.port,
                  f" (reconnect {self.reconnects})" if self.reconnects else "")
         client.publish(self.availability_topic, "online", qos=1, retain=True)
-        if subscriptions:
-            client.subscribe(subscriptions)
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is still at hand.
