@@ -16,21 +16,29 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.scenes import scene_at
+from convert.scenes import COLOURS, SHAPES, SIZES, scene_at
 from daemon.vocab import Vocabulary, normalise_caption
 
 FOREGROUND_CELL = 8  # CaptionSet.foreground is kept at 1/8 of the image side
+MAX_OBJECTS = 3  # the most objects a generated scene holds
+ATTRIBUTES = (SIZES, tuple(COLOURS), SHAPES)  # the object words of a scene, by kind: size, colour, shape
+DENSITY_CHANNELS = sum(len(values) for values in ATTRIBUTES)
 IMAGE_FOLDERS = ("Images", "images", "flickr30k_images", "Flicker8k_Dataset", "Flickr8k_Dataset")
 
 
 @dataclass
 class CaptionSet:
     """Images (N, H, W, 3 uint8 RGB), for each image its reference captions, and where known
-    (generated scenes) the objects' extent (N, H/8, W/8 bool; an 8x8 block holds an object pixel)."""
+    (generated scenes) the objects' extent (N, H/8, W/8 bool; an 8x8 block holds an object pixel),
+    centres (N, MAX_OBJECTS, 2 pixel x, y; NaN where a scene has fewer objects) and attributes
+    (N, MAX_OBJECTS, 3: indices into ATTRIBUTES' sizes, colours and shapes; -1 where a scene
+    has fewer objects)."""
 
     images: np.ndarray
     captions: list[list[str]]
     foreground: np.ndarray | None = None
+    centres: np.ndarray | None = None
+    attributes: np.ndarray | None = None
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
@@ -45,14 +53,45 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
 def scenes_set(count: int, seed: int, progress=None) -> CaptionSet:
     """``count`` generated scenes of stream ``seed`` in memory."""
     images, captions, foreground = [], [], []
+    centres = np.full((count, MAX_OBJECTS, 2), np.nan, np.float32)
+    attributes = np.full((count, MAX_OBJECTS, len(ATTRIBUTES)), -1, np.int8)
     for i in range(count):
         s = scene_at(seed, i)
         images.append(s.image)
         captions.append([s.caption])
         foreground.append(s.foreground(FOREGROUND_CELL))
+        centres[i, :len(s.objects)] = [obj.center for obj in s.objects]
+        attributes[i, :len(s.objects)] = [[values.index(value) for values, value in
+                                           zip(ATTRIBUTES, (obj.size, obj.colour, obj.shape))] for obj in s.objects]
         if progress:
             progress(i + 1, count)
-    return CaptionSet(np.stack(images), captions, np.stack(foreground))
+    return CaptionSet(np.stack(images), captions, np.stack(foreground), centres, attributes)
+
+
+def object_density(centres: np.ndarray, attributes: np.ndarray, image_side: int, map_side: int,
+                   sigma_cells: float = 0.6, mass: float = 10.0) -> np.ndarray:
+    """Per image, a (map_side, map_side, DENSITY_CHANNELS) map: one channel per object word
+    (each size, colour and shape, in ATTRIBUTES order), holding a Gaussian of mass ``mass``
+    at the centre of every object that word describes.
+
+    ``centres`` is (N, K, 2) pixel x, y and ``attributes`` (N, K, 3) indices, -1 for absent
+    objects. Each kind's channels sum to ``mass`` times the number of objects whatever
+    their area (the density maps of crowd counting), so a mean over them counts objects
+    where a mean over their area cannot, and every word that names an object has evidence
+    of its own at that object's centre.
+    """
+    cell = image_side / map_side
+    grid = (np.arange(map_side, dtype=np.float32) + 0.5) * cell  # cell centres in pixels
+    present = attributes[..., 0] >= 0
+    cx = np.where(present, centres[..., 0], 0.0)[..., None]
+    cy = np.where(present, centres[..., 1], 0.0)[..., None]
+    gx = np.exp(-0.5 * ((grid - cx) / (sigma_cells * cell)) ** 2)  # (N, K, map_side)
+    gy = np.exp(-0.5 * ((grid - cy) / (sigma_cells * cell)) ** 2)
+    blobs = gy[..., :, None] * gx[..., None, :]  # (N, K, map_side, map_side)
+    blobs /= blobs.sum(axis=(-2, -1), keepdims=True)
+    words = np.concatenate([attributes[..., [kind]] == np.arange(len(values))
+                            for kind, values in enumerate(ATTRIBUTES)], axis=-1) & present[..., None]
+    return (mass * np.einsum("nkhw,nkc->nhwc", blobs, words.astype(np.float32))).astype(np.float32)
 
 
 def read_flickr_captions(folder: str | Path) -> dict[str, list[str]]:

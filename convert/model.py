@@ -118,7 +118,9 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     if pooling == "avg":
         features = layers.GlobalAveragePooling2D(name="features")(x)
     elif pooling in ("moments", "moments_max"):
-        x = layers.Conv2D(spatial_channels, 1, activation="relu", name="spatial_reduce")(x)
+        # linear 1x1 conv, then its ReLU: training losses on the map (train.py) read either
+        x = layers.Conv2D(spatial_channels, 1, name="spatial_conv")(x)
+        x = layers.ReLU(name="spatial_reduce")(x)
         x = MomentMap(name="moment_map")(x)
         if pooling == "moments":
             features = layers.GlobalAveragePooling2D(name="features")(x)

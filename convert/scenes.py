@@ -31,6 +31,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
 COUNT_WORDS = {2: "two", 3: "three"}
+SIZES = ("small", "medium", "large")  # single objects are small or large; objects in pairs and groups medium
 RELATIONS = ("left of", "above")
 
 

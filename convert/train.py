@@ -26,17 +26,19 @@ VALIDATION_SEED_OFFSET = 7919  # validation scenes come from a stream training n
 class _Batches(keras.utils.PyDataset):
     """Shuffled batches of ((image, input tokens), targets, mask) for teacher forcing.
 
-    With ``map_side`` (and a set that knows its foreground) the targets and weights also
-    carry each image's background at the encoder map's resolution, for the background
-    activity penalty.
+    ``map_targets`` (generated scenes only) names the encoder-map targets that follow the
+    caption targets, at the map's resolution ``map_side``: ``"background"`` (the cells
+    outside the objects, for the background activity penalty) and ``"density"`` (one
+    Gaussian per object centre in the channel of each word that describes it, for the object
+    density loss).
     """
 
     def __init__(self, data: datasets.CaptionSet, rows, inputs, targets, batch_size, shuffle, seed=0,
-                 map_side: int | None = None):
+                 map_side: int | None = None, map_targets: tuple[str, ...] = ()):
         super().__init__()
         self.data, self.rows, self.inputs, self.targets = data, rows, inputs, targets
         self.batch_size, self.shuffle = batch_size, shuffle
-        self.map_side = map_side
+        self.map_side, self.map_targets = map_side, map_targets
         self.order = np.arange(len(rows))
         self.rng = np.random.default_rng(seed)
         self.on_epoch_end()
@@ -49,12 +51,21 @@ class _Batches(keras.utils.PyDataset):
         images = self.data.images[self.rows[idx]].astype("float32")
         targets = self.targets[idx]
         weights = (targets > 0).astype("float32")
-        if self.map_side is None:
+        if not self.map_targets:
             return (images, self.inputs[idx]), targets, weights
-        foreground = self.data.foreground[self.rows[idx]]
-        background = ~block_any(foreground, foreground.shape[-1] // self.map_side)
-        return ((images, self.inputs[idx]), (targets, background[..., None].astype("float32")),
-                (weights, np.ones(len(idx), "float32")))
+        rows = self.rows[idx]
+        maps = []
+        for name in self.map_targets:
+            if name == "background":
+                foreground = self.data.foreground[rows]
+                background = ~block_any(foreground, foreground.shape[-1] // self.map_side)
+                maps.append(background[..., None].astype("float32"))
+            else:
+                maps.append(datasets.object_density(self.data.centres[rows], self.data.attributes[rows],
+                                                    images.shape[1], self.map_side))
+        ones = np.ones(len(idx), "float32")
+        return ((images, self.inputs[idx]), (targets, *maps),
+                (weights, *(ones for _ in maps)))
 
     def on_epoch_end(self):
         if self.shuffle:
@@ -66,16 +77,31 @@ def background_activity(background, head_map):
     return keras.ops.mean(background * head_map, axis=(1, 2, 3))
 
 
-def _with_head_map(captioner: keras.Model) -> keras.Model:
-    """The captioner with a second output, its encoder's reduced map (same layers, one pass)."""
+def object_density_error(density, pre_activation):
+    """Per image: the squared error of the reduced map's first channels against the object density.
+
+    Read before the map's ReLU, so a channel pushed below zero everywhere early in training
+    still gets a gradient back; summed over cells, so a miscounted object weighs alike at
+    every map resolution.
+    """
+    return keras.ops.sum((pre_activation[..., :density.shape[-1]] - density) ** 2, axis=(1, 2, 3))
+
+
+MAP_LOSSES = {"background": background_activity, "density": object_density_error}
+MAP_LAYERS = {"background": "spatial_reduce", "density": "spatial_conv"}  # the map each loss reads
+
+
+def _with_head_map(captioner: keras.Model, map_targets: tuple[str, ...]) -> keras.Model:
+    """The captioner with one more output per map target, the encoder map that target's loss reads (one pass)."""
     encoder = captioner.get_layer("encoder")
-    both = keras.Model(encoder.input, [encoder.get_layer("spatial_reduce").output, encoder.output],
-                       name="background")
+    maps = [encoder.get_layer(MAP_LAYERS[name]).output for name in map_targets]
+    both = keras.Model(encoder.input, [*maps, encoder.output], name="encoder_map")
     decoder = keras.Model([captioner.get_layer("feat_dropout").input, captioner.inputs[1]], captioner.output,
                           name="caption")
     image, tokens = keras.Input(captioner.inputs[0].shape[1:]), keras.Input((None,), dtype="int32")
-    head_map, features = both(image)
-    return keras.Model([image, tokens], [decoder([features, tokens]), head_map])
+    *head_maps, features = both(image)
+    named = [keras.layers.Identity(name=name)(head_map) for name, head_map in zip(map_targets, head_maps)]
+    return keras.Model([image, tokens], [decoder([features, tokens]), *named])
 
 
 def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None = None,
@@ -84,13 +110,17 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
           embedding_dim: int = 64, units: int = 128, learning_rate: float = 2e-3,
           min_word_count: int = 1, max_words: int | None = None, validation: int = 500,
           stride: int | None = None, minimalistic: bool = False, background_penalty: float = 0.0,
-          verbose: int = 1) -> dict:
+          object_density: float = 0.0, verbose: int = 1) -> dict:
     """Train a captioner and write it to ``out``; return the training summary.
 
     ``background_penalty`` > 0 (generated scenes, moments head) adds that weight times the
     mean activation of the encoder's reduced map outside the objects to the loss, so the
     model keeps its evidence on the objects (Ross et al.'s "right for the right reasons",
-    on activations instead of input gradients).
+    on activations instead of input gradients). ``object_density`` > 0 adds that weight times
+    the squared error of the reduced map's first channels, one per size, colour and shape
+    word, against density maps of the centres of the objects each word describes
+    (Lempitsky and Zisserman's counting by density): channels whose means count objects
+    whatever their area, with every object word's evidence at its object.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,35 +147,39 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
     steps = math.ceil(sum(len(c) for c in train_set.captions) / batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps, alpha=0.02)
     caption_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    penalised = background_penalty > 0 and train_set.foreground is not None and pooling.startswith("moments")
-    if background_penalty > 0 and not penalised:
-        raise ValueError("--background-penalty needs generated scenes (object masks) and --pooling moments")
-    if penalised:
-        trained = _with_head_map(model)
+    map_weights = {name: weight for name, weight in (("background", background_penalty), ("density", object_density))
+                   if weight > 0}
+    if map_weights and (train_set.foreground is None or not pooling.startswith("moments")):
+        raise ValueError("--background-penalty and --object-density need generated scenes (object masks) "
+                         "and --pooling moments or moments_max")
+    map_targets = tuple(map_weights)
+    if map_targets:
+        trained = _with_head_map(model, map_targets)
         map_side = int(trained.outputs[1].shape[1])
         trained.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0),
-                        loss=[caption_loss, background_activity], loss_weights=[1.0, background_penalty],
-                        weighted_metrics=[["accuracy"], []])
+                        loss=[caption_loss, *(MAP_LOSSES[name] for name in map_targets)],
+                        loss_weights=[1.0, *map_weights.values()],
+                        weighted_metrics=[["accuracy"], *([] for _ in map_targets)])
     else:
         trained, map_side = model, None
         model.compile(optimizer=keras.optimizers.Adam(schedule, clipnorm=5.0), loss=caption_loss,
                       weighted_metrics=["accuracy"])
     train_batches = _Batches(train_set, *datasets.sequences(train_set.captions, vocab, max_words),
-                             batch_size, shuffle=True, seed=seed, map_side=map_side)
+                             batch_size, shuffle=True, seed=seed, map_side=map_side, map_targets=map_targets)
     fit_kwargs = {}
     if len(val_set.images):
         fit_kwargs["validation_data"] = _Batches(
             val_set, *datasets.sequences(val_set.captions, vocab, max_words), batch_size, shuffle=False,
-            map_side=map_side)
+            map_side=map_side, map_targets=map_targets)
     history = trained.fit(train_batches, epochs=epochs, verbose=verbose, **fit_kwargs)
-    if penalised:
-        # the two-output graph left extra nodes on the captioner's layers, which its .keras
+    if map_targets:
+        # the multi-output graph left extra nodes on the captioner's layers, which its .keras
         # file cannot describe: save a fresh copy holding the trained weights instead
         fresh = new_captioner()
         fresh.set_weights(model.get_weights())
         model = fresh
-    curves = {k.replace("caption_", "").replace("background_loss", "background_activity"): v
-              for k, v in history.history.items()}
+    curves = {k.replace("caption_", "").replace("background_loss", "background_activity")
+              .replace("density_loss", "object_density_error"): v for k, v in history.history.items()}
 
     model.save(out / "captioner.keras")
     vocab.save(out / "vocab.txt")
@@ -156,7 +190,8 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
         "pooling": pooling,
         "backbone_stride": stride,
         "minimalistic": minimalistic,
-        "background_penalty": background_penalty if penalised else 0.0,
+        "background_penalty": background_penalty,
+        "object_density": object_density,
         "preprocessing": preprocessing_mode(encoder),
         "max_words": int(max_words),
         "vocab_size": len(vocab),
@@ -186,6 +221,10 @@ def configure(parser) -> None:
                         help="MobileNetV3 without hard-swish and squeeze-excite (fast int8 on XNNPACK)")
     parser.add_argument("--background-penalty", type=float, default=0.0,
                         help="weight of the encoder map's activity outside the objects (generated scenes)")
+    parser.add_argument("--object-density", type=float, default=0.0,
+                        help="weight of the encoder map's first channels against density maps of the object "
+                             "centres, one per size, colour and shape word: the model counts objects rather "
+                             "than their area, and each word's evidence sits at its object (generated scenes)")
     parser.add_argument("--scenes", type=int, default=12000, help="generated training scenes")
     parser.add_argument("--seed", type=int, default=1, help="scene stream and initialisation seed")
     parser.add_argument("--dataset", default=None, help="train on a Flickr8k/Flickr30k-style folder instead")
@@ -206,7 +245,7 @@ def main(args) -> int:
                         args.epochs, args.batch_size, args.input_size, args.pooling,
                         args.embedding_dim, args.units, args.learning_rate, args.min_word_count,
                         stride=args.backbone_stride, minimalistic=args.minimalistic,
-                        background_penalty=args.background_penalty,
+                        background_penalty=args.background_penalty, object_density=args.object_density,
                         verbose=0 if args.quiet else 1)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}")

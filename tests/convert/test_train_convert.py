@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from convert.datasets import read_flickr_captions
-from convert.scenes import scene_at
+from convert.datasets import object_density, read_flickr_captions, scenes_set
+from convert.scenes import COLOURS, PLURALS, SHAPES, SIZES, scene_at
 from daemon.bundle import BundleError, load_bundle
 from daemon.captioner import Captioner
 from daemon.cli import main as cli
@@ -152,8 +152,39 @@ def test_background_penalty_keeps_the_encoder_map_quiet_outside_the_objects(tmp_
     assert activity["1"] < 0.25 * activity["0"], activity
 
 
-def test_background_penalty_needs_object_masks(tmp_path, capsys):
+def test_background_penalty_and_object_density_need_object_masks(tmp_path, capsys):
     write_flickr30k(tmp_path / "data", 4)
-    assert cli(["train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--epochs", "1",
-                "--input-size", "64", "--background-penalty", "1", "--quiet"]) == 2
-    assert "needs generated scenes" in capsys.readouterr().out
+    for option in ("--background-penalty", "--object-density"):
+        assert cli(["train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--epochs", "1",
+                    "--input-size", "64", option, "1", "--quiet"]) == 2
+        assert "need generated scenes" in capsys.readouterr().out
+
+
+def test_object_density_counts_each_object_once_per_word_that_describes_it():
+    data = scenes_set(60, 31)
+    density = object_density(data.centres, data.attributes, 224, 14, mass=1.0)
+    words = [*SIZES, *COLOURS, *SHAPES]
+    assert density.shape == (60, 14, 14, len(words))
+    for i, caption in enumerate(c[0] for c in data.captions):
+        per_word = dict(zip(words, density[i].sum(axis=(0, 1))))
+        tokens = caption.split()
+        count = {"two": 2, "three": 3}.get(tokens[0], 2 if (" of " in caption or "above" in caption) else 1)
+        for kind in (SIZES, COLOURS, SHAPES):
+            assert sum(per_word[w] for w in kind) == pytest.approx(count, abs=1e-4), caption
+        named = [w for w in tokens if w in words] + [s for s in SHAPES if PLURALS[s] in tokens]
+        for word in named:  # every colour, shape and size word of the caption has its objects' mass
+            assert per_word[word] >= 1 - 1e-4, (caption, word)
+        if count == 1:  # the densest cell of a lone object is the cell holding its centre
+            y, x = np.unravel_index(density[i].sum(-1).argmax(), (14, 14))
+            cx, cy = data.centres[i, 0]
+            assert (int(cx // 16), int(cy // 16)) == (x, y), caption
+
+
+def test_object_density_training_fits_the_map_to_the_object_centres(tmp_path):
+    out = tmp_path / "density"
+    assert cli(["train", "--out", str(out), "--scenes", "48", "--epochs", "2", "--minimalistic",
+                "--backbone-stride", "16", "--object-density", "0.05", "--batch-size", "8", "--quiet"]) == 0
+    summary = json.loads((out / "train.json").read_text())
+    assert summary["object_density"] == 0.05 and summary["background_penalty"] == 0.0
+    errors = summary["history"]["object_density_error"]
+    assert len(errors) == 2 and errors[1] < errors[0], errors
