@@ -30,11 +30,14 @@ discovery images are generated scenes (or a scenes folder), each exemplar record
 object (colour, shape) covers over half of it, or "background"; that is what the concept
 labels and the purity check use.
 
-The bottleneck is the last layer of the encoder's backbone unless ``--layer`` says otherwise
-(for the shipped MobileNetV3Small: 7x7x576), the most semantic map, as ACE and TCAV use late
-layers. The Grad-CAM layer is chosen for localisation instead: an early stride-8 map whose
-pooled patch activations separate colours but hardly shapes (measured on scenes: the best
-triangle and square concepts held 50-60% of their kind there, 80-100% at the last layer).
+The bottleneck is, unless ``--layer`` says otherwise, the encoder's reduced map
+(``spatial_reduce``) where the head has one, else the last layer of the backbone: the
+most semantic map, as ACE and TCAV use late layers. The reduced map is the one the decoder
+reads, position by position, and in a model trained with ``--object-density`` its first
+channels are the object words themselves. Measured on 40 unseen scenes (seed 6161, 112
+colour and shape words) with such a model: removing a word's top concept beat removing
+random segments for 95.5% of words with the bank at the reduced map, 83.9% at the
+backbone's last layer, whose concepts more often covered only part of an object.
 """
 
 from __future__ import annotations
@@ -321,8 +324,11 @@ def write_bank(bank: ConceptBank, bundle, out: Path | None = None) -> tuple[Path
 
 
 def bottleneck_layer(captioner) -> str:
-    """The default bottleneck: the last layer of the encoder's backbone."""
-    return captioner.get_layer("encoder").get_layer("backbone").layers[-1].name
+    """The default bottleneck: the encoder's reduced map if its head has one, else the backbone's last layer."""
+    encoder = captioner.get_layer("encoder")
+    if any(layer.name == "spatial_reduce" for layer in encoder.layers):
+        return "spatial_reduce"
+    return encoder.get_layer("backbone").layers[-1].name
 
 
 def configure(parser) -> None:
@@ -341,7 +347,8 @@ def configure(parser) -> None:
     parser.add_argument("--segments", type=int, nargs="+", default=list(N_SEGMENTS), metavar="N",
                         help=f"SLIC resolutions, coarse first (default: {' '.join(map(str, N_SEGMENTS))})")
     parser.add_argument("--random-sets", type=int, default=RANDOM_SETS, help="random counterparts per CAV")
-    parser.add_argument("--layer", default=None, help="bottleneck layer of the backbone (default: its last layer)")
+    parser.add_argument("--layer", default=None, help="bottleneck layer of the encoder (default: its reduced map "
+                                                      "spatial_reduce, else the backbone's last layer)")
     parser.add_argument("--out-of-bundle", nargs="?", const="concepts", default=None, metavar="DIR",
                         help="write concepts.npz/.png to DIR (default ./concepts) and leave the bundle untouched")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")

@@ -150,7 +150,7 @@ class ConceptBank:
     K concepts, C bottleneck channels, W frequent words, n exemplars per concept.
     """
 
-    layer: str  # bottleneck layer of the encoder backbone
+    layer: str  # bottleneck layer of the encoder (its backbone or head)
     centres: np.ndarray  # (K, C) k-means centres of pooled patch activations
     radius: np.ndarray  # (K,) a segment farther than this from its nearest centre gets no concept
     cavs: np.ndarray  # (K, C) unit CAVs (mean over the random counterparts, renormalised)

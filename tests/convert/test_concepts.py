@@ -74,7 +74,7 @@ def test_concepts_command_writes_the_bank_into_the_bundle(bundle_copy, capsys):
     assert bundle.manifest["files"]["concepts_gallery"] == "concepts.png"
     bank = ConceptBank.load(bundle.file("concepts"))
     k = len(bank)
-    assert 1 <= k <= 6 and bank.layer == "activation_17"  # the backbone's last layer
+    assert 1 <= k <= 6 and bank.layer == "spatial_reduce"  # the encoder's reduced map
     assert bank.n_segments == (15, 50) and bank.association.shape == (k, len(bank.words))
     assert bank.centres.shape == bank.cavs.shape == (k, bank.centres.shape[1])
     assert np.allclose(np.linalg.norm(bank.cavs, axis=1), 1.0, atol=1e-5)
