@@ -229,8 +229,8 @@ def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = N
     return write_bundle(
         out, captioner, vocab, name=name or Path(out).name, max_length=summary["max_words"],
         encoder_name=summary["encoder"], extra={"training": {k: summary.get(k) for k in (
-            "encoder", "weights", "pooling", "backbone_stride", "minimalistic", "training_images", "epochs",
-            "source", "seconds")}},
+            "encoder", "weights", "pooling", "backbone_stride", "minimalistic", "background_penalty",
+            "object_density", "training_images", "epochs", "source", "keras_backend", "seconds")}},
         calibration=calibration_images(size, calibration_count, image_dir),
         report_images=images, report_references=refs, verbose=verbose)
 

@@ -199,6 +199,7 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
         "epochs": epochs,
         "source": {"dataset": str(dataset)} if dataset else {"scenes": scenes, "seed": seed},
         "history": {k: [round(float(v), 5) for v in vals] for k, vals in curves.items()},
+        "keras_backend": keras.backend.backend(),
         "seconds": round(time.time() - started, 1),
     }
     (out / "train.json").write_text(json.dumps(summary, indent=2))
