@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-import keras
 
+from convert.model import load_captioner
 from convert.scenes import scene_at
 from daemon.captioner import DEFAULT_BUNDLE, Captioner, resize_for_encoder
 
@@ -17,7 +17,7 @@ HELD_OUT_SEED = 90210  # training uses seed 1, calibration 4242, the converter's
 def test_shipped_bundle_meets_the_caption_targets_on_unseen_scenes():
     """Issue figures: >= 95% exact match (int8, greedy) and >= 98% int8/float agreement."""
     captioner = Captioner.from_path(DEFAULT_BUNDLE)
-    encoder = keras.models.load_model(DEFAULT_BUNDLE / "captioner.keras", compile=False).get_layer("encoder")
+    encoder = load_captioner(DEFAULT_BUNDLE / "captioner.keras").get_layer("encoder")
     n, exact, agree = 300, 0, 0
     scenes = [scene_at(HELD_OUT_SEED, i) for i in range(n)]
     images = np.stack([resize_for_encoder(s.image, captioner.input_size) for s in scenes]).astype("float32")

@@ -2,15 +2,15 @@
 
 import numpy as np
 
-import keras
 
+from convert.model import load_captioner
 from convert.scenes import scene_at
 from daemon.captioner import DEFAULT_BUNDLE, Captioner, resize_for_encoder
 from daemon.decoder import StepDecoder, log_softmax
 
 
 def _keras_parts():
-    model = keras.models.load_model(DEFAULT_BUNDLE / "captioner.keras", compile=False)
+    model = load_captioner(DEFAULT_BUNDLE / "captioner.keras")
     return model, model.get_layer("encoder")
 
 
