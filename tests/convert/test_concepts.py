@@ -118,3 +118,13 @@ def test_concepts_command_refuses_bad_input(tmp_path, capsys):
         cli(["concepts", "--bundle", str(DEFAULT_BUNDLE), "--scenes", "0"])
     assert cli(["concepts", "--bundle", str(tmp_path), "--scenes", "2"]) == 2
     assert "manifest.json is missing" in capsys.readouterr().err
+
+
+def test_the_default_bottleneck_is_the_reduced_map_else_the_backbones_last_layer():
+    from convert.model import build_captioner, build_encoder
+
+    for pooling in ("moments", "avg"):
+        encoder = build_encoder("MobileNetV3Small", 64, None, pooling, minimalistic=True, stride=16)
+        layer = concepts.bottleneck_layer(build_captioner(encoder, 10, 8, 8))
+        expected = "spatial_reduce" if pooling == "moments" else encoder.get_layer("backbone").layers[-1].name
+        assert layer == expected, (pooling, layer)
