@@ -22,7 +22,6 @@ from daemon.vocab import Vocabulary, normalise_caption
 FOREGROUND_CELL = 8  # CaptionSet.foreground is kept at 1/8 of the image side
 MAX_OBJECTS = 3  # the most objects a generated scene holds
 ATTRIBUTES = (SIZES, tuple(COLOURS), SHAPES)  # the object words of a scene, by kind: size, colour, shape
-DENSITY_CHANNELS = sum(len(values) for values in ATTRIBUTES)
 IMAGE_FOLDERS = ("Images", "images", "flickr30k_images", "Flicker8k_Dataset", "Flickr8k_Dataset")
 
 
@@ -70,9 +69,9 @@ def scenes_set(count: int, seed: int, progress=None) -> CaptionSet:
 
 def object_density(centres: np.ndarray, attributes: np.ndarray, image_side: int, map_side: int,
                    sigma_cells: float = 0.6, mass: float = 10.0) -> np.ndarray:
-    """Per image, a (map_side, map_side, DENSITY_CHANNELS) map: one channel per object word
-    (each size, colour and shape, in ATTRIBUTES order), holding a Gaussian of mass ``mass``
-    at the centre of every object that word describes.
+    """Per image, a (map_side, map_side, C) map with one channel per word of ATTRIBUTES (each
+    size, colour and shape, in that order), holding a Gaussian of mass ``mass`` at the centre
+    of every object that word describes.
 
     ``centres`` is (N, K, 2) pixel x, y and ``attributes`` (N, K, 3) indices, -1 for absent
     objects. Each kind's channels sum to ``mass`` times the number of objects whatever
