@@ -378,7 +378,8 @@ class _RequestFeeder(threading.Thread):
 
 def _capture_task(params: dict) -> dict:
     """Capture child: caption-loop rate idle and with the explainer busy, and the RSS of both processes."""
-    from daemon.capture import CameraTopics, CaptionLoop
+    from daemon.capture import CaptionLoop
+    from daemon.contract import CameraTopics
     from daemon.config import AppConfig
     from daemon.framecache import FrameCache
     from daemon.mqtt import MqttPublisher
@@ -413,7 +414,7 @@ def _capture_task(params: dict) -> dict:
 
         service = ExplainService(config=cfg.explain, bundle_path=captioner.bundle.path, snapshot_dir=None,
                                  publish=feeder.publish,
-                                 topics={"response": topics.explain_response, "image": topics.explain_image},
+                                 topics=topics,
                                  frame_cache=loop.cache, model_name=captioner.bundle.name)
     except Exception as exc:  # no explainer installed, or it cannot be set up: captions were measured
         out["explain_error"] = f"no explainer service: {type(exc).__name__}: {exc}"

@@ -21,10 +21,12 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from daemon import discovery
 from daemon.bundle import BundleError
-from daemon.capture import CameraTopics, CaptionLoop
+from daemon import contract
+from daemon.capture import CaptionLoop
 from daemon.captioner import Captioner
 from daemon.config import AppConfig, ConfigError, load_config
 from daemon.encoder import EncoderError
@@ -105,16 +107,41 @@ def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera:
 
     def announce() -> None:
         for topic, payload in discovery.discovery_messages(prefix, camera, ha, model_name=model_name,
-                                                           version=_version()):
+                                                           version=_version(),
+                                                           configuration_url=cfg.mqtt.discovery.configuration_url):
             publisher.publish(topic, json.dumps(payload), qos=1, retain=True)
 
+    status_topic = contract.home_assistant_status_topic(ha)
+
     def on_birth(payload: bytes, properties) -> None:
-        if discovery.handles_birth(f"{ha}/status", payload, ha):
+        if discovery.handles_birth(status_topic, payload, ha):
             log.info("Home Assistant came online: discovery sent again")
             announce()
 
     announce()
-    publisher.subscribe(f"{ha}/status", on_birth)
+    publisher.subscribe(status_topic, on_birth)
+
+
+def publish_last_explanation(publisher: MqttPublisher, topics: contract.CameraTopics, snapshot_dir) -> None:
+    """Publish (retained) the explain image this daemon knows at start: the last explanation in
+    its snapshot folder (``explanation.png`` and ``.json``), or else the "no explanation yet"
+    placeholder. Either way the topic holds a picture from the start, and its info says
+    truthfully when (or that never) it was made."""
+    png, info = contract.placeholder_png(), contract.placeholder_info()
+    if snapshot_dir is not None:
+        folder = Path(snapshot_dir)
+        try:
+            saved_png = (folder / "explanation.png").read_bytes()
+            saved = json.loads((folder / "explanation.json").read_text())
+            made_at = (contract.parse_iso_time(saved["made_at"]) if saved.get("made_at")
+                       else (folder / "explanation.png").stat().st_mtime)  # written before made_at was kept
+            png, info = saved_png, contract.explanation_info(saved, made_at)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("the last explanation in %s cannot be read (%s); publishing the placeholder", folder, exc)
+    publisher.publish(topics.explain_image_info, json.dumps(info), qos=1, retain=True)
+    publisher.publish(topics.explain_image, png, qos=1, retain=True)
 
 
 def _version() -> str:
@@ -132,7 +159,7 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
         install_stop_handlers(stop)
     notifier = SystemdNotifier.from_environment()
     camera = cfg.camera.name
-    topics = CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
+    topics = contract.CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
 
     notifier.status("loading the model")
     bundle_path = cfg.model.bundle_path()
@@ -165,7 +192,7 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
                 config=cfg.explain, bundle_path=bundle_path,
                 snapshot_dir=cfg.snapshot.dir if cfg.snapshot.enabled else None,
                 publish=publisher.publish,
-                topics={"response": topics.explain_response, "image": topics.explain_image},
+                topics=topics,
                 frame_cache=cache, model_name=captioner.bundle.name)
         except Exception:
             log.exception("the explainer could not be set up; captioning goes on without it")
@@ -177,6 +204,7 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     # --- end of the explainer seam.
 
     announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
+    publish_last_explanation(publisher, topics, cfg.snapshot.dir if cfg.snapshot.enabled else None)
 
     snapshot = None
     if cfg.snapshot.enabled:

@@ -153,6 +153,9 @@ class DiscoveryConfig(StrictModel):
                                             "and explanation image to Home Assistant")
     prefix: str = Field("homeassistant", pattern=r"^[^+#]+$",
                         description="Home Assistant's discovery prefix; its birth message is {prefix}/status")
+    configuration_url: str | None = Field(None, pattern=r"^(https?://|homeassistant://)\S+$", description=(
+        "a page about this camera (e.g. where a web server serves the snapshot folder), shown as the device's "
+        "'Visit' link; null = none"))
 
 
 class MqttConfig(StrictModel):
@@ -172,7 +175,10 @@ class MqttConfig(StrictModel):
     reconnect_min_s: int = Field(1, ge=1, description="first wait before reconnecting to a lost broker")
     reconnect_max_s: int = Field(30, ge=1, description="longest wait between reconnect attempts")
     queue_size: int = Field(100, ge=1, description="outgoing messages held while the broker is slow or away; the oldest are dropped")
-    publish_jpeg: bool = Field(True, description="publish each captioned frame as a JPEG on {prefix}/{camera}/snapshot")
+    publish_jpeg: bool = Field(True, description="publish captioned frames as JPEGs on {prefix}/{camera}/snapshot")
+    jpeg_interval_s: float = Field(10.0, ge=0, description=(
+        "seconds between JPEGs on {prefix}/{camera}/snapshot at most (each one is a new state of Home "
+        "Assistant's snapshot image); 0 = every caption"))
     stats_interval_s: float = Field(30.0, gt=0, description="seconds between messages on {prefix}/stats")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
 

@@ -2,7 +2,8 @@
 
 ``MqttPublisher`` connects in the background (a missing broker never blocks captioning),
 reconnects with backoff, and keeps the broker's view right after every (re)connect:
-``online`` on ``{prefix}/availability`` (the last will says ``offline``), then the newest
+``online`` on the camera's availability topic (``daemon.contract``; the last will says
+``offline``), then the newest
 value of every retained topic, then whatever waits in the bounded outgoing queue.
 Subscriptions are made in ``on_connect``, so they survive reconnects.
 
@@ -32,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.config import MqttConfig
+from daemon.contract import OFFLINE, ONLINE
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +134,7 @@ class MqttPublisher:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
                              clean_session=None if self.is_v5 else True)
-        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         if c.username is not None:
             client.username_pw_set(c.username, read_password(c))
         if c.tls.active:
@@ -246,7 +248,7 @@ class MqttPublisher:
         if self._sender is not None:
             self._sender.join(max(0.0, deadline - time.monotonic()) / 2)
         if self.state == "connected":
-            info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(max(0.05, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
@@ -286,7 +288,7 @@ class MqttPublisher:
             self._cond.notify_all()
         log.info("MQTT: connected to %s:%d%s", self.config.host, self.config.port,
                  f" (reconnect {self.reconnects})" if self.reconnects else "")
-        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is still at hand.

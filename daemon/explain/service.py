@@ -7,8 +7,8 @@ started lazily with ``spawn``, niced, gone after ``idle_exit_s`` without work an
 again by the next request). A result thread publishes each answer to the request's MQTT 5
 Response Topic with its Correlation Data (else to the default response topic), writes
 ``explanation.png`` and ``explanation.json`` atomically to the snapshot folder and
-publishes the PNG retained on the explain image topic. A crash of the explainer process
-is answered as an ``internal`` error; the daemon goes on.
+publishes the PNG retained on the explain image topic, with its info (``made_at``) beside
+it. A crash of the explainer process is answered as an ``internal`` error; the daemon goes on.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from daemon.contract import CameraTopics, explanation_info
 from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
@@ -49,7 +50,7 @@ class _Pending:
 class ExplainService:
     """Answers explain requests of the capture process with a separate explainer process."""
 
-    def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: dict,
+    def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: CameraTopics,
                  frame_cache, model_name: str | None = None):
         self.config = config
         self.publish = publish
@@ -189,8 +190,10 @@ class ExplainService:
         payload["timings_ms"].update(queue_ms=round((started - reply.received) * 1e3, 1),
                                      total_ms=round((now - reply.received) * 1e3, 1))
         text = json.dumps(payload)
-        self.publish(self.topics["image"], grid, qos=1, retain=True)
-        self._write_snapshot(grid, dict(payload, model=self.model_name))
+        info = explanation_info(payload, made_at=time.time())
+        self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
+        self.publish(self.topics.explain_image, grid, qos=1, retain=True)
+        self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"]))
         self._reply(payload, reply, text)
         log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
 
@@ -251,7 +254,7 @@ class ExplainService:
 
         An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line.
         """
-        topic = reply.response_topic or self.topics["response"]
+        topic = reply.response_topic or self.topics.explain_response
         problem = topic_problem(topic)
         if problem is not None:
             log.warning("answer to explain request %r dropped: its Response Topic %r %s",

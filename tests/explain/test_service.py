@@ -13,12 +13,14 @@ import pytest
 from convert.scenes import scene_at
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
+from daemon.contract import CameraTopics
 from daemon.explain.heatmap import decode_png
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
 from tests.conftest import SHIPPED_BUNDLE, wait_until
 
 EXPLAIN_TIMEOUT = 180
+TOPICS = CameraTopics.for_camera("explaincam", "cam")
 
 
 class Published:
@@ -37,7 +39,7 @@ class Published:
         def find():
             with self.lock:
                 for topic, payload, _, correlation in self.messages:
-                    if topic != "image" and json.loads(payload)["id"] == request_id:
+                    if topic == TOPICS.explain_response and json.loads(payload)["id"] == request_id:
                         return json.loads(payload), topic, correlation
             return None
         return wait_until(find, timeout, message=f"the answer to {request_id!r}")
@@ -58,18 +60,18 @@ def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
     published = Published()
     config = ExplainConfig(idle_exit_s=3, queue_size=1, smoothgrad_samples=2, ig_steps=256, threads=1)
     service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snap",
-                             publish=published, topics={"response": "response", "image": "image"},
+                             publish=published, topics=TOPICS,
                              frame_cache=frames, model_name="test-model")
     try:
         # the first request starts the process; the queue holds one, so the next is busy at once
         service.handle_request(b'{"id": "one", "frame": 101, "methods": ["gradcam"]}', "reply/one", b"c1")
         service.handle_request(b'{"id": "two", "methods": ["gradcam"]}')
         busy, topic, _ = published.answer("two", timeout=1)
-        assert (busy["status"], busy["error"]["code"], topic) == ("busy", "busy", "response")
+        assert (busy["status"], busy["error"]["code"], topic) == ("busy", "busy", TOPICS.explain_response)
         one, topic, correlation = published.answer("one")
         assert (one["status"], topic, correlation) == ("ok", "reply/one", b"c1")
         assert one["frame_id"] == 101 and one["caption"] == frames.get(101).caption.caption
-        image = next(p for t, p, retain, _ in published.messages if t == "image" and retain)
+        image = next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image and retain)
         assert decode_png(image).ndim == 3
         snapshot = json.loads((tmp_path / "snap" / "explanation.json").read_text())
         assert snapshot["id"] == "one" and snapshot["model"] == "test-model"
