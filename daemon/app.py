@@ -23,9 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from daemon import discovery
+from daemon import contract, discovery
 from daemon.bundle import BundleError
-from daemon import contract
 from daemon.capture import CaptionLoop
 from daemon.captioner import Captioner
 from daemon.config import AppConfig, ConfigError, load_config

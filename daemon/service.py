@@ -27,7 +27,8 @@ renamed into place; a second run with the same source changes nothing.
 ``--uninstall`` stops and disables the units (every ``explaincam@`` instance too) and removes
 them, the venv and the models; the configuration (/etc/explaincam) and the snapshot folder
 (/var/lib/explaincam) stay unless ``--purge`` is given. ``--uninstall --camera NAME`` stops
-and disables ``explaincam@NAME`` only (``--purge``: and removes NAME.yaml and its snapshot folder). The system user stays (``userdel explaincam`` removes it).
+and disables ``explaincam@NAME`` only (``--purge``: and removes NAME.yaml and its snapshot
+folder). The system user stays (``userdel explaincam`` removes it).
 """
 
 from __future__ import annotations

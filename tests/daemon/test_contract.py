@@ -4,7 +4,6 @@ publishes at start (its last explanation from the snapshot folder, else the plac
 from __future__ import annotations
 
 import json
-import time
 
 import cv2
 import numpy as np

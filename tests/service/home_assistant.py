@@ -1,6 +1,9 @@
 """What Home Assistant's MQTT sensor and image entities make of a stream of messages, and
 so what its recorder stores: the state machine writes a new state (a recorder row) only
-when the state or the attributes differ from the last ones (``force_update`` is off).
+when the state or the attributes differ from the last ones (``force_update`` is off),
+except that, as Home Assistant's MQTT documentation says, a message on
+``json_attributes_topic`` "implies force_update": it is counted as a write even when
+nothing changed (the stricter reading: a topic that repeats itself costs rows).
 
 Templates are evaluated with Jinja2, as Home Assistant does, with the variables its MQTT
 integration gives them (``value``, ``value_json``). Home Assistant itself (2024.3.3) is not
@@ -45,14 +48,15 @@ class SensorEntity:
 
     def feed(self, topic: str, payload: bytes) -> None:
         """Handle one message as Home Assistant does (every subscription, then one state write)."""
-        state, attributes = self.state, self.attributes
+        state, attributes, forced = self.state, self.attributes, False
         if topic == self.config.get("state_topic"):
             state = render(self.config.get("value_template"), payload)
         if topic == self.config.get("json_attributes_topic"):
             loaded = json.loads(render(self.config.get("json_attributes_template"), payload))
             if isinstance(loaded, dict):
                 attributes = {k: v for k, v in loaded.items() if k not in ATTRIBUTES_BLOCKED}
-        if (state, attributes) != (self.state, self.attributes):
+                forced = True
+        if forced or (state, attributes) != (self.state, self.attributes):
             self.state, self.attributes = state, attributes
             self.writes.append((state, attributes))
 
@@ -69,8 +73,6 @@ class ImageEntity:
         """Handle one message as Home Assistant does."""
         if topic == self.config.get("image_topic"):
             self.writes += 1
-        if topic == self.config.get("json_attributes_topic"):
-            attributes = json.loads(render(self.config.get("json_attributes_template"), payload))
-            if attributes != self.attributes:
-                self.attributes = attributes
-                self.writes += 1
+        if topic == self.config.get("json_attributes_topic"):  # implies force_update (see above)
+            self.attributes = json.loads(render(self.config.get("json_attributes_template"), payload))
+            self.writes += 1
