@@ -39,7 +39,8 @@ class Published:
         def find():
             with self.lock:
                 for topic, payload, _, correlation in self.messages:
-                    if topic == TOPICS.explain_response and json.loads(payload)["id"] == request_id:
+                    if topic not in (TOPICS.explain_image, TOPICS.explain_image_info) \
+                            and json.loads(payload)["id"] == request_id:
                         return json.loads(payload), topic, correlation
             return None
         return wait_until(find, timeout, message=f"the answer to {request_id!r}")
@@ -73,8 +74,11 @@ def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
         assert one["frame_id"] == 101 and one["caption"] == frames.get(101).caption.caption
         image = next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image and retain)
         assert decode_png(image).ndim == 3
+        info = json.loads(next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image_info))
+        assert (info["request_id"], info["frame_id"], info["methods"]) == ("one", 101, ["gradcam"])
         snapshot = json.loads((tmp_path / "snap" / "explanation.json").read_text())
         assert snapshot["id"] == "one" and snapshot["model"] == "test-model"
+        assert snapshot["made_at"] == info["made_at"]  # restored with the picture when the daemon restarts
 
         # idle: the process ends by itself, and the next request starts it again
         wait_until(lambda: service.worker_pid is None, 30, message="the idle explainer to exit")
