@@ -40,7 +40,6 @@ import numpy as np
 
 DEFAULT_PREFIX = "explaincam"
 ONLINE, OFFLINE = "online", "offline"
-RESPONSE_STATUSES = ("ok", "error", "busy")
 PLACEHOLDER_TEXT = "no explanation yet"
 
 
