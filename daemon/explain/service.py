@@ -29,6 +29,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Callable
 
@@ -92,6 +93,7 @@ class ExplainService:
             options=ExplainOptions(batch_size=config.batch_size, smoothgrad_samples=config.smoothgrad_samples,
                                    ig_steps=config.ig_steps))
         self._context = multiprocessing.get_context("spawn")
+        _start_resource_tracker()
         self._worker: _Worker | None = None
         self._running: int | None = None
         self._pending: dict[int, _Pending] = {}
@@ -347,6 +349,24 @@ class ExplainService:
                 os.kill(worker.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (it watches the queues' semaphores) ignoring SIGHUP.
+
+    ``systemctl kill -s HUP`` and a closed terminal signal every process of the daemon; the
+    tracker would die of it, and its successor print a traceback for every semaphore it
+    never saw. An ignored signal stays ignored across exec, so it is ignored while the
+    tracker starts (only the main thread can change a signal's disposition).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _close_channels(worker: _Worker) -> None:
