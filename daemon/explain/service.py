@@ -262,20 +262,20 @@ class ExplainService:
             lost = self._pending.pop(self._running, None) if self._running is not None else None
             self._running = None
             failed_to_start = code != 0 and not worker.took_jobs and not worker.stuck
-            stranded = []
+            stranded, restarted = [], False
             if self._stopping.is_set():
                 pass  # stop() answers what is pending
             elif failed_to_start:  # it would fail again: answer what waits instead of looping
                 stranded = list(self._pending.values())
                 self._pending.clear()
             elif self._pending:
-                self._worker = self._start_worker()
+                self._worker, restarted = self._start_worker(), True
                 for key in sorted(self._pending):
                     self._worker.jobs.put_nowait(self._pending[key].job)
         _close_channels(worker)
         if code != 0 and not self._stopping.is_set():
             log.error("explainer process (pid %d) %s%s", worker.process.pid, _exit_reason(code),
-                      "; a fresh one answers the waiting requests" if self._worker is not None else "")
+                      "; a fresh one answers the waiting requests" if restarted else "")
         if lost is not None:
             self._reply(ErrorResponse(lost.request_id, "internal",
                                       f"the explainer process crashed ({_exit_reason(code)}) while explaining; "
