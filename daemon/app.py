@@ -2,7 +2,9 @@
 
 config → model bundle → frame cache → MQTT → (explainer, when installed) → camera grab
 thread → caption loop on the main thread. SIGTERM/SIGINT end it within about 2 s: the
-loop stops, systemd hears STOPPING=1, the camera is released and ``offline`` is published.
+loop stops, systemd hears STOPPING=1, the camera is released, pending explain requests are
+answered ``shutting_down``, the explainer is terminated and ``offline`` is published. A
+second SIGTERM/SIGINT kills the explainer and exits at once; SIGHUP is logged and ignored.
 
 This process never imports TensorFlow (the explainer runs it in a process of its own);
 the stats message's ``tensorflow_loaded`` shows it.
@@ -22,6 +24,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from daemon import contract, discovery
 from daemon.bundle import BundleError
@@ -74,15 +77,30 @@ def main(args: argparse.Namespace) -> int:
     return run_daemon(cfg)
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``; a second signal kills at once."""
-    def handle(signum, frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+def install_signal_handlers(stop: threading.Event, on_second_stop: list[Callable[[], None]]) -> None:
+    """SIGTERM and SIGINT set ``stop``; a second one runs ``on_second_stop`` (kill the explainer)
+    and ends the process at once. SIGHUP (a closed terminal, ``systemctl kill -s HUP``) is
+    logged and ignored: nothing is re-read at run time (restart to apply a changed config or
+    password file), and dying of it would leave systemd's ``Restart=on-failure`` idle."""
+    def handle_stop(signum, frame):
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.info("%s: stopping", name)
+            stop.set()
+            return
+        log.warning("%s again while stopping: exiting at once", name)
+        for action in on_second_stop:
+            action()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def handle_hangup(signum, frame):
+        log.warning("SIGHUP ignored: explaincam re-reads nothing while running; "
+                    "restart it to apply a changed config or password file")
+
+    signal.signal(signal.SIGTERM, handle_stop)
+    signal.signal(signal.SIGINT, handle_stop)
+    signal.signal(signal.SIGHUP, handle_hangup)
 
 
 def _explain_service_available() -> bool:
@@ -154,8 +172,9 @@ def _version() -> str:
 def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     """Run the daemon with a validated config until ``stop`` is set (or a signal sets it)."""
     stop = stop or threading.Event()
+    on_second_stop: list[Callable[[], None]] = []
     if threading.current_thread() is threading.main_thread():
-        install_stop_handlers(stop)
+        install_signal_handlers(stop, on_second_stop)
     notifier = SystemdNotifier.from_environment()
     camera = cfg.camera.name
     topics = contract.CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
@@ -173,7 +192,8 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
 
     cache = FrameCache(cfg.caption.cache_size)
     try:
-        publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera), topics.availability)
+        publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera, str(cfg.snapshot.dir.resolve())),
+                                   topics.availability)
     except MqttSetupError as exc:
         log.error("%s", exc)
         notifier.status(str(exc))
@@ -193,13 +213,14 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
                 publish=publisher.publish,
                 topics=topics,
                 frame_cache=cache, model_name=captioner.bundle.name)
+            on_second_stop.append(explain_service.kill_worker)
         except Exception:
             log.exception("the explainer could not be set up; captioning goes on without it")
         else:
             def on_explain_request(payload: bytes, properties) -> None:
                 explain_service.handle_request(payload, response_topic=getattr(properties, "ResponseTopic", None),
                                                correlation_data=getattr(properties, "CorrelationData", None))
-            publisher.subscribe(topics.explain_request, on_explain_request)
+            publisher.subscribe(topics.explain_request, on_explain_request, retained=False)
     # --- end of the explainer seam.
 
     announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
@@ -230,12 +251,12 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
         notifier.stopping()
         notifier.status("stopping")
         grabber.stop(timeout=0.5)
-        publisher.stop(timeout=0.5)  # `offline` goes out before the slowest part
         if explain_service is not None:
-            try:
-                explain_service.stop(timeout=0.5)  # then the explainer process is terminated
+            try:  # pending requests are answered `shutting_down` (sent by publisher.stop's flush)
+                explain_service.stop(timeout=0.5)
             except Exception:
                 log.exception("stopping the explainer failed")
+        publisher.stop(timeout=0.5)
         notifier.close()
         log.info("stopped after %d captions", loop.stats.captions)
     return 0

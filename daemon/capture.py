@@ -22,6 +22,7 @@ from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
+from daemon.problems import RecurringProblem
 from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
 from daemon.sources import Frame, FrameGrabber
 from daemon.stats import CaptionStats
@@ -67,7 +68,8 @@ class CaptionLoop:
         self._source_version = -1
         self._mqtt_state = ""
         self._next_stats = time.monotonic() + min(5.0, cfg.mqtt.stats_interval_s)
-        self._snapshot_error: str | None = None
+        self._snapshot_problem = RecurringProblem(
+            log, f"write the snapshot files in {snapshot.folder}" if snapshot is not None else "write the snapshot files")
         self._last_jpeg_ts = float("-inf")
         self._stats_topic = PrefixTopics(topics.prefix).stats
 
@@ -139,11 +141,10 @@ class CaptionLoop:
         if write_snapshot:
             try:
                 self.snapshot.write(jpeg, message)
-                self._snapshot_error = None
-            except OSError as exc:
-                if str(exc) != self._snapshot_error:  # log each new problem once, not every frame
-                    log.error("cannot write the snapshot files in %s: %s", self.snapshot.folder, exc)
-                self._snapshot_error = str(exc)
+            except OSError as exc:  # logged once per kind of problem, not every frame
+                self._snapshot_problem.failed(exc)
+            else:
+                self._snapshot_problem.succeeded()
 
     def _jpeg_due(self, ts: float) -> bool:
         """Whether the frame taken at ``ts`` goes out on the snapshot topic: at most one per
@@ -195,5 +196,6 @@ class CaptionLoop:
         }
         extra.update({name: provide() for name, provide in self.extra_stats.items()})
         message = self.stats.snapshot(self.cfg.mqtt.stats_interval_s, **extra)
-        self.publisher.publish(self._stats_topic, json.dumps(message))
+        # QoS 1: its acknowledgement also confirms the QoS 0 captions sent before it (mqtt.py)
+        self.publisher.publish(self._stats_topic, json.dumps(message), qos=1)
         self.notifier.status(self.status_line())

@@ -10,10 +10,12 @@ line of the YAML file they come from.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import socket
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -86,6 +88,9 @@ class ImagesSourceConfig(SourceConfigBase):
     path: Path = Field(description="folder of .jpg/.jpeg/.png/.bmp/.webp files")
     fps: float = Field(1.0, gt=0, description="images per second")
     loop: bool = Field(True, description="start again after the last image")
+    max_pixels: int = Field(16_000_000, ge=1, description=(
+        "largest image read, in pixels (width x height, read from the file header before decoding); a larger "
+        "JPEG is decoded at 1/2, 1/4 or 1/8 size to fit, other larger files are skipped"))
 
 
 class Picamera2SourceConfig(SourceConfigBase):
@@ -164,7 +169,9 @@ class MqttConfig(StrictModel):
     host: str = Field("localhost", min_length=1, description="broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
     topic_prefix: str = Field("explaincam", pattern=r"^[^+#]+$", description="first level(s) of every topic")
-    client_id: str | None = Field(None, description="MQTT client id; null = explaincam-<host name>-<camera>")
+    client_id: str | None = Field(None, description=(
+        "MQTT client id; null = explaincam-<host name>-<camera>-<8 hex digits of this machine's id and the "
+        "snapshot folder>, so two boxes with one host name, or two daemons on one box, never share it"))
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version: 3.1.1 or 5")
     keepalive: int = Field(30, ge=5, le=3600, description="seconds between keep-alive pings")
     username: str | None = Field(None, description="user name; null = anonymous")
@@ -194,9 +201,31 @@ class MqttConfig(StrictModel):
             raise ValueError("give password_file or password_env, not both")
         return self
 
-    def resolved_client_id(self, camera: str) -> str:
-        """The configured client id, or one made from the host name and camera."""
-        return self.client_id or f"explaincam-{socket.gethostname()}-{camera}"
+    def resolved_client_id(self, camera: str, instance: str = "") -> str:
+        """The configured client id, or ``explaincam-<host>-<camera>-<suffix>``.
+
+        The suffix is a hash of this machine (``machine_fingerprint``) and ``instance`` (the
+        daemon's snapshot folder): the same across restarts, different for two boxes that
+        share a host name (every fresh Raspberry Pi is ``raspberrypi``) and for two daemons
+        on one box. A broker gives a client id to one connection only: a shared one makes
+        the daemons take each other's session over again and again.
+        """
+        if self.client_id:
+            return self.client_id
+        suffix = hashlib.sha256(f"{machine_fingerprint()}\0{instance}".encode()).hexdigest()[:8]
+        return f"explaincam-{socket.gethostname()}-{camera}-{suffix}"
+
+
+def machine_fingerprint() -> str:
+    """What tells this box from another: its machine id (systemd/D-Bus) and a MAC address."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            machine_id = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if machine_id:
+            return f"{machine_id}-{uuid.getnode():012x}"
+    return f"{uuid.getnode():012x}"
 
 
 class SnapshotConfig(StrictModel):

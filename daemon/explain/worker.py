@@ -4,7 +4,7 @@
 no TensorFlow itself, so the capture process can name ``serve`` as the target; the process
 imports ``daemon.explain.explainer`` (and with it TensorFlow) only once it runs.
 
-Messages to the service, on the results queue:
+Messages to the service, on the results pipe:
 ``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message)``.
 """
 
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from daemon.explain.registry import CONCEPT_METHODS, ExplainOptions
+
+PARENT_CHECK_S = 1.0  # how often the explainer looks whether the daemon is still there
 
 
 @dataclass
@@ -69,12 +73,19 @@ def answer(explainer, job: Job) -> tuple[dict, bytes]:
     return payload, grid
 
 
-def serve(jobs, results, settings: WorkerSettings) -> None:
+def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
     """Process main: nice itself, load the model on the first job, answer jobs, exit when idle.
 
-    A ``None`` job asks it to stop. An exception while explaining is answered as a failed
-    job and the process goes on; only a crash ends it (the service reports that).
+    ``jobs`` is a queue of Job (``None`` asks it to stop); ``results`` the writing end of a
+    pipe to the service. An exception while explaining is answered as a failed job and the
+    process goes on. It ends itself when the daemon ``parent_pid`` is gone (checked every
+    PARENT_CHECK_S, also while explaining) or its results can no longer be written, and it
+    ignores SIGHUP and SIGINT (a closed terminal or Ctrl-C reaches the whole process group:
+    the daemon decides when the explainer stops).
     """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
     try:
         os.nice(settings.nice)
     except OSError:
@@ -86,9 +97,8 @@ def serve(jobs, results, settings: WorkerSettings) -> None:
             job = jobs.get(timeout=settings.idle_exit_s)
         except queue.Empty:
             return
-        if job is None:
+        if job is None or not _send(results, ("started", job.key)):
             return
-        results.put(("started", job.key))
         try:
             load_ms = 0.0
             if explainer is None:
@@ -98,9 +108,27 @@ def serve(jobs, results, settings: WorkerSettings) -> None:
             payload, grid = answer(explainer, job)
             if load_ms:
                 payload["timings_ms"]["load_ms"] = round(load_ms, 1)
-            results.put(("done", job.key, payload, grid))
+            message = ("done", job.key, payload, grid)
         except Exception as exc:  # reported to the requester as an `internal` error
-            results.put(("failed", job.key, f"{type(exc).__name__}: {exc}"))
+            message = ("failed", job.key, f"{type(exc).__name__}: {exc}")
+        if not _send(results, message):
+            return
+
+
+def _send(results, message: tuple) -> bool:
+    """Write one message to the service; False when nobody reads any more (the daemon is gone)."""
+    try:
+        results.send(message)
+    except OSError:  # BrokenPipeError: the daemon's end is closed
+        return False
+    return True
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Thread: end the process at once when the daemon that started it is gone (killed, say)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _load(settings: WorkerSettings):

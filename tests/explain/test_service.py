@@ -1,4 +1,4 @@
-"""ExplainService with a real spawn explainer process: queueing, busy, idle exit, crash recovery."""
+"""ExplainService with a real spawn explainer process: queueing, busy, idle exit, crash and stuck recovery."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
 from daemon.explain.heatmap import decode_png
+from daemon.explain import service as service_module
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
 from tests.conftest import SHIPPED_BUNDLE, wait_until
@@ -57,7 +58,8 @@ def frames():
     return cache
 
 
-def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
+def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeypatch):
+    monkeypatch.setattr(service_module, "STUCK_S", 3.0)
     published = Published()
     config = ExplainConfig(idle_exit_s=3, queue_size=1, smoothgrad_samples=2, ig_steps=256, threads=1)
     service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snap",
@@ -95,6 +97,13 @@ def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
         assert "crashed" in four["error"]["message"]
         service.handle_request(b'{"id": "five", "words": [0], "methods": ["gradcam"]}')
         assert published.answer("five")[0]["status"] == "ok"
+
+        # a stuck explainer (stopped, say) that leaves a job untaken is killed and replaced
+        stuck = service.worker_pid
+        os.kill(stuck, signal.SIGSTOP)
+        service.handle_request(b'{"id": "six", "words": [0], "methods": ["gradcam"]}')
+        assert published.answer("six")[0]["status"] == "ok"
+        assert service.worker_pid not in (None, stuck)
     finally:
         service.stop()
     assert service.worker_pid is None
