@@ -1,8 +1,7 @@
 """The explanation methods a request may name, and the module that implements each.
 
-A method module defines ``METHOD``, an object with ``name`` and ``explain(...)`` (see
-``daemon.explain.base``). Adding a method is one module plus one line here; ``ace``
-(concepts, see CONCEPT_METHODS) is the exception.
+A method module defines ``METHOD``, an object with ``name`` and ``run(explainer, subject)``
+(see ``daemon.explain.base``). Adding a method is one module plus one line here.
 """
 
 from __future__ import annotations
@@ -16,11 +15,12 @@ METHODS: dict[str, str] = {
     "saliency": "daemon.explain.saliency",
     "smoothgrad": "daemon.explain.smoothgrad",
     "integrated_gradients": "daemon.explain.integrated_gradients",
+    "ace": "daemon.explain.ace",
 }
 
-# ACE (daemon.explain.ace) answers a block of concepts of its own, not a heatmap per word, so
-# it is a known method outside METHODS (which the heatmap code and the benchmark iterate).
-CONCEPT_METHODS: tuple[str, ...] = ("ace",)
+# The methods that draw a heatmap per word (what the faithfulness metrics of ``explaincam
+# evaluate`` score); ACE answers concepts, and evaluate scores it by its removal test.
+MAP_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "saliency", "smoothgrad", "integrated_gradients")
 
 RESERVED: dict[str, str] = {}
 
@@ -28,7 +28,7 @@ DEFAULT_METHODS = ["gradcam", "saliency"]
 
 
 def load_method(name: str):
-    """The ``METHOD`` object of a known method (imports its module, and so TensorFlow)."""
+    """The ``METHOD`` object of a known method (imports its module; no TensorFlow)."""
     if name not in METHODS:
         raise KeyError(f"unknown explanation method {name!r}")
     return importlib.import_module(METHODS[name]).METHOD
