@@ -2,13 +2,17 @@
 
 Under ``--root`` (default ``/``; tests give a scratch folder) it writes::
 
-    {prefix}/venv/                          python -m venv, pip install <source>[explain]
+    {prefix}/venv/                          python -m venv, pip install <source> (LiteRT explainer), or
+                                            <source>[explain] when the bundle has no explainer graph
     {prefix}/models/<bundle>/               the bundle that <source>/config.yaml names
     {prefix}/README.md                     the project README (the unit's Documentation=)
     /etc/explaincam/config.yaml             <source>/config.yaml, model.bundle -> {prefix}/models/<bundle>
     /etc/explaincam/mqtt-password           empty, mode 0600, only if missing (LoadCredential= needs it)
     /etc/sysusers.d/explaincam.conf         the `explaincam` system user
     /etc/systemd/system/explaincam.service  systemd/explaincam.service, rewritten for {prefix}
+    /etc/systemd/system/explaincam.service.d/tensorflow.conf
+                                            only for a bundle without an explainer graph: the memory
+                                            limits of the TensorFlow explainer (removed otherwise)
 
 and, only when the root is ``/``: ``systemd-sysusers``, ``systemctl daemon-reload`` and
 ``systemctl enable --now explaincam`` (a restart instead if it was running).
@@ -40,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from daemon.bundle import BundleError, load_bundle
+from daemon.explain.backends import explainer_graph
 
 UNIT_NAME = "explaincam.service"
 DEFAULT_PREFIX = "/opt/explaincam"  # the prefix systemd/explaincam.service is written for
@@ -47,6 +52,14 @@ CONFIG_DIR = Path("/etc/explaincam")
 STATE_DIR = Path("/var/lib/explaincam")
 UNIT_DIR = Path("/etc/systemd/system")
 SYSUSERS_FILE = Path("/etc/sysusers.d/explaincam.conf")
+# The unit's memory limits fit the LiteRT explainer; the TensorFlow fallback needs more.
+TENSORFLOW_DROP_IN = f"""# Written by `explaincam install-service`: the model bundle has no explainer graph
+# (explainer_float.tflite), so explanations run on the TensorFlow fallback, which needs
+# about 0.7-1 GB while it runs. `explaincam export-explainer --bundle DIR` and a reinstall remove this file.
+[Service]
+MemoryHigh=800M
+MemoryMax=1G
+"""
 SOURCE_DEFAULT = Path(__file__).resolve().parent.parent
 
 
@@ -150,6 +163,7 @@ class Installer:
         self.config = self.at(CONFIG_DIR / "config.yaml")
         self.password = self.at(CONFIG_DIR / "mqtt-password")
         self.unit = self.at(UNIT_DIR / UNIT_NAME)
+        self.tensorflow_drop_in = self.at(UNIT_DIR / f"{UNIT_NAME}.d" / "tensorflow.conf")
         self.sysusers = self.at(SYSUSERS_FILE)
         self.state_file = self.prefix_dir / "install-state.json"
 
@@ -198,11 +212,12 @@ class Installer:
             raise InstallError(f"the model bundle named by {src_config} cannot be installed: {exc}") from None
 
         print(f"installing explaincam from {source} into {self.prefix}" + ("" if self.live else f" under {self.root}"))
+        tensorflow = explainer_graph(bundle) is None  # no LiteRT explainer graph: the TensorFlow fallback
         old_umask = os.umask(0o022)  # the daemon's user must be able to read what root installs
         try:
             changed = False
             if make_venv:
-                changed = self._install_venv(source)
+                changed = self._install_venv(source, tensorflow)
             else:
                 self.report("skipped", self.venv, "--skip-venv")
             installed_bundle = f"{self.prefix}/models/{bundle.path.name}"
@@ -214,6 +229,11 @@ class Installer:
                 self.report("wrote", self.password, "empty; put the MQTT password here")
             changed |= self._write(self.sysusers, src_users.read_bytes())
             changed |= self._write(self.unit, render_unit(src_unit.read_text(), self.prefix).encode())
+            if tensorflow:
+                changed |= self._write(self.tensorflow_drop_in, TENSORFLOW_DROP_IN.encode())
+            elif self.tensorflow_drop_in.exists():
+                self._remove_tensorflow_drop_in()
+                changed = True
         finally:
             os.umask(old_umask)
         if self.live:
@@ -222,13 +242,16 @@ class Installer:
             self.report("skipped", Path("systemctl"), f"--root {self.root} is not /")
         print("done.")
 
-    def _install_venv(self, source: Path) -> bool:
-        """Create the venv if missing and pip-install the project with the `explain` extra."""
+    def _install_venv(self, source: Path, tensorflow: bool) -> bool:
+        """Create the venv if missing and pip-install the project: with the `explain` extra (TensorFlow)
+        only when the bundle has no explainer graph for LiteRT."""
         python = self.venv / "bin" / "python"
         if not python.exists():
             self._run(sys.executable, "-m", "venv", str(self.venv))
-        self._run(str(python), "-m", "pip", "install", "--quiet", f"{source}[explain]")
-        self.report("installed", self.venv, "explaincam[explain]")
+        target = f"{source}[explain]" if tensorflow else str(source)
+        self._run(str(python), "-m", "pip", "install", "--quiet", target)
+        self.report("installed", self.venv, "explaincam[explain] (TensorFlow explainer)" if tensorflow
+                    else "explaincam (LiteRT explainer, no TensorFlow)")
         return True
 
     def _install_tree(self, src: Path, dest: Path) -> bool:
@@ -290,6 +313,8 @@ class Installer:
         if systemd_up and self.unit.exists():
             self._run("systemctl", "disable", "--now", UNIT_NAME, check=False)
         self._remove(self.unit)
+        if self.tensorflow_drop_in.exists():
+            self._remove_tensorflow_drop_in()
         if systemd_up:
             self._run("systemctl", "daemon-reload")
         for path in (self.venv, self.prefix_dir / "models", self.prefix_dir / "README.md", self.state_file):
@@ -303,6 +328,12 @@ class Installer:
             elif path.exists():
                 self.report("kept", path, "--purge removes it")
         print("done.")
+
+    def _remove_tensorflow_drop_in(self) -> None:
+        """Remove the TensorFlow memory drop-in, and its folder when nothing else is in it."""
+        self._remove(self.tensorflow_drop_in)
+        if not any(self.tensorflow_drop_in.parent.iterdir()):  # drop-ins of `systemctl edit` stay
+            self._remove(self.tensorflow_drop_in.parent)
 
     def _remove(self, path: Path) -> None:
         """Remove a file or folder, saying so (or that it was not there)."""
