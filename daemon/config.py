@@ -217,7 +217,7 @@ class ExplainConfig(StrictModel):
     threads: int = Field(2, ge=1, le=16, description="threads of the explainer process's backend")
     batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
     smoothgrad_samples: int = Field(16, ge=1, le=256, description="noisy copies per word for smoothgrad")
-    ig_steps: int = Field(32, ge=2, le=512, description="path steps per word for integrated_gradients")
+    ig_steps: int = Field(64, ge=2, le=512, description="path steps per word for integrated_gradients")
     gradcam_layer: str | None = Field(None, description=(
         "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
 

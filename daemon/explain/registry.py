@@ -41,5 +41,6 @@ class ExplainOptions:
     batch_size: int = 16  # images per forward/backward pass
     smoothgrad_samples: int = 16  # noisy copies per word (Smilkov et al. suggest 10-50)
     smoothgrad_noise: float = 0.15  # noise sigma as a share of the 0..255 input range
-    ig_steps: int = 32  # points on the straight path from the black baseline
+    ig_steps: int = 64  # points on the path from the black baseline: median completeness error 3.4% on
+    # held-out scenes (8.5% at 32, 1.8% at 128; see daemon.explain.integrated_gradients)
     seed: int = 0  # noise of SmoothGrad, so repeated requests give the same map

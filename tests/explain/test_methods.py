@@ -189,3 +189,30 @@ def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     picture = explanation.picture()
     unmarked = heatmap.labelled(heatmap.overlay(image, maps[0]), "a / saliency", 192)
     assert np.array_equal(picture[:214, 192:384], unmarked)  # no peak marker drawn
+
+
+@pytest.mark.slow
+def test_integrated_gradients_meets_completeness_at_the_default_steps():
+    """Median |sum of attributions - score change| / |score change| <= 5% over every word of
+    held-out scenes (a fresh seed), at the default ``ig_steps``, on the default backend."""
+    from daemon.explain.explainer import Explainer
+
+    explainer = Explainer(SHIPPED_BUNDLE)
+    assert explainer.options.ig_steps == ExplainOptions().ig_steps
+    errors = []
+    for i in range(4):
+        scene = scene_at(9696, i)
+        tokens = explainer.vocab.encode(scene.caption)
+        result = explainer.explain(scene.image, tokens, None, ["integrated_gradients"]).results["integrated_gradients"]
+        errors += [f["completeness_error"] for f in result.word_fields if f["completeness_error"] is not None]
+    print(f"IG completeness error over {len(errors)} words: median {np.median(errors):.4f}, max {max(errors):.3f}")
+    assert len(errors) >= 8
+    assert np.median(errors) <= 0.05
+
+
+def test_completeness_error_is_relative_to_the_score_change():
+    from daemon.explain.integrated_gradients import completeness_error
+
+    assert completeness_error(0.9, 1.0) == pytest.approx(0.1)
+    assert completeness_error(-2.2, -2.0) == pytest.approx(0.1)
+    assert completeness_error(0.3, 0.0) is None  # the score did not change: no relative error
