@@ -75,3 +75,19 @@ def test_the_config_key_takes_the_three_choices(tmp_path):
     path.write_text("explain:\n  backend: torch\n")
     with pytest.raises(ConfigError, match="explain.backend"):
         load_config(path)
+
+
+def test_the_pipeline_and_every_method_import_no_tensorflow():
+    """With the LiteRT backend the explainer process never imports TensorFlow: none of this does."""
+    import subprocess
+
+    from daemon.explain.registry import METHODS
+    from tests.conftest import REPO
+
+    modules = ["daemon.explain.explainer", "daemon.explain.worker", "daemon.explain.oneshot",
+               "daemon.explain.backends", *METHODS.values()]
+    code = (f"import sys; import {', '.join(modules)}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")
+    probe = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"
