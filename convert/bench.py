@@ -598,7 +598,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
                                            "float_tflite": str(float_path) if n == 1 else None,
                                            "int8_peak": str(peak_path) if n == 1 else None,
                                            "macs": n == threads, "seed_frames": seed_frames if n == threads else 0},
-                                 child_timeout)
+                                 child_timeout + (300 if n == 1 else 0))  # 1 thread also converts two models
             for kind in ("keras_float", "keras_float_graph"):
                 encoder_ms[kind][str(n)] = report.take(f"encoder_ms.{kind}.{n}", keras[n].get(kind), keras[n].get("error"))
         report.take("encoder_ms.float_tflite", keras[1].get("float_tflite"), keras[1].get("error"))

@@ -409,7 +409,7 @@ class ConceptExplainer:
             top = int(np.argmax(drop.sum(axis=0)))
             result.removed = [present[top]]
             result.counterfactual_image = fill_regions(x, regions[top], bank.fill).astype(np.uint8)
-            result.counterfactual_caption = ex.vocab.decode(ex.float_caption(result.counterfactual_image))
+            result.counterfactual_caption = ex.vocab.decode(ex.float_caption(result.counterfactual_image, tokens))
         done = time.perf_counter()
         result.timings_ms = {"ace_assign_ms": round((t_assign - started) * 1e3, 1),
                              "ace_tcav_ms": round((t_tcav - t_assign) * 1e3, 1),

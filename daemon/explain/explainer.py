@@ -103,25 +103,33 @@ class Explainer:
         """An RGB frame at the model's input size, as float32 0..255."""
         return resize_for_encoder(image, self.size).astype(np.float32)
 
-    def float_caption(self, image: np.ndarray) -> list[int]:
+    def float_caption(self, image: np.ndarray, hint: list[int] | None = None) -> list[int]:
         """The float model's greedy caption tokens for a frame.
 
         With the backend's float encoder features the numpy step decoder decodes them (as
-        the int8 runtime does its own); a backend without ``features`` decodes through its
-        teacher-forced logits, one pass per word.
+        the int8 runtime does its own). A backend without ``features`` decodes through its
+        teacher-forced logits: the rows follow ``hint`` (the published caption, which the
+        float model nearly always repeats) as long as the greedy choice agrees with it, so a
+        caption the float model repeats costs one pass, and each disagreement one more.
         """
         x = self.prepare(image)[None]
         if hasattr(self.backend, "features"):
             return self.decoder.greedy(self.backend.features(x)[0], self.bundle.max_length).tokens
         tokens: list[int] = []
-        for step in range(self.bundle.max_length):
-            logp = log_softmax(self.backend.logits(x, teacher_tokens(self.vocab.start, tokens))[0, -1])
-            logp[PAD] = logp[self.vocab.start] = -np.inf
-            token = int(np.argmax(logp))
-            if token == self.vocab.end:
-                break
-            tokens.append(token)
-        return tokens
+        guess = [int(t) for t in (hint or [])][:self.bundle.max_length]
+        while True:
+            row = tokens + guess[len(tokens):]
+            logits = self.backend.logits(x, teacher_tokens(self.vocab.start, row))[0]
+            for t in range(len(tokens), len(row) + 1):  # position t predicts word t
+                logp = log_softmax(logits[t])
+                logp[PAD] = logp[self.vocab.start] = -np.inf
+                token = self.vocab.end if t == self.bundle.max_length else int(np.argmax(logp))
+                if token == self.vocab.end:
+                    return tokens
+                tokens.append(token)
+                if t < len(row) and token != row[t]:  # the float model goes its own way from here
+                    guess = []
+                    break
 
     def word_logprobs(self, images: np.ndarray, tokens: list[int]) -> np.ndarray:
         """Teacher-forced log-probability of each caption word, (N images, len(tokens))."""
@@ -165,7 +173,7 @@ def answer(explainer: Explainer, image: np.ndarray, tokens: list[int], indices: 
     from ``tokens``); ``timings_ms`` are earlier timings to report first (the caption's).
     """
     started = time.perf_counter()
-    float_tokens = explainer.float_caption(image)
+    float_tokens = explainer.float_caption(image, tokens)
     timings = {**(timings_ms or {}), "float_caption_ms": round((time.perf_counter() - started) * 1e3, 1)}
     explanation = explainer.explain(image, tokens, indices, methods)
     render_started = time.perf_counter()

@@ -71,6 +71,11 @@ def test_float_captions_and_word_logprobs_match(explainers):
         scene = scene_at(HELD_OUT_SEED, i)
         tokens = tf_explainer.vocab.encode(scene.caption)
         image = tf_explainer.prepare(scene.image)[None]
-        assert lite_explainer.float_caption(scene.image) == tf_explainer.float_caption(scene.image)
+        greedy = tf_explainer.float_caption(scene.image)  # float features + the numpy step decoder
+        for hint in (None, tokens, tokens[:1], list(reversed(tokens))):  # LiteRT: greedy through its logits
+            assert lite_explainer.float_caption(scene.image, hint) == greedy, hint
+        damaged = scene.image.copy()
+        damaged[60:180, 60:180] = 117  # the float model captions it differently from the hint
+        assert lite_explainer.float_caption(damaged, tokens) == tf_explainer.float_caption(damaged)
         assert np.allclose(lite_explainer.word_logprobs(image, tokens), tf_explainer.word_logprobs(image, tokens),
                            atol=1e-3)
