@@ -239,26 +239,29 @@ class SnapshotConfig(StrictModel):
 
 
 class ExplainConfig(StrictModel):
-    """The explainer process (TensorFlow), started on the first request."""
+    """The explainer process, started on the first request."""
 
     idle_exit_s: float = Field(300, gt=0, description="end the explainer process after this many idle seconds")
     queue_size: int = Field(4, ge=1, description="requests waiting at most; more are answered `busy`")
     nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
     max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
     default_methods: list[str] = Field(["gradcam", "saliency"], description="methods used when a request names none")
-    threads: int = Field(2, ge=1, le=16, description="TensorFlow threads of the explainer process")
+    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+        "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
+        "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
+    threads: int = Field(2, ge=1, le=16, description="threads of the explainer process's backend")
     batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
     smoothgrad_samples: int = Field(16, ge=1, le=256, description="noisy copies per word for smoothgrad")
-    ig_steps: int = Field(32, ge=2, le=512, description="path steps per word for integrated_gradients")
+    ig_steps: int = Field(64, ge=2, le=512, description="path steps per word for integrated_gradients")
     gradcam_layer: str | None = Field(None, description=(
         "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
 
     @field_validator("default_methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from daemon.explain.registry import CONCEPT_METHODS, METHODS
+        from daemon.explain.registry import METHODS
 
-        known = [*METHODS, *CONCEPT_METHODS]
+        known = list(METHODS)
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(known)}")

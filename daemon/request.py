@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.contract import DEFAULT_PREFIX, CameraTopics, explain_request
-from daemon.explain.registry import CONCEPT_METHODS, METHODS
+from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 
 IMAGE_GRACE_S = 2.0  # how long to wait for the grid picture after the response
@@ -38,8 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", required=True, help="camera name (the {camera} topic level)")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
     parser.add_argument("--frame", default="latest", help="frame_id to explain, or 'latest' (default)")
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *CONCEPT_METHODS], default=None, metavar="METHOD",
-                        help=f"methods ({', '.join([*METHODS, *CONCEPT_METHODS])}; default: the daemon's)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
+                        help=f"methods ({', '.join(METHODS)}; default: the daemon's)")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
     parser.add_argument("--out", default="explanation", help="folder for response.json, heatmaps and grid.png")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")

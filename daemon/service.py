@@ -2,7 +2,8 @@
 
 Under ``--root`` (default ``/``; tests give a scratch folder) it writes::
 
-    {prefix}/venv/                          python -m venv, pip install <source>[explain]
+    {prefix}/venv/                          python -m venv, pip install <source> (LiteRT explainer), or
+                                            <source>[explain] when the bundle has no explainer graph
     {prefix}/models/<bundle>/               the bundle that <source>/config.yaml names
     {prefix}/README.md                     the project README (the unit's Documentation=)
     /etc/explaincam/config.yaml             <source>/config.yaml, model.bundle -> {prefix}/models/<bundle>
@@ -10,6 +11,9 @@ Under ``--root`` (default ``/``; tests give a scratch folder) it writes::
     /etc/sysusers.d/explaincam.conf         the `explaincam` system user
     /etc/systemd/system/explaincam.service  systemd/explaincam.service, rewritten for {prefix}
     /etc/systemd/system/explaincam@.service systemd/explaincam@.service (one daemon per camera), likewise
+    /etc/systemd/system/explaincam{,@}.service.d/tensorflow.conf
+                                            only for a bundle without an explainer graph: the memory
+                                            limits of the TensorFlow explainer (removed otherwise)
 
 With ``--camera NAME`` (a box with several cameras) the configuration is
 ``/etc/explaincam/NAME.yaml`` instead (``camera.name: NAME``, ``snapshot.dir:
@@ -48,6 +52,7 @@ from pathlib import Path
 import yaml
 
 from daemon.bundle import BundleError, load_bundle
+from daemon.explain.backends import explainer_graph
 
 UNIT_NAME = "explaincam.service"
 TEMPLATE_NAME = "explaincam@.service"  # explaincam@NAME.service: one daemon per camera
@@ -58,6 +63,14 @@ CONFIG_DIR = Path("/etc/explaincam")
 STATE_DIR = Path("/var/lib/explaincam")
 UNIT_DIR = Path("/etc/systemd/system")
 SYSUSERS_FILE = Path("/etc/sysusers.d/explaincam.conf")
+# The unit's memory limits fit the LiteRT explainer; the TensorFlow fallback needs more.
+TENSORFLOW_DROP_IN = f"""# Written by `explaincam install-service`: the model bundle has no explainer graph
+# (explainer_float.tflite), so explanations run on the TensorFlow fallback, which needs
+# about 0.7-1 GB while it runs. `explaincam export-explainer --bundle DIR` and a reinstall remove this file.
+[Service]
+MemoryHigh=800M
+MemoryMax=1G
+"""
 SOURCE_DEFAULT = Path(__file__).resolve().parent.parent
 
 
@@ -181,6 +194,7 @@ class Installer:
         self.unit = self.at(UNIT_DIR / UNIT_NAME)
         self.template_unit = self.at(UNIT_DIR / TEMPLATE_NAME)
         self.service_name = f"explaincam@{camera}.service" if camera else UNIT_NAME
+        self.tensorflow_drop_ins = [self.at(UNIT_DIR / f"{name}.d" / "tensorflow.conf") for name in (UNIT_NAME, TEMPLATE_NAME)]
         self.sysusers = self.at(SYSUSERS_FILE)
         self.state_file = self.prefix_dir / "install-state.json"
 
@@ -230,11 +244,12 @@ class Installer:
             raise InstallError(f"the model bundle named by {src_config} cannot be installed: {exc}") from None
 
         print(f"installing explaincam from {source} into {self.prefix}" + ("" if self.live else f" under {self.root}"))
+        tensorflow = explainer_graph(bundle) is None  # no LiteRT explainer graph: the TensorFlow fallback
         old_umask = os.umask(0o022)  # the daemon's user must be able to read what root installs
         try:
             changed = False
             if make_venv:
-                changed = self._install_venv(source)
+                changed = self._install_venv(source, tensorflow)
             else:
                 self.report("skipped", self.venv, "--skip-venv")
             installed_bundle = f"{self.prefix}/models/{bundle.path.name}"
@@ -248,6 +263,12 @@ class Installer:
             changed |= self._write(self.sysusers, src_users.read_bytes())
             changed |= self._write(self.unit, render_unit(src_unit.read_text(), self.prefix).encode())
             changed |= self._write(self.template_unit, render_unit(src_template.read_text(), self.prefix).encode())
+            for drop_in in self.tensorflow_drop_ins:
+                if tensorflow:
+                    changed |= self._write(drop_in, TENSORFLOW_DROP_IN.encode())
+                elif drop_in.exists():
+                    self._remove_tensorflow_drop_in(drop_in)
+                    changed = True
         finally:
             os.umask(old_umask)
         if self.live:
@@ -256,13 +277,16 @@ class Installer:
             self.report("skipped", Path("systemctl"), f"--root {self.root} is not /")
         print("done.")
 
-    def _install_venv(self, source: Path) -> bool:
-        """Create the venv if missing and pip-install the project with the `explain` extra."""
+    def _install_venv(self, source: Path, tensorflow: bool) -> bool:
+        """Create the venv if missing and pip-install the project: with the `explain` extra (TensorFlow)
+        only when the bundle has no explainer graph for LiteRT."""
         python = self.venv / "bin" / "python"
         if not python.exists():
             self._run(sys.executable, "-m", "venv", str(self.venv))
-        self._run(str(python), "-m", "pip", "install", "--quiet", f"{source}[explain]")
-        self.report("installed", self.venv, "explaincam[explain]")
+        target = f"{source}[explain]" if tensorflow else str(source)
+        self._run(str(python), "-m", "pip", "install", "--quiet", target)
+        self.report("installed", self.venv, "explaincam[explain] (TensorFlow explainer)" if tensorflow
+                    else "explaincam (LiteRT explainer, no TensorFlow)")
         return True
 
     def _install_tree(self, src: Path, dest: Path) -> bool:
@@ -337,6 +361,9 @@ class Installer:
                 self._run("systemctl", "disable", "--now", name, check=False)
         self._remove(self.unit)
         self._remove(self.template_unit)
+        for drop_in in self.tensorflow_drop_ins:
+            if drop_in.exists():
+                self._remove_tensorflow_drop_in(drop_in)
         if systemd_up:
             self._run("systemctl", "daemon-reload")
         for path in (self.venv, self.prefix_dir / "models", self.prefix_dir / "README.md", self.state_file):
@@ -362,6 +389,12 @@ class Installer:
             elif path.exists():
                 self.report("kept", path, "--purge removes it")
         print("done.")
+
+    def _remove_tensorflow_drop_in(self, drop_in: Path) -> None:
+        """Remove the TensorFlow memory drop-in, and its folder when nothing else is in it."""
+        self._remove(drop_in)
+        if not any(drop_in.parent.iterdir()):  # drop-ins of `systemctl edit` stay
+            self._remove(drop_in.parent)
 
     def _remove(self, path: Path) -> None:
         """Remove a file or folder, saying so (or that it was not there)."""

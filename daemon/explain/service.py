@@ -90,7 +90,7 @@ class ExplainService:
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.settings = WorkerSettings(
             bundle_path=str(bundle_path), nice=config.nice, idle_exit_s=config.idle_exit_s,
-            threads=config.threads, gradcam_layer=config.gradcam_layer,
+            threads=config.threads, gradcam_layer=config.gradcam_layer, backend=config.backend,
             options=ExplainOptions(batch_size=config.batch_size, smoothgrad_samples=config.smoothgrad_samples,
                                    ig_steps=config.ig_steps))
         self._context = multiprocessing.get_context("spawn")

@@ -1,8 +1,8 @@
 """The explainer process: loads the float model once and answers jobs until it has been idle.
 
 ``serve`` is the process's main function (multiprocessing ``spawn``). This module imports
-no TensorFlow itself, so the capture process can name ``serve`` as the target; the process
-imports ``daemon.explain.explainer`` (and with it TensorFlow) only once it runs.
+no model code itself, so the capture process can name ``serve`` as the target; the process
+loads the explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
 
 Messages to the service, on the results pipe:
 ``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message)``.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.explain.registry import CONCEPT_METHODS, ExplainOptions
+from daemon.explain.registry import ExplainOptions
 
 PARENT_CHECK_S = 1.0  # how often the explainer looks whether the daemon is still there
 
@@ -40,7 +40,7 @@ class Job:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What the explainer process needs to start: bundle, niceness, idle timeout, effort."""
+    """What the explainer process needs to start: bundle, backend, niceness, idle timeout, effort."""
 
     bundle_path: str
     nice: int = 10
@@ -48,29 +48,15 @@ class WorkerSettings:
     threads: int = 2
     gradcam_layer: str | None = None
     options: ExplainOptions = ExplainOptions()
+    backend: str = "auto"  # "auto" | "litert" | "tensorflow" (daemon.explain.backends.load_backend)
 
 
 def answer(explainer, job: Job) -> tuple[dict, bytes]:
-    """The ok response (without service timings) and the grid PNG of one job."""
-    from daemon.explain.requests import response
+    """The ok response (without service timings) and the explanation picture (PNG) of one job."""
+    from daemon.explain.explainer import answer as explain_answer
 
-    started = time.perf_counter()
-    float_tokens = explainer.float_caption(job.image)
-    float_ms = (time.perf_counter() - started) * 1e3
-    heatmap_methods = [m for m in job.methods if m not in CONCEPT_METHODS]
-    explanation = explainer.explain(job.image, job.tokens, job.indices, heatmap_methods)
-    render_started = time.perf_counter()
-    words = explanation.word_records()
-    grid = explanation.grid_png(explainer.prepare(job.image).astype(np.uint8))
-    timings = {"float_caption_ms": round(float_ms, 1), **explanation.timings_ms,
-               "render_ms": round((time.perf_counter() - render_started) * 1e3, 1)}
-    payload = response(job.request_id, "ok", frame_id=job.frame_id, caption=job.caption,
-                       float_caption=explainer.vocab.decode(float_tokens), words=words, timings_ms=timings)
-    if "ace" in job.methods:  # ACE adds its "ace" block and a row of the picture (daemon.explain.ace)
-        from daemon.explain.ace import add_to_response
-
-        grid = add_to_response(explainer, job.image, job.tokens, job.indices, payload, grid)
-    return payload, grid
+    return explain_answer(explainer, job.image, job.tokens, job.indices, job.methods, job.request_id,
+                          frame_id=job.frame_id, caption=job.caption)
 
 
 def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
@@ -132,14 +118,8 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def _load(settings: WorkerSettings):
-    """Import TensorFlow with the configured thread counts and load the explainer."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised by an earlier, failed load
-        pass
+    """The explainer on the configured backend (LiteRT needs no TensorFlow import)."""
     from daemon.explain.explainer import Explainer
 
-    return Explainer(settings.bundle_path, settings.options, settings.gradcam_layer)
+    return Explainer(settings.bundle_path, settings.options, settings.gradcam_layer, settings.backend,
+                     settings.threads)

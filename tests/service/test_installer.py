@@ -7,6 +7,7 @@ hash-checked bundle, so the test needs neither the trained model nor pip (``--sk
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import subprocess
@@ -28,6 +29,8 @@ EXPECTED_FILES = {
     "etc/sysusers.d/explaincam.conf",
     "etc/systemd/system/explaincam.service",
     "etc/systemd/system/explaincam@.service",
+    "etc/systemd/system/explaincam.service.d/tensorflow.conf",  # the test bundle has no explainer graph
+    "etc/systemd/system/explaincam@.service.d/tensorflow.conf",
 }
 
 
@@ -106,7 +109,7 @@ def test_second_run_changes_nothing(tmp_path, source, capsys):
     out = capsys.readouterr().out
     assert {p: (root / p).stat().st_mtime_ns for p in files_under(root)} == before
     assert "wrote" not in out and "updated" not in out
-    assert out.count("unchanged") == 7  # bundle, README, config, state, sysusers, unit, template unit
+    assert out.count("unchanged") == 9  # bundle, README, config, state, sysusers, unit, template unit, 2 TensorFlow drop-ins
 
 
 def test_edited_config_is_kept_and_the_default_goes_to_config_yaml_new(tmp_path, source, capsys):
@@ -184,6 +187,22 @@ def test_corrupt_bundle_is_refused_before_anything_is_written(tmp_path, source, 
     assert install(root, source) == 1
     assert "does not match its sha256" in capsys.readouterr().err
     assert not root.exists() or files_under(root) == set()
+
+
+def test_a_bundle_with_an_explainer_graph_gets_no_tensorflow_drop_in(tmp_path, source, capsys):
+    """The unit's own memory limits fit the LiteRT explainer; the TensorFlow drop-in goes once the graph is there."""
+    root = tmp_path / "root"
+    drop_in = root / "etc/systemd/system/explaincam.service.d/tensorflow.conf"
+    assert install(root, source) == 0 and "MemoryMax=1G" in drop_in.read_text()
+    bundle = next((source / "models").iterdir())
+    (bundle / "explainer_float.tflite").write_bytes(b"graph")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["explainer"] = "explainer_float.tflite"
+    manifest["explainer"] = {"file": "explainer_float.tflite", "gradcam_layer": "moment_map"}
+    write_manifest(bundle, manifest)
+    assert install(root, source) == 0
+    assert not drop_in.exists() and not drop_in.parent.exists()
+    assert "MemoryMax=" in (root / "etc/systemd/system/explaincam.service").read_text()
 
 
 def test_purge_needs_uninstall(tmp_path, source, capsys):
