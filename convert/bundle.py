@@ -186,10 +186,23 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
     report["decoder_params"] = int(sum(v.size for v in decoder_weights(captioner).values()))
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(tmp, manifest)
+    _add_explainer(tmp, captioner, verbose)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return report
+
+
+def _add_explainer(bundle_dir: Path, captioner: keras.Model, verbose: bool) -> None:
+    """Export the LiteRT explainer graph into the bundle; a graph that cannot be exported leaves it without one."""
+    from convert.explainer_export import ExportError, add_to_bundle
+
+    if verbose:
+        print("exporting the explainer graph (explainer_float.tflite) ...", flush=True)
+    try:
+        add_to_bundle(bundle_dir, captioner=captioner)
+    except ExportError as exc:
+        print(f"warning: {exc}", flush=True)
 
 
 def calibration_images(size: int, count: int, image_dir: str | None) -> list[np.ndarray]:

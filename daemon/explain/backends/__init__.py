@@ -1,0 +1,1 @@
+"""Explainer backends (the protocol is daemon/explain/backends/__init__.py of engineer 12b)."""
