@@ -33,7 +33,9 @@ ops, and the bundle keeps working on the TensorFlow backend.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import sys
 import tempfile
@@ -155,7 +157,8 @@ class UnrolledDecoder:
     """The captioner's decoder (features, tokens) -> logits with its LSTM unrolled to T steps.
 
     Same layers and weights as ``convert.model.build_captioner``'s; the LSTM keeps Keras'
-    mask semantics (a padding token 0 carries the state over and outputs zeros).
+    mask semantics (a padding token 0 carries the state over and repeats the last output,
+    or outputs zeros with ``zero_output_for_mask``).
     """
 
     def __init__(self, captioner: keras.Model):
@@ -167,6 +170,7 @@ class UnrolledDecoder:
         cell = getattr(self.lstm, "cell", self.lstm)
         self.cell = cell
         self.units = int(cell.units)
+        self.zero_output_for_mask = bool(getattr(self.lstm, "zero_output_for_mask", False))
         if getattr(self.lstm, "go_backwards", False) or getattr(self.lstm, "stateful", False):
             raise ExportError("the decoder's LSTM runs backwards or statefully; the export expects the "
                               "causal LSTM of convert.model.build_captioner")
@@ -194,7 +198,7 @@ class UnrolledDecoder:
             h_new = o * self.cell.activation(c_new)
             h = m * h_new + (1 - m) * h
             c = m * c_new + (1 - m) * c
-            outputs.append(m * h_new)
+            outputs.append(m * h_new if self.zero_output_for_mask else h)
         s = tf.stack(outputs, axis=1)
         merged = self.merge_dense(s + tf.expand_dims(f, 1))  # no slice: its gradient has no builtin
         return self.logits(merged)
@@ -215,8 +219,12 @@ class ExplainerGraphs(tf.Module):
     """The five entry points over one captioner, traced at a fixed batch and token length."""
 
     def __init__(self, captioner: keras.Model, gradcam_layer: str, bottleneck_layer: str,
-                 batch: int, tokens: int):
+                 batch: int, tokens: int, signatures: tuple[str, ...] = SIGNATURES):
         super().__init__()
+        unknown = [name for name in signatures if name not in SIGNATURES]
+        if unknown:
+            raise ValueError(f"unknown explainer signatures {unknown}; known: {', '.join(SIGNATURES)}")
+        self.signatures_exported = tuple(signatures)
         self.captioner = captioner
         self.gradcam = SplitCaptioner(captioner, gradcam_layer)
         self.bottleneck = SplitCaptioner(captioner, bottleneck_layer)
@@ -267,8 +275,8 @@ class ExplainerGraphs(tf.Module):
         return {"activations": acts}
 
     def concrete_functions(self) -> list:
-        """The traced functions, in SIGNATURES order."""
-        return [self.functions[name].get_concrete_function() for name in SIGNATURES]
+        """The traced functions of the exported signatures, in their order."""
+        return [self.functions[name].get_concrete_function() for name in self.signatures_exported]
 
 
 # ------------------------------------------------------------------------- conversion
@@ -305,7 +313,8 @@ class _FrozenGraphs(tf.Module):
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         self.entry_points = {}
-        for name, function in zip(SIGNATURES, graphs.concrete_functions()):
+        self.names = graphs.signatures_exported
+        for name, function in zip(self.names, graphs.concrete_functions()):
             frozen = convert_variables_to_constants_v2(function)
             outputs = sorted(function.structured_outputs)  # the frozen function's flat output order
             specs = function.structured_input_signature[0]
@@ -319,6 +328,20 @@ class _FrozenGraphs(tf.Module):
         return call
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send the process's stderr (the converter's MLIR diagnostics, which its exception repeats) to a file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def convert_graphs(graphs: ExplainerGraphs) -> bytes:
     """The float32 TFLITE_BUILTINS-only flatbuffer of the entry points; ExportError naming the ops otherwise."""
     frozen = _FrozenGraphs(graphs)
@@ -326,11 +349,12 @@ def convert_graphs(graphs: ExplainerGraphs) -> bytes:
         # the gradients are ops of the traced graphs already; nothing needs tracing again
         tf.saved_model.save(frozen, tmp, signatures=frozen.entry_points,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(SIGNATURES))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(frozen.names))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.allow_custom_ops = False
         try:
-            model = converter.convert()
+            with _stderr_to(Path(tmp) / "converter.log"):
+                model = converter.convert()
         except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
             ops = sorted(set(_UNSUPPORTED.findall(str(exc))))
             if ops:
