@@ -147,3 +147,24 @@ def test_efficientnetv2_captioner_exports_op_clean_and_matches_tensorflow():
         for ours, theirs in ((lite["gradients"][row], tf_image_grads[row]), (lite_b["gradients"][row], tf_grads[row])):
             assert np.abs(ours - theirs).max() <= 1e-3 * np.abs(theirs).max()
             assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99
+
+
+def test_a_graph_at_a_larger_batch_answers_every_row_as_alone(tmp_path):
+    """The backend cuts rows into the graph's batch and pads the last one (the shipped graph takes 1)."""
+    from daemon.explain.backends.litert import LiteRTBackend
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_BUNDLE, bundle_dir)
+    keras.utils.set_random_seed(3)
+    add_to_bundle(bundle_dir, batch=2, captioner=_tiny_captioner(keras.layers.Identity()))
+    backend = LiteRTBackend(load_bundle(bundle_dir), threads=2)
+    assert backend.batch == 2 and backend.input_size == (32, 32)
+    images = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    tokens = np.array([1, 5, 7, 9], np.int32)
+    weights = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 1]], np.float32)
+    together = backend.image_gradients(images, tokens, weights)  # a full batch, then one padded
+    for row in range(3):
+        alone = backend.image_gradients(images[row:row + 1], tokens, weights[row:row + 1])
+        np.testing.assert_allclose(together[0][row], alone[0][0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(together[1][row], alone[1][0], rtol=1e-5, atol=1e-7)
+    assert np.abs(together[0]).max() > 0
