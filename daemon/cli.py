@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert.bundle", "quantize a trained or seed-format model into a bundle"),
     "evaluate": ("convert.evaluate", "caption and explanation metrics of a bundle on a scenes folder"),
     "concepts": ("convert.concepts", "build a bundle's ACE concept bank"),
+    "feature-stats": ("convert.feature_stats", "store a bundle's statistics for the out-of-distribution warning"),
     "bench": ("convert.bench", "measure speed and memory, side by side with the seed-style pipeline"),
     "install-service": ("daemon.service", "install (or --uninstall) the systemd service"),
 }
