@@ -140,6 +140,8 @@ class CaptionLoop:
             "timings": {"grab_ms": frame.grab_ms, **result.timings, "total_ms": total_ms},
             "model": self.model_name,
         }
+        if result.familiarity is not None:
+            message.update(result.familiarity.to_json())
         if frame.ground_truth is not None:
             message["ground_truth"] = frame.ground_truth
         self.publisher.publish(self.topics.caption, json.dumps(message), retain=True)

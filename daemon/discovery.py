@@ -1,17 +1,21 @@
 """Home Assistant MQTT discovery for one camera: pure functions, no network.
 
-Four entities on one device ("explaincam <camera>"), each announced on
+Five entities on one device ("explaincam <camera>"), each announced on
 ``{discovery_prefix}/{component}/{node}/{key}/config`` (retained):
 
-=========  ==========  ==========================================================
-component  key         what
-=========  ==========  ==========================================================
-sensor     caption     the caption (first 255 characters); the whole caption JSON
-                       (long text, tokens, score, timings, ...) as attributes
-image      snapshot    the JPEG on ``{prefix}/{camera}/snapshot``
-button     explain     publishes an explanation request for the latest frame
-image      explanation the PNG grid on ``{prefix}/{camera}/explain/image``
-=========  ==========  ==========================================================
+=============  ===========  ======================================================
+component      key          what
+=============  ===========  ======================================================
+sensor         caption      the caption (first 255 characters); the whole caption
+                            JSON (long text, tokens, score, familiarity, ...) as
+                            attributes
+binary_sensor  unfamiliar   on while the caption says ``out_of_distribution``: the
+                            frame is unlike what the model was made for
+                            (daemon/familiarity.py)
+image          snapshot     the JPEG on ``{prefix}/{camera}/snapshot``
+button         explain      publishes an explanation request for the latest frame
+image          explanation  the PNG grid on ``{prefix}/{camera}/explain/image``
+=============  ===========  ======================================================
 
 All of them are available while ``{prefix}/availability`` says ``online``. The MQTT
 client publishes :func:`discovery_messages` retained after connecting, again whenever
@@ -45,6 +49,12 @@ def _entities(prefix: str, camera: str) -> list[tuple[str, str, dict]]:
             "state_topic": f"{base}/caption",
             "value_template": f"{{{{ value_json.caption[:{STATE_MAX_CHARS}] }}}}",
             "json_attributes_topic": f"{base}/caption",
+        }),
+        ("binary_sensor", "unfamiliar", {
+            "name": "Unfamiliar scene",
+            "device_class": "problem",
+            "state_topic": f"{base}/caption",
+            "value_template": "{{ 'ON' if value_json.out_of_distribution | default(false) else 'OFF' }}",
         }),
         ("image", "snapshot", {
             "name": "Snapshot",

@@ -6,7 +6,7 @@ job on a bounded multiprocessing queue for the explainer process (``worker.serve
 started lazily with ``spawn``, niced, gone after ``idle_exit_s`` without work and started
 again by the next request). A result thread publishes each answer to the request's MQTT 5
 Response Topic with its Correlation Data (else to the default response topic), writes
-``explanation.png`` and ``explanation.json`` atomically to the snapshot folder and
+``explanation.png``, ``explanation.jpg`` and ``explanation.json`` atomically to the snapshot folder and
 publishes the PNG retained on the explain image topic. A crash of the explainer process
 is answered as an ``internal`` error; the daemon goes on.
 """
@@ -28,7 +28,7 @@ from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.mqtt import topic_problem
-from daemon.snapshot import atomic_write
+from daemon.snapshot import atomic_write, encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
 
@@ -44,6 +44,7 @@ class _Pending:
     correlation_data: bytes | None
     received: float
     started: float | None = None
+    image: object = None  # the frame explained (RGB uint8), for the snapshot page
 
 
 class ExplainService:
@@ -116,6 +117,7 @@ class ExplainService:
                 return ErrorResponse(request.id, "frame_not_cached",
                                      f"frame {request.frame} is not (or no longer) cached; {held}")
         caption = frame.caption
+        reply.image = frame.image
         indices = check_words(request, caption.words, frame.frame_id, caption.caption)
         if isinstance(indices, ErrorResponse):
             return indices
@@ -190,7 +192,7 @@ class ExplainService:
                                      total_ms=round((now - reply.received) * 1e3, 1))
         text = json.dumps(payload)
         self.publish(self.topics["image"], grid, qos=1, retain=True)
-        self._write_snapshot(grid, dict(payload, model=self.model_name))
+        self._write_snapshot(grid, dict(payload, model=self.model_name, ts=round(time.time(), 3)), reply.image)
         self._reply(payload, reply, text)
         log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
 
@@ -232,8 +234,9 @@ class ExplainService:
                 replies.append(self._pending.pop(job.key))
         return replies
 
-    def _write_snapshot(self, grid: bytes, record: dict) -> None:
-        """explanation.png and explanation.json (the response plus the model name), atomically.
+    def _write_snapshot(self, grid: bytes, record: dict, image) -> None:
+        """explanation.png, explanation.jpg (the frame) and explanation.json (the response plus the
+        model name and when it was made), atomically; the page reads the JSON last, so it is written last.
 
         A failure is logged, not raised.
         """
@@ -242,6 +245,8 @@ class ExplainService:
         try:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.snapshot_dir / "explanation.png", grid)
+            if image is not None:
+                atomic_write(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
             atomic_write(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
         except OSError as exc:
             log.error("cannot write the explanation to %s: %s", self.snapshot_dir, exc)
