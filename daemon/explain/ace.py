@@ -531,12 +531,34 @@ def add_to_response(explainer, image: np.ndarray, tokens: list[int], indices: li
     return grid_png
 
 
-def _labelled(panel: np.ndarray, label: str, tile: int, label_height: int = 22) -> np.ndarray:
-    """A panel resized to ``tile`` with a text strip above it (as the explanation grid draws them)."""
+LABEL_SCALE = 0.45
+LABEL_LINE_HEIGHT = 18
+
+
+def label_lines(label: str, tile: int) -> list[str]:
+    """``label`` broken into lines that fit a panel ``tile`` pixels wide (a single overlong word is cut)."""
+    def fits(text: str) -> bool:
+        return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)[0][0] <= tile - 8
+
+    lines: list[str] = []
+    for word in label.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            while not fits(word) and len(word) > 1:
+                word = word[:-1]
+            lines.append(word)
+    return lines or [""]
+
+
+def _labelled(panel: np.ndarray, label: str, tile: int, rows: int = 1) -> np.ndarray:
+    """A panel resized to ``tile`` with the whole label, wrapped, in a strip of at least ``rows`` lines above it."""
     panel = cv2.resize(panel, (tile, tile), interpolation=cv2.INTER_AREA)
-    strip = np.full((label_height, tile, 3), 32, np.uint8)
-    cv2.putText(strip, label[:28], (4, label_height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    lines = label_lines(label, tile)
+    strip = np.full((LABEL_LINE_HEIGHT * max(rows, len(lines)) + 4, tile, 3), 32, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(strip, line, (4, LABEL_LINE_HEIGHT * (i + 1) - 3), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE,
+                    (255, 255, 255), 1, cv2.LINE_AA)
     return np.vstack([strip, panel])
 
 
@@ -556,9 +578,11 @@ def grid_row(result: ConceptExplanation, bank: ConceptBank, tile: int) -> np.nda
     """The ACE row of the explanation picture: concept map, legend, counterfactual frame."""
     removed = ", ".join(f"c{k}" for k in result.removed) or "nothing"
     after = result.image if result.counterfactual_image is None else result.counterfactual_image
-    return np.hstack([_labelled(result.map_image(), "ACE concept map", tile),
-                      _labelled(legend(result, bank, tile), "concepts", tile),
-                      _labelled(after, f"without {removed}: {result.counterfactual_caption}", tile)])
+    counterfactual = f"without {removed}: {result.counterfactual_caption}"
+    rows = len(label_lines(counterfactual, tile))  # the same strip height for the three panels
+    return np.hstack([_labelled(result.map_image(), "ACE concept map", tile, rows),
+                      _labelled(legend(result, bank, tile), "concepts", tile, rows),
+                      _labelled(after, counterfactual, tile, rows)])
 
 
 def add_to_grid(grid_png: bytes, result: ConceptExplanation, bank: ConceptBank, tile: int) -> bytes:

@@ -10,8 +10,11 @@ Messages to the service, on the results queue:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -69,17 +72,37 @@ def answer(explainer, job: Job) -> tuple[dict, bytes]:
     return payload, grid
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send what native libraries write to file descriptor 2 to /dev/null while the block runs.
+
+    Exceptions still propagate (and are reported as failed jobs); only the chatter goes.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def serve(jobs, results, settings: WorkerSettings) -> None:
     """Process main: nice itself, load the model on the first job, answer jobs, exit when idle.
 
     A ``None`` job asks it to stop. An exception while explaining is answered as a failed
     job and the process goes on; only a crash ends it (the service reports that).
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the daemon, which ends this process
     try:
         os.nice(settings.nice)
     except OSError:
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # no oneDNN notice; the service unit sets the same
     explainer = None
     while True:
         try:
@@ -93,7 +116,8 @@ def serve(jobs, results, settings: WorkerSettings) -> None:
             load_ms = 0.0
             if explainer is None:
                 started = time.perf_counter()
-                explainer = _load(settings)
+                with native_stderr_silenced():  # TensorFlow's CUDA/CPU notices bypass its log level
+                    explainer = _load(settings)
                 load_ms = (time.perf_counter() - started) * 1e3
             payload, grid = answer(explainer, job)
             if load_ms:
@@ -105,7 +129,11 @@ def serve(jobs, results, settings: WorkerSettings) -> None:
 
 def _load(settings: WorkerSettings):
     """Import TensorFlow with the configured thread counts and load the explainer."""
-    import tensorflow as tf
+    try:
+        import tensorflow as tf
+    except ImportError as exc:
+        raise RuntimeError(f"explanations need TensorFlow, which this Python lacks ({exc}); install it with "
+                           "pip install 'explaincam[explain]'") from None
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
