@@ -132,8 +132,9 @@ def _load(settings: WorkerSettings):
     try:
         import tensorflow as tf
     except ImportError as exc:
-        raise RuntimeError(f"explanations need TensorFlow, which this Python lacks ({exc}); install it with "
-                           "pip install 'explaincam[explain]'") from None
+        raise RuntimeError(f"explanations need TensorFlow, which this Python lacks ({exc}); install the explain "
+                           "extra: pip install -e '.[explain]' in a clone, pip install 'explaincam[explain]' "
+                           "otherwise") from None
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
