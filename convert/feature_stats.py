@@ -18,7 +18,7 @@ import numpy as np
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import read_rgb, resize_for_encoder
 from daemon.encoder import TFLiteEncoder
-from daemon.familiarity import FEATURE_STATS_FILE, FeatureStats, frame_descriptor
+from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats, frame_descriptor
 
 CALIBRATION_SEED = 4242  # the seed convert/bundle.py calibrates int8 ranges on (kept equal; that module imports Keras)
 
@@ -37,6 +37,18 @@ def fit_feature_stats(encoder_path: str | Path, images: list[np.ndarray], out: s
     Path(out).write_bytes(stats.to_bytes())
     return {"frames": len(images), "threshold": round(stats.threshold, 3),
             "held_back_flagged": round(float(np.mean(stats.reference > stats.threshold)), 4)}
+
+
+def new_bundle_feature_stats(bundle_dir: str | Path, files: dict, calibration: list[np.ndarray]) -> dict:
+    """For ``explaincam convert``: fit on the calibration images into the bundle being written and name the
+    file in its ``files``; with fewer than MIN_FRAMES images the bundle goes without (the summary says why)."""
+    if len(calibration) < MIN_FRAMES:
+        return {"skipped": f"{len(calibration)} calibration images, at least {MIN_FRAMES} needed; "
+                           "add them with explaincam feature-stats"}
+    summary = fit_feature_stats(Path(bundle_dir) / files["encoder_int8"], calibration,
+                                Path(bundle_dir) / FEATURE_STATS_FILE)
+    files["feature_stats"] = FEATURE_STATS_FILE
+    return summary
 
 
 def add_feature_stats(bundle_dir: str | Path, images: list[np.ndarray]) -> dict:

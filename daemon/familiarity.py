@@ -40,6 +40,7 @@ VARIANCE_FLOOR = 0.01  # in units of the standardised descriptor
 THRESHOLD_PERCENTILE = 99.7  # of the held-back calibration frames' distances
 IMAGE_STATISTICS_DIM = 5 * HIST_BINS + 3  # the length of image_statistics()
 FIT_SHARE = 0.75  # the rest of the calibration frames set the threshold
+MIN_FRAMES = 40  # fewer calibration frames give no usable threshold
 
 
 def _log_histogram(values: np.ndarray, top: float) -> np.ndarray:
@@ -102,8 +103,9 @@ class FeatureStats:
         """Fit on the first ``fit_share`` of the descriptors; the rest set the threshold and the familiarity scale."""
         descriptors = np.asarray(descriptors, np.float64)
         n_fit = int(len(descriptors) * fit_share)
-        if n_fit < 20 or len(descriptors) - n_fit < 10:
-            raise ValueError(f"need at least 40 calibration frames for feature statistics, got {len(descriptors)}")
+        if len(descriptors) < MIN_FRAMES or n_fit < 2 or n_fit == len(descriptors):
+            raise ValueError(f"need at least {MIN_FRAMES} calibration frames for feature statistics, "
+                             f"got {len(descriptors)}")
         fit, held_back = descriptors[:n_fit], descriptors[n_fit:]
         mean = fit.mean(0)
         scale = fit.std(0) + 1e-3

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from convert.feature_stats import new_bundle_feature_stats
 from convert.scenes import scene_at
+from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import DEFAULT_BUNDLE, Captioner
-from daemon.familiarity import FeatureStats
+from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats
+from tests.conftest import REPO
 
 HELD_OUT_SEED = 5150  # never used for the shipped statistics (they use 4242)
 COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina")
@@ -60,3 +68,41 @@ def test_shipped_bundle_knows_generated_scenes_and_flags_real_photos():
     assert scene_rate <= 0.02
     assert photo_rate >= 0.9
     assert np.median([f.familiarity for f in scenes]) > 0.2
+
+
+def bundle_without_stats(tmp_path):
+    """A copy of the shipped bundle whose manifest names no feature statistics."""
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    (copy / FEATURE_STATS_FILE).unlink()
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["feature_stats"]
+    write_manifest(copy, {k: v for k, v in manifest.items() if k != "sha256"})
+    return copy
+
+
+def test_feature_stats_command_adds_hashed_statistics_to_a_bundle(tmp_path):
+    bundle = bundle_without_stats(tmp_path)
+    assert Captioner.from_path(bundle).caption(scene_at(HELD_OUT_SEED, 0).image).familiarity is None
+    run = subprocess.run([sys.executable, "-m", "daemon.cli", "feature-stats", "--bundle", str(bundle),
+                          "--scenes", "60"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1])["frames"] == 60
+    assert load_bundle(bundle).has("feature_stats")  # named and hashed in the manifest
+    result = Captioner.from_path(bundle).caption(scene_at(HELD_OUT_SEED, 1).image)
+    assert 0.0 <= result.familiarity.familiarity <= 1.0 and "familiarity_ms" in result.timings
+    (bundle / FEATURE_STATS_FILE).write_bytes(b"junk")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k != "sha256"})  # hashes fit, content does not
+    with pytest.raises(BundleError, match="feature_stats.npz cannot be read"):
+        Captioner.from_path(bundle)
+
+
+def test_convert_fits_statistics_on_enough_calibration_images_only(tmp_path):
+    bundle = bundle_without_stats(tmp_path)
+    images = [scene_at(HELD_OUT_SEED, i).image for i in range(MIN_FRAMES)]
+    files = {"encoder_int8": "encoder_int8.tflite"}
+    assert "skipped" in new_bundle_feature_stats(bundle, files, images[:8]) and "feature_stats" not in files
+    summary = new_bundle_feature_stats(bundle, files, images)
+    assert files["feature_stats"] == FEATURE_STATS_FILE and summary["frames"] == MIN_FRAMES
+    assert FeatureStats.load(bundle / FEATURE_STATS_FILE).threshold == pytest.approx(summary["threshold"], abs=1e-3)
