@@ -102,17 +102,18 @@ PAGE_TEMPLATE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>explaincam: __CAMERA__</title>
 <style>
-body{font-family:sans-serif;background:#111;color:#eee;margin:1em;max-width:60em}
+body{font-family:sans-serif;background:#111;color:#eee;margin:1em}
+.panes{display:flex;flex-wrap:wrap;gap:2em} .panes section{flex:1 1 420px;max-width:640px}
 a{color:#8cf} a:visited{color:#c9f} img{max-width:100%;display:block}
 .meta{color:#bbb;font-size:90%} .caption{font-size:130%}
 .warning{background:#5a3a00;color:#ffd27a;padding:.4em .6em;border-radius:4px}
-.stack{position:relative;display:inline-block;max-width:100%}
-.stack #overlay{position:absolute;left:0;top:0;width:100%;height:100%}
+.stack{position:relative;width:100%}
+.stack img{width:100%} .stack #overlay{position:absolute;left:0;top:0;height:100%}
 button{background:#222;color:#eee;border:1px solid #555;border-radius:4px;padding:.3em .6em;margin:.15em;cursor:pointer}
 button[aria-pressed=true]{background:#8cf;color:#111;border-color:#8cf}
 </style></head>
 <body><h1>__CAMERA__</h1>
-<section id="latest"><h2>Latest caption</h2>
+<main class="panes"><section id="latest"><h2>Latest caption</h2>
 <img id="latest-image" alt="the latest captioned frame">
 <p class="caption" id="caption">waiting for the first caption ...</p>
 <p class="warning" id="unfamiliar" hidden></p>
@@ -125,7 +126,7 @@ button "Explain latest frame".</p>
 <div id="words" role="group" aria-label="words"></div>
 <div id="methods" role="group" aria-label="methods"></div>
 <div class="stack"><img id="explained-frame" alt="the explained frame"><img id="overlay" alt=""></div>
-<p class="meta" id="explanation-meta"></p></div></section>
+<p class="meta" id="explanation-meta"></p></div></section></main>
 <p class="meta"><a href="latest.json">latest.json</a> · <a href="explanation.json">explanation.json</a> ·
 <a href="explanation.png">explanation.png</a> (every word and method)</p>
 <script>
