@@ -23,6 +23,7 @@ import numpy as np
 
 import keras
 
+from convert.feature_stats import new_bundle_feature_stats
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
@@ -187,6 +188,7 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
     report["sizes_bytes"] = {f: (tmp / f).stat().st_size for f in files.values() if f != "report.json"}
     report["encoder_params"] = int(encoder.count_params())
     report["decoder_params"] = int(sum(v.size for v in decoder_weights(captioner).values()))
+    report["feature_stats"] = new_bundle_feature_stats(tmp, files, calibration)  # out-of-distribution warning
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(tmp, manifest)
     if explainer:
