@@ -17,7 +17,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from daemon.captioner import Captioner, resize_for_encoder
+from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.mqtt import MqttPublisher
@@ -119,7 +119,7 @@ class CaptionLoop:
         if threshold > 0 and self._last_thumbnail is not None and frame_change(thumb, self._last_thumbnail) < threshold:
             self.stats.record_skip()
             return None
-        image = resize_for_encoder(frame.image, self.captioner.input_size)
+        image = self.captioner.resize(frame.image)
         try:
             result = self.captioner.caption(image)
         except Exception:
