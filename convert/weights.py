@@ -5,8 +5,10 @@ would download onto it and gives its path (``--weights PATH``), or puts it where
 looks first (``~/.keras/models/<file>``). Both Keras formats load:
 
 - a legacy Keras 2 ``.h5`` (what keras.applications downloads, with or without the
-  classifier top): matched layer by layer *by name*; layers of the file that the backbone
-  lacks (the top) are skipped;
+  classifier top): matched layer by layer by name where every backbone layer's name is in
+  the file, else in layer order as Keras itself loads these files (some families renamed
+  their layers in Keras 3, ``Conv/BatchNorm`` -> ``conv_bn``); layers of the file that the
+  backbone lacks (the top, at the end) are skipped;
 - a Keras 3 ``.weights.h5`` (``model.save_weights``): loaded by Keras into the same
   architecture without the top, or, if the file has the top, into the architecture with it
   and copied by layer name.
@@ -110,7 +112,12 @@ def load_file(backbone: keras.Model, factory, name: str, path: Path, **kwargs) -
     except OSError as exc:
         raise WeightsError(f"weights file {path} is not a Keras .h5 file: {exc}") from None
     if legacy:
-        _load_by_name(backbone, dict(legacy_h5_layers(path)), name, path)
+        stored = [(layer, values) for layer, values in legacy_h5_layers(path) if values]
+        by_name = dict(stored)
+        if all(layer.name in by_name for layer in backbone.layers if layer.weights):
+            _load_by_name(backbone, by_name, name, path)
+        else:
+            _load_in_order(backbone, stored, name, path)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -141,6 +148,23 @@ def _load_by_name(backbone: keras.Model, found: dict[str, list[np.ndarray]], nam
             raise WeightsError(f"weights file {path} does not fit {name}: layer {layer.name!r} needs weights "
                                f"of shapes {want}, the file has {got}")
         layer.set_weights(values)
+
+
+def _load_in_order(backbone: keras.Model, stored: list[tuple[str, list[np.ndarray]]], name: str, path: Path) -> None:
+    """Set the weighted backbone layers from the file's weighted layers, in order (Keras' legacy rule)."""
+    weighted = [layer for layer in backbone.layers if layer.weights]
+    if len(stored) < len(weighted):
+        raise WeightsError(f"weights file {path} has {len(stored)} layers with weights, {name} needs "
+                           f"{len(weighted)}: is it the file of another model?")
+    for layer, (stored_name, values) in zip(weighted, stored):
+        variables = layer.trainable_weights + layer.non_trainable_weights  # the order Keras 2 wrote
+        want = [tuple(v.shape) for v in variables]
+        got = [tuple(v.shape) for v in values]
+        if want != got:
+            raise WeightsError(f"weights file {path} does not fit {name}: layer {layer.name!r} needs weights "
+                               f"of shapes {want}, the file's layer {stored_name!r} in its place has {got}")
+        for variable, value in zip(variables, values):
+            variable.assign(value)
 
 
 def _first_mismatch(exc: Exception) -> str:

@@ -73,6 +73,7 @@ def seed_files(tmp_path_factory):
     return root, vocab, decoder
 
 
+@pytest.mark.timeout(1800)  # a conversion and ~200 Keras predict calls; minutes on a busy 2-core box
 def test_seed_model_converts_offline_and_runtime_matches_keras(seed_files, tmp_path):
     root, vocab, decoder = seed_files
     assert cli(["convert", "--from-seed", "--encoder", ENCODER, "--decoder", str(root / "M.h5"),
@@ -87,7 +88,7 @@ def test_seed_model_converts_offline_and_runtime_matches_keras(seed_files, tmp_p
     pooled = tf_keras.applications.EfficientNetV2B0(include_top=False, weights=str(root / "efficientnetv2-b0.h5"),
                                                     input_shape=(SIZE, SIZE, 3), pooling="avg")
     captions = set()
-    for i in range(6):
+    for i in range(4):
         image = resize_for_encoder(scene_at(77, i).image, SIZE, "nearest")
         feats = np.asarray(float_encoder(image[None].astype("float32")))[0]
         np.testing.assert_allclose(feats, pooled.predict(image[None].astype("float32"), verbose=0)[0],
