@@ -197,12 +197,11 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
     started = time.time()
     if verbose:
         print(f"quantizing the encoder to int8 on {len(calibration)} calibration images ...", flush=True)
-    calibration_progress = Progress("calibrating", verbose)
-
     calibration_started = []
 
-    def representative():
+    def representative():  # called once the encoder is exported: the ETA counts calibration only
         calibration_started.append(time.time())
+        calibration_progress = Progress("calibrating", verbose)
         for i, image in enumerate(calibration):
             yield image
             calibration_progress(i + 1, len(calibration))
