@@ -172,8 +172,11 @@ def _first_mismatch(exc: Exception) -> str:
     text = str(exc)
     layer = re.search(r"object <\w+ name=([^,>]+)", text)
     shapes = re.search(r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\))", text)
+    counts = re.search(r"expected (\d+) variables, but received (\d+)", text)
     if layer and shapes:
         return f"layer {layer.group(1)!r} needs weights of shape {shapes.group(1)}, the file has {shapes.group(2)}"
+    if layer and counts:
+        return f"layer {layer.group(1)!r} has {counts.group(1)} weights, the file's layer in its place {counts.group(2)}"
     return " ".join(text.split())[:300]
 
 

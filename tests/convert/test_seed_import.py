@@ -70,12 +70,12 @@ def seed_files(tmp_path_factory):
     # the user's downloaded encoder weights: a Keras 2 .h5 with the classifier top
     backbone = tf_keras.applications.EfficientNetV2B0(weights=None, input_shape=(SIZE, SIZE, 3))
     backbone.save_weights(root / "efficientnetv2-b0.h5")
-    return root, vocab, decoder
+    return root, vocab, decoder, tf_keras.Model(backbone.input, backbone.get_layer("avg_pool").output)
 
 
 @pytest.mark.timeout(1800)  # a conversion and ~200 Keras predict calls; minutes on a busy 2-core box
 def test_seed_model_converts_offline_and_runtime_matches_keras(seed_files, tmp_path):
-    root, vocab, decoder = seed_files
+    root, vocab, decoder, pooled = seed_files
     assert cli(["convert", "--from-seed", "--encoder", ENCODER, "--decoder", str(root / "M.h5"),
                 "--vocab", str(root / "vocab.txt"), "--weights", str(root / "efficientnetv2-b0.h5"),
                 "--input-size", str(SIZE), "--out", str(tmp_path / "b"), "--calibration", "16", "--quiet"]) == 0
@@ -84,9 +84,7 @@ def test_seed_model_converts_offline_and_runtime_matches_keras(seed_files, tmp_p
     assert captioner.bundle.resize == "nearest"  # the seed's load_img resize
     assert captioner.bundle.manifest["seed"]["weights"] == "efficientnetv2-b0.h5"
     float_encoder = keras.models.load_model(tmp_path / "b" / "captioner.keras", compile=False).get_layer("encoder")
-    # the encoder carries the file's weights: its features are those of the Keras 2 model
-    pooled = tf_keras.applications.EfficientNetV2B0(include_top=False, weights=str(root / "efficientnetv2-b0.h5"),
-                                                    input_shape=(SIZE, SIZE, 3), pooling="avg")
+    # the encoder carries the file's weights: its features are the Keras 2 model's (``pooled``)
     captions = set()
     for i in range(4):
         image = resize_for_encoder(scene_at(77, i).image, SIZE, "nearest")
