@@ -86,9 +86,10 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     peaks fell inside the named object for 4% of words), so it is not the default.
 
     ``stride`` cuts the backbone after its last map at 1/stride of the input (default:
-    the whole backbone, 1/32). ``weights`` is ``"imagenet"``, ``None``/``"none"`` (random) or the
-    path of a local Keras weights file (see convert.weights). ``minimalistic`` selects the MobileNetV3 variant without
-    hard-swish, squeeze-excite and 5x5 kernels (its int8 graph runs in one XNNPACK pass).
+    the whole backbone, 1/32). ``weights`` is ``"imagenet"``, ``None``/``"none"`` (random) or
+    the path of a local Keras weights file (see convert.weights). ``minimalistic`` selects
+    the MobileNetV3 variant without hard-swish, squeeze-excite and 5x5 kernels (its int8
+    graph runs in one XNNPACK pass).
     """
     try:
         factory = getattr(keras.applications, name)

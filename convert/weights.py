@@ -176,7 +176,8 @@ def _first_mismatch(exc: Exception) -> str:
     if layer and shapes:
         return f"layer {layer.group(1)!r} needs weights of shape {shapes.group(1)}, the file has {shapes.group(2)}"
     if layer and counts:
-        return f"layer {layer.group(1)!r} has {counts.group(1)} weights, the file's layer in its place {counts.group(2)}"
+        return (f"layer {layer.group(1)!r} has {counts.group(1)} weights, "
+                f"the file's layer in its place {counts.group(2)}")
     return " ".join(text.split())[:300]
 
 
