@@ -153,8 +153,10 @@ def caption_state_message(caption: str, since_ts: float, frame_id: int, model: s
 
 
 def source_message(state: dict, description: str) -> dict:
-    """The JSON published on ``source``: the source state (state, message, since, failures) and what it is."""
-    return {**state, "source": description}
+    """The JSON published on ``source``: the source state (state, message, since, failures) and what it is;
+    ``since`` (Unix s in ``state``) as :func:`iso_time`, like every time in the contract (Home Assistant
+    shows the attribute as a date, not as a ten-digit number)."""
+    return {**state, "since": iso_time(state["since"]), "source": description}
 
 
 def explain_request(request_id: str, frame: str | int = "latest", methods: list[str] | None = None,

@@ -10,7 +10,7 @@ import numpy as np
 
 from daemon.app import publish_last_explanation
 from daemon.contract import (CameraTopics, PrefixTopics, caption_state_message, explain_request, explanation_info,
-                             parse_iso_time, placeholder_png)
+                             parse_iso_time, placeholder_png, source_message)
 
 TOPICS = CameraTopics.for_camera("explaincam", "cam")
 CAMERA_TOPICS = ("availability", "caption", "caption_state", "snapshot", "source", "explain_request",
@@ -44,6 +44,9 @@ def test_payloads():
                      "model": "scenes-mnv3s"}
     assert parse_iso_time(state["since"]) == 1700000000
     assert explain_request("x") == {"id": "x", "frame": "latest", "words": "all"}  # methods: the daemon's default
+    source = source_message({"state": "ok", "message": "reading", "since": 1700000000.412, "failures": 0}, "scenes")
+    assert source == {"state": "ok", "message": "reading", "since": "2023-11-14T22:13:20+00:00", "failures": 0,
+                      "source": "scenes"}
     response = {"id": "r1", "frame_id": 3, "caption": "a b", "ace": {"concepts": []},
                 "words": [{"index": 0, "word": "a", "gradcam": {}, "saliency": {}}]}
     assert explanation_info(response, 1700000000)["methods"] == ["ace", "gradcam", "saliency"]
