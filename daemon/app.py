@@ -161,12 +161,18 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     if _explain_service_available():
         try:
             service_module = importlib.import_module("daemon.explain.service")
+            remote = None
+            if cfg.explain.mode != "local":  # a fleet's workers explain (daemon/fleet/)
+                from daemon.fleet.dispatcher import RemoteDispatcher
+
+                remote = RemoteDispatcher(cfg.explain, cfg.mqtt.topic_prefix, camera, bundle_path,
+                                          publisher.publish, publisher.subscribe)
             explain_service = service_module.ExplainService(
                 config=cfg.explain, bundle_path=bundle_path,
                 snapshot_dir=cfg.snapshot.dir if cfg.snapshot.enabled else None,
                 publish=publisher.publish,
                 topics={"response": topics.explain_response, "image": topics.explain_image},
-                frame_cache=cache, model_name=captioner.bundle.name)
+                frame_cache=cache, model_name=captioner.bundle.name, remote=remote)
         except Exception:
             log.exception("the explainer could not be set up; captioning goes on without it")
         else:

@@ -50,7 +50,7 @@ class ExplainService:
     """Answers explain requests of the capture process with a separate explainer process."""
 
     def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: dict,
-                 frame_cache, model_name: str | None = None):
+                 frame_cache, model_name: str | None = None, remote=None):
         self.config = config
         self.publish = publish
         self.topics = topics
@@ -74,6 +74,10 @@ class ExplainService:
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
         self._thread.start()
+        # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
+        self.remote = remote
+        if remote is not None:
+            remote.start(reply=self._reply, write_snapshot=self._write_snapshot)
 
     @property
     def worker_pid(self) -> int | None:
@@ -121,6 +125,8 @@ class ExplainService:
             return indices
         job = Job(next(self._keys), request.id, frame.frame_id, frame.image, caption.caption,
                   list(caption.tokens), indices, list(request.methods))
+        if self.remote is not None and self.remote.takes():
+            return self.remote.submit(job, reply)
         with self._lock:
             if self._stopping.is_set():
                 return ErrorResponse(request.id, "internal", "the daemon is shutting down")
@@ -263,6 +269,8 @@ class ExplainService:
 
     def stop(self, timeout: float = 2.0) -> None:
         """End the explainer process (waiting up to ``timeout`` s for it) and the result thread."""
+        if self.remote is not None:
+            self.remote.stop()
         with self._lock:
             self._stopping.set()
             process = self._process
