@@ -28,6 +28,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from daemon.bundle import BundleError, load_bundle
 from daemon.config import ConfigError, WorkerConfig, load_config
 from daemon.explain.registry import ExplainOptions
@@ -113,9 +115,9 @@ class FleetWorker:
         """Load the explainers, connect, explain jobs until ``stop`` is set, then announce ``offline``."""
         for sha256, (name, path) in self.bundles.items():
             started = time.perf_counter()
-            self._explainer(sha256, None)
-            log.info("bundle %s (%s, manifest sha256 %s…) loaded in %.1f s", name, path, sha256[:12],
-                     time.perf_counter() - started)
+            self._warm_up(self._explainer(sha256, None))
+            log.info("bundle %s (%s, manifest sha256 %s…) loaded and warmed up in %.1f s", name, path,
+                     sha256[:12], time.perf_counter() - started)
         self.publisher.subscribe(messages.job_subscription(self.cfg.group, self.prefix), self._on_job, qos=1,
                                  with_topic=True)
         self.publisher.start()
@@ -141,6 +143,16 @@ class FleetWorker:
                                       gradcam_layer=gradcam_layer, options=ExplainOptions(batch_size=self.cfg.batch_size))
             self._explainers[key] = _load(settings)
         return self._explainers[key]
+
+    @staticmethod
+    def _warm_up(explainer) -> None:
+        """Explain one grey frame's first word, so the first job does not pay for building the graphs."""
+        from daemon.explain.worker import Job, answer
+
+        image = np.full((explainer.size, explainer.size, 3), 128, np.uint8)
+        tokens = explainer.float_caption(image)[:1]
+        if tokens:
+            answer(explainer, Job(0, None, 0, image, "", tokens, [0], ["gradcam"]))
 
     # --- announcements -----------------------------------------------------------------
 
