@@ -38,6 +38,7 @@ from daemon.fleet import messages
 from daemon.fleet.dispatcher import bundle_identity
 from daemon.fleet.messages import JobMessage, MessageError
 from daemon.mqtt import MqttPublisher, MqttSetupError
+from daemon.notify import SystemdNotifier
 from daemon.stats import percentiles
 
 log = logging.getLogger("explaincam.worker")
@@ -70,7 +71,11 @@ def main(args: argparse.Namespace) -> int:
     except (BundleError, MqttSetupError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    worker.run(stop)
+    notifier = SystemdNotifier.from_environment()
+    try:
+        worker.run(stop, notifier)
+    finally:
+        notifier.close()
     return 0
 
 
@@ -111,8 +116,13 @@ class FleetWorker:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
-        """Load the explainers, connect, explain jobs until ``stop`` is set, then announce ``offline``."""
+    def run(self, stop: threading.Event, notifier: SystemdNotifier | None = None) -> None:
+        """Load the explainers, connect, explain jobs until ``stop`` is set, then announce ``offline``.
+
+        ``notifier`` hears READY=1 (systemd Type=notify) once the worker subscribes.
+        """
+        notifier = notifier or SystemdNotifier(None)
+        notifier.status("loading the bundles")
         for sha256, (name, path) in self.bundles.items():
             started = time.perf_counter()
             self._warm_up(self._explainer(sha256, None))
@@ -125,11 +135,13 @@ class FleetWorker:
         explain_thread.start()
         log.info("worker %r in group %r: jobs of %s/+/explain/job, %d bundle(s)", self.id, self.cfg.group,
                  self.prefix, len(self.bundles))
+        notifier.ready(f"worker {self.id}: explaining jobs of group {self.cfg.group}")
         while not stop.is_set():
             self._announce()
             stop.wait(self.cfg.announce_interval_s)
         self.publisher.publish(self.announce_topic, json.dumps({"id": self.id, "state": messages.OFFLINE}),
                                qos=1, retain=True)
+        notifier.stopping()
         self.publisher.stop(timeout=1.0)
         log.info("worker %r stopped after %d jobs", self.id, self.counts["jobs_done"])
 
