@@ -213,7 +213,7 @@ class RemoteExplainConfig(StrictModel):
 
     retry_s: float = Field(60.0, gt=0, description=(
         "publish a job again when no worker has answered it after this many seconds (a worker that "
-        "died mid-job); longer than one explanation takes on the slowest worker"))
+        "died mid-job); longer than a worker's full queue takes (worker queue_size + 1 explanations)"))
     max_tries: int = Field(3, ge=1, le=20, description=(
         "publishes of one job at most; then the requester gets error `no_worker` (no worker announced "
         "itself) or `timeout`"))
