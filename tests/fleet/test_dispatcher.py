@@ -223,3 +223,30 @@ def test_auto_without_a_worker_falls_back_to_the_local_explainer(mosquitto, coll
     assert (answer["id"], answer["status"]) == ("r4", "ok")
     assert "worker" not in answer and "gradcam" in answer["words"][0]
     assert not requester.on(messages.job_topic(PREFIX, CAMERA))  # no job went to the fleet
+
+
+def test_a_worker_session_kept_by_session_expiry_gets_the_jobs_sent_while_it_was_away(mosquitto):
+    config = MqttConfig(host="127.0.0.1", port=mosquitto.port)
+    subscription = messages.job_subscription("explainers", PREFIX)
+    first = MqttPublisher(config, "worker-session", "test/w/availability", session_expiry_s=60)
+    first.subscribe(subscription, lambda *a: None, qos=1, with_topic=True)
+    first.start()
+    assert first.wait_connected(5)
+    time.sleep(0.3)  # the SUBSCRIBE reaches the broker
+    first.stop()
+    sender = MqttPublisher(config, "camera-session", "test/c/availability")
+    sender.start()
+    assert sender.wait_connected(5)
+    sender.publish(messages.job_topic(PREFIX, CAMERA), b'{"job": 1}', qos=1, message_expiry_s=30)
+    time.sleep(0.5)
+    received = []
+    again = MqttPublisher(config, "worker-session", "test/w/availability", session_expiry_s=60)
+    again.subscribe(subscription, lambda payload, properties, topic: received.append((payload, topic)), qos=1,
+                    with_topic=True)
+    again.start()
+    try:
+        wait_until(lambda: received, 5, message="the job queued in the session")
+        assert received == [(b'{"job": 1}', messages.job_topic(PREFIX, CAMERA))]
+    finally:
+        again.stop()
+        sender.stop()

@@ -4,7 +4,6 @@ one kills a worker."""
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 
