@@ -11,10 +11,13 @@ Data, and the dispatcher answers the requester (its Response Topic and Correlati
 the default response topic), publishes the explanation image and writes the snapshot files,
 exactly as for a local explanation. Going through the daemon costs one hop on the broker and
 buys what a direct answer cannot: one answer per request. The dispatcher keeps each job until
-its first answer, publishes it again after ``explain.remote.retry_s`` (a worker that died
-mid-job: Mosquitto neither hands a disconnected member's in-flight message to another member
-nor is told the job failed), and again at once when a worker says ``busy`` or does not hold
-the bundle; answers of a job already answered are dropped by job id; after
+its first answer. A worker says when it has queued a job (with the number of jobs ahead) and
+when it starts it; the job is published again when its worker goes offline (its last will:
+Mosquitto neither hands a disconnected member's in-flight message to another member nor says
+the job failed), when ``explain.remote.retry_s`` passes without any word of a worker (lost on
+the way, no worker) or per job ahead and running (a worker that hangs), and at once when a
+worker says ``busy`` or does not hold the bundle; answers of a job already answered are
+dropped by job id; after
 ``explain.remote.max_tries`` publishes the requester gets ``no_worker`` (no worker has
 announced itself) or ``timeout``. Each job is published with a Message Expiry Interval of
 ``retry_s``, so a copy stranded in a dead worker's broker session goes when it is retried.
@@ -35,7 +38,7 @@ from typing import Callable
 from daemon.bundle import MANIFEST, load_bundle
 from daemon.explain.requests import ErrorResponse
 from daemon.fleet import messages
-from daemon.fleet.messages import JobMessage, MessageError, ResultMessage
+from daemon.fleet.messages import JobMessage, MessageError, ProgressMessage, read_answer
 
 log = logging.getLogger("explaincam.fleet")
 
@@ -74,6 +77,18 @@ class WorkerRegistry:
             entry = self._workers.setdefault(worker_id, {"announcement": None, "seen": None, "online": None})
             entry["announcement"], entry["seen"] = announcement, self._clock()
 
+    def gone(self, worker_id: str) -> bool:
+        """Whether a worker said ``offline`` (its last will, or a last announcement) or stopped announcing
+        itself; a worker not heard of yet is not gone."""
+        now = self._clock()
+        with self._lock:
+            entry = self._workers.get(worker_id)
+            if entry is None:
+                return False
+            announcement = entry["announcement"]
+            return entry["online"] is False or (announcement is not None and (
+                announcement.get("state") != messages.ONLINE or now - entry["seen"] > self.stale_s))
+
     def available(self, bundle_sha256: str) -> list[str]:
         """Ids of the workers online, recently announced and holding this bundle."""
         now = self._clock()
@@ -98,6 +113,7 @@ class _RemoteJob:
     message: JobMessage
     reply: object  # the explain service's _Pending: request id, Response Topic, Correlation Data, received
     deadline: float
+    holder: str | None = None  # the worker that queued or started the current try
 
 
 class RemoteDispatcher:
@@ -160,6 +176,7 @@ class RemoteDispatcher:
     def _send(self, pending: _RemoteJob) -> None:
         """Publish a job (again); the caller holds the lock."""
         pending.deadline = self._clock() + self.remote.retry_s
+        pending.holder = None
         self.publish(self.job_topic, pending.message.encode(), qos=1, response_topic=self.result_topic,
                      correlation_data=pending.message.job_id.encode(),
                      message_expiry_s=max(1, int(round(self.remote.retry_s))))
@@ -174,14 +191,16 @@ class RemoteDispatcher:
             given_up = []
             with self._lock:
                 for job_id, pending in list(self._pending.items()):
-                    if now < pending.deadline:
+                    holder_gone = pending.holder is not None and self.registry.gone(pending.holder)
+                    if now < pending.deadline and not holder_gone:
                         continue
                     if pending.message.attempt < self.remote.max_tries:
                         pending.message.attempt += 1
                         self.counts["retried"] += 1
-                        log.warning("job %s (request %r) unanswered after %g s: published again (try %d of %d)",
-                                    job_id, pending.message.request_id, self.remote.retry_s,
-                                    pending.message.attempt, self.remote.max_tries)
+                        why = (f"its worker {pending.holder} went offline" if holder_gone
+                               else f"no answer in time from {pending.holder or 'any worker'}")
+                        log.warning("job %s (request %r): %s; published again (try %d of %d)", job_id,
+                                    pending.message.request_id, why, pending.message.attempt, self.remote.max_tries)
                         self._send(pending)
                     else:
                         given_up.append(self._pending.pop(job_id))
@@ -212,11 +231,15 @@ class RemoteDispatcher:
         self.registry.on_message(topic, payload)
 
     def _on_result(self, payload: bytes, properties) -> None:
-        """A worker's result: the first answer of a job goes to its requester; later ones are dropped."""
+        """A worker's result: the first answer of a job goes to its requester; later ones are dropped.
+        A progress note names the worker holding the job and moves its deadline."""
         try:
-            result = ResultMessage.decode(payload)
+            result = read_answer(payload)
         except MessageError as exc:
             log.warning("fleet result ignored: %s", exc)
+            return
+        if isinstance(result, ProgressMessage):
+            self._on_progress(result)
             return
         response = result.response
         code = (response.get("error") or {}).get("code") if response.get("status") != "ok" else None
@@ -256,6 +279,15 @@ class RemoteDispatcher:
         else:
             log.info("explain request %r answered %s by worker %s", reply.request_id, code or status, result.worker)
         self._reply(response, reply, json.dumps(response))
+
+    def _on_progress(self, progress: ProgressMessage) -> None:
+        """A worker holds the current try of a job: wait for it while it lives, ``retry_s`` per job it does first."""
+        with self._lock:
+            pending = self._pending.get(progress.job_id)
+            if pending is None or progress.attempt != pending.message.attempt:
+                return
+            pending.holder = progress.worker
+            pending.deadline = self._clock() + self.remote.retry_s * (1 + max(0, progress.ahead))
 
     def stop(self) -> None:
         """Stop retrying; jobs still waiting are not answered."""

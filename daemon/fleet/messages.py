@@ -25,7 +25,9 @@ model's input size) as a lossless PNG in base64, ``bundle.sha256`` the sha256 of
 ``manifest.json`` (which holds the sha256 of every other file).
 
 Result: ``{"job_id", "attempt", "worker", "response": {explain response}, "grid_png": base64 PNG | null}``;
-the response is the one the requester gets (``status`` ok, error or busy).
+the response is the one the requester gets (``status`` ok, error or busy). Before it, on the
+same topic, progress: ``{"job_id", "attempt", "worker", "progress": "queued" | "started",
+"ahead": jobs before it}``, so the daemon knows which live worker holds the job.
 
 Announcement: ``{"id", "state": "online", "bundles": [{"name", "sha256"}], "backend",
 "queue_depth", "queue_size", "jobs_done", "jobs_failed", "jobs_refused", "jobs_per_min",
@@ -161,6 +163,38 @@ def encode_result(job_id: str, attempt: int, worker: str, response: dict, grid_p
     grid = base64.b64encode(grid_png).decode("ascii") if grid_png is not None else None
     return json.dumps({"job_id": job_id, "attempt": attempt, "worker": worker, "response": response,
                        "grid_png": grid}).encode()
+
+
+QUEUED, STARTED = "queued", "started"
+
+
+def encode_progress(job_id: str, attempt: int, worker: str, progress: str, ahead: int = 0) -> bytes:
+    """A worker's progress payload: it has queued (``ahead`` jobs before it) or started a job."""
+    return json.dumps({"job_id": job_id, "attempt": attempt, "worker": worker, "progress": progress,
+                       "ahead": ahead}).encode()
+
+
+@dataclass
+class ProgressMessage:
+    """A worker holds a job: queued behind ``ahead`` others, or started."""
+
+    job_id: str
+    attempt: int
+    worker: str
+    progress: str
+    ahead: int
+
+
+def read_answer(payload: bytes) -> "ResultMessage | ProgressMessage":
+    """A worker's message on a result topic: a result or a progress note; MessageError if neither."""
+    try:
+        data = json.loads(payload)
+        if isinstance(data, dict) and data.get("progress") in (QUEUED, STARTED):
+            return ProgressMessage(str(data["job_id"]), int(data["attempt"]), str(data["worker"]),
+                                   data["progress"], int(data.get("ahead", 0)))
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise MessageError(f"unreadable progress: {type(exc).__name__}: {exc}") from None
+    return ResultMessage.decode(payload)
 
 
 @dataclass

@@ -7,8 +7,9 @@ queue (a full one answers ``busy``) for the one explain thread. Each answer goes
 job's Response Topic with its Correlation Data (the camera's daemon, which answers the
 requester and writes the snapshot files); the worker writes nothing on the camera box. A job
 whose bundle (sha256 of its manifest) this worker does not hold is answered
-``unknown_bundle``; one whose Message Expiry Interval ran out while it waited here is dropped
-(its camera has published it again by then).
+``unknown_bundle``. It tells the camera's daemon when it has queued a job (and how many are
+ahead) and when it starts it, so the daemon waits for a live worker's queue instead of
+publishing the job again.
 
 It announces itself retained on ``{prefix}/workers/{id}`` (bundles, backend, queue, counts,
 rates; refreshed every ``announce_interval_s`` and expiring after three of them) and keeps
@@ -81,13 +82,12 @@ def main(args: argparse.Namespace) -> int:
 
 @dataclass
 class _Queued:
-    """A job waiting here: where to answer it and until when it is worth doing."""
+    """A job waiting here and where to answer it."""
 
     job: JobMessage
     response_topic: str
     correlation_data: bytes | None
     received: float
-    expires: float | None
 
 
 class FleetWorker:
@@ -108,11 +108,12 @@ class FleetWorker:
         self.announce_topic = messages.worker_topic(self.prefix, self.id)
         self._jobs: queue.Queue[_Queued] = queue.Queue(maxsize=cfg.queue_size)
         self._explainers: dict[tuple[str, str | None], object] = {}
-        self.counts = {"jobs_done": 0, "jobs_failed": 0, "jobs_refused": 0, "jobs_expired": 0}
+        self.counts = {"jobs_done": 0, "jobs_failed": 0, "jobs_refused": 0}
         self._finished: deque[float] = deque()
         self._explain_ms: deque[float] = deque(maxlen=200)
         self._lock = threading.Lock()
         self._started = time.monotonic()
+        self._running = 0  # jobs being explained now (0 or 1)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -196,7 +197,6 @@ class FleetWorker:
         camera = topic.split("/")[-3] if topic.count("/") >= 3 else "?"
         response_topic = getattr(properties, "ResponseTopic", None) or messages.result_topic(self.prefix, camera)
         correlation = getattr(properties, "CorrelationData", None)
-        expiry = getattr(properties, "MessageExpiryInterval", None)
         try:
             job = JobMessage.decode(payload)
         except MessageError as exc:
@@ -213,15 +213,21 @@ class FleetWorker:
                 f"worker {self.id} does not hold bundle {job.bundle_name} (manifest sha256 {job.bundle_sha256}); "
                 f"it holds {held}", job.frame_id, job.caption))
             return
-        queued = _Queued(job, response_topic, correlation, received,
-                         received + expiry if expiry is not None else None)
-        try:
-            self._jobs.put_nowait(queued)
-        except queue.Full:
+        queued = _Queued(job, response_topic, correlation, received)
+        with self._lock:  # the count ahead must match the queue this job joins
+            ahead = self._jobs.qsize() + self._running
+            try:
+                self._jobs.put_nowait(queued)
+            except queue.Full:
+                ahead = None
+        if ahead is None:
             self._refuse(job, response_topic, correlation, ErrorResponse(
                 job.request_id, "busy", f"worker {self.id} has {self.cfg.queue_size} jobs waiting",
                 job.frame_id, job.caption))
             return
+        self.publisher.publish(response_topic, messages.encode_progress(job.job_id, job.attempt, self.id,
+                                                                        messages.QUEUED, ahead),
+                               qos=1, correlation_data=correlation)
         log.info("job %s (request %r of %s, try %d) queued: %d words, %s", job.job_id, job.request_id, job.camera,
                  job.attempt, len(job.indices), ", ".join(job.methods))
 
@@ -243,10 +249,17 @@ class FleetWorker:
         """Explain queued jobs one at a time until ``stop`` is set."""
         while not stop.is_set():
             try:
-                queued = self._jobs.get(timeout=0.25)
+                with self._lock:
+                    queued = self._jobs.get_nowait()
+                    self._running = 1
             except queue.Empty:
+                time.sleep(0.05)
                 continue
-            self._explain(queued)
+            try:
+                self._explain(queued)
+            finally:
+                with self._lock:
+                    self._running = 0
 
     def _explain(self, queued: _Queued) -> None:
         """Explain one job with the answer pipeline and publish its result."""
@@ -254,12 +267,10 @@ class FleetWorker:
 
         job = queued.job
         started = time.monotonic()
-        if queued.expires is not None and started > queued.expires:
-            with self._lock:
-                self.counts["jobs_expired"] += 1
-            log.info("job %s dropped: it waited past its expiry (its camera has published it again)", job.job_id)
-            return
         log.info("job %s (request %r of %s) started", job.job_id, job.request_id, job.camera)
+        self.publisher.publish(queued.response_topic, messages.encode_progress(job.job_id, job.attempt, self.id,
+                                                                               messages.STARTED),
+                               qos=1, correlation_data=queued.correlation_data)
         try:
             explainer = self._explainer(job.bundle_sha256, job.options["gradcam_layer"])
             explainer.options = ExplainOptions(batch_size=self.cfg.batch_size,

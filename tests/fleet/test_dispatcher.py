@@ -250,3 +250,27 @@ def test_a_worker_session_kept_by_session_expiry_gets_the_jobs_sent_while_it_was
     finally:
         again.stop()
         sender.stop()
+
+
+def test_a_job_a_live_worker_holds_waits_for_its_queue_and_goes_again_when_the_worker_dies(mosquitto, collect,
+                                                                                         fleet_service):
+    requester = collect(mosquitto.port, REPLY)
+    worker = FakeWorker(mosquitto.port)
+    try:
+        service = fleet_service(retry_s=1, max_tries=2)
+        worker.announce()
+        request(service, "r5", b"c5")
+        job, message = worker.job(1)
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.CorrelationData = message.properties.CorrelationData
+        worker.client.publish(message.properties.ResponseTopic,
+                              messages.encode_progress(job.job_id, 1, "fake", messages.QUEUED, ahead=2), 1,
+                              properties=properties).wait_for_publish(5)
+        time.sleep(2.0)  # past retry_s, within retry_s per job ahead and its own
+        assert len(worker.jobs) == 1 and not replies(requester, b"c5")
+        killed = time.monotonic()
+        worker.announce(online=False)  # the broker publishes its last will
+        second, _ = worker.job(2, timeout=3)
+        assert second.attempt == 2 and time.monotonic() - killed < 1.0
+    finally:
+        worker.close()

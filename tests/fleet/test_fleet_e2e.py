@@ -13,7 +13,7 @@ import pytest
 from daemon.demo import LocalBroker, free_port
 from daemon.explain.heatmap import heatmap_from_base64
 from daemon.fleet import messages
-from daemon.fleet.messages import JobMessage, ResultMessage
+from daemon.fleet.messages import JobMessage, ProgressMessage, ResultMessage, read_answer
 from tests.conftest import PREFIX, START_TIMEOUT, DaemonProcess, MessageCollector, daemon_config, wait_until
 from tests.fleet.conftest import Requester, WorkerProcess, worker_config
 
@@ -87,10 +87,13 @@ def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet,
         assert {a["worker"] for a in answers.values()} == set(WORKERS)  # the group shared the jobs
 
         jobs = [JobMessage.decode(m.payload) for m in watcher.on_prefix(PREFIX) if m.topic.endswith("/explain/job")]
-        results = [ResultMessage.decode(m.payload) for m in watcher.on_prefix(PREFIX)
-                   if m.topic.endswith("/explain/result")]
+        answers_and_notes = [read_answer(m.payload) for m in watcher.on_prefix(PREFIX)
+                             if m.topic.endswith("/explain/result")]
+        results = [r for r in answers_and_notes if isinstance(r, ResultMessage)]
+        notes = {(n.job_id, n.progress) for n in answers_and_notes if isinstance(n, ProgressMessage)}
         assert len(jobs) == len(sent) and len({j.job_id for j in jobs}) == len(sent)  # published once each
         assert sorted(r.job_id for r in results) == sorted(j.job_id for j in jobs)  # explained once each
+        assert notes == {(j.job_id, p) for j in jobs for p in (messages.QUEUED, messages.STARTED)}
         for job in jobs:
             answer = answers[job.request_id.encode()]
             assert job.camera == sent[job.request_id.encode()] and answer["frame_id"] == job.frame_id
@@ -133,7 +136,7 @@ def test_a_job_for_a_bundle_the_workers_do_not_hold_is_refused_naming_it(fleet):
         properties.ResponseTopic = messages.result_topic(PREFIX, "cam9")
         properties.CorrelationData = b"foreign-1"
         client.publish(messages.job_topic(PREFIX, "cam9"), job.encode(), 1, properties=properties).wait_for_publish(5)
-        result = ResultMessage.decode(watcher.wait_for(messages.result_topic(PREFIX, "cam9"), timeout=10).payload)
+        result = read_answer(watcher.wait_for(messages.result_topic(PREFIX, "cam9"), timeout=10).payload)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -169,5 +172,5 @@ def test_a_worker_killed_mid_job_leaves_the_request_to_the_other(fleet):
     # the broker published the victim's last will
     watcher.wait_for(messages.worker_availability_topic(PREFIX, victim.id), lambda m: m.payload == b"offline",
                      timeout=15)
-    cam2 = daemons[CAMERAS.index("cam2")]
-    assert "published again (try 2 of 3)" in cam2.log()
+    cam2 = daemons[CAMERAS.index("cam2")]  # it did not wait for retry_s: the last will told it
+    assert f"its worker {victim.id} went offline; published again (try 2 of 3)" in cam2.log()
