@@ -212,8 +212,10 @@ class RemoteExplainConfig(StrictModel):
     """Explain jobs handed to the workers of a fleet (explain.mode remote or auto)."""
 
     retry_s: float = Field(60.0, gt=0, description=(
-        "publish a job again when no worker has answered it after this many seconds (a worker that "
-        "died mid-job); longer than a worker's full queue takes (worker queue_size + 1 explanations)"))
+        "publish a job again when no worker said it holds it within this many seconds, or when its worker "
+        "holds it longer than this per job ahead of it and its own (a hung worker); longer than one "
+        "explanation takes on the slowest worker. A worker that goes offline has its jobs published "
+        "again at once"))
     max_tries: int = Field(3, ge=1, le=20, description=(
         "publishes of one job at most; then the requester gets error `no_worker` (no worker announced "
         "itself) or `timeout`"))
