@@ -77,7 +77,7 @@ class ExplainService:
         # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
         self.remote = remote
         if remote is not None:
-            remote.start(reply=self._reply, write_snapshot=self._write_snapshot)
+            remote.start(reply=self._reply, deliver=self._deliver)
 
     @property
     def worker_pid(self) -> int | None:
@@ -194,11 +194,14 @@ class ExplainService:
         started = reply.started or now
         payload["timings_ms"].update(queue_ms=round((started - reply.received) * 1e3, 1),
                                      total_ms=round((now - reply.received) * 1e3, 1))
-        text = json.dumps(payload)
+        self._deliver(payload, grid, reply)
+        log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
+
+    def _deliver(self, payload: dict, grid: bytes, reply: _Pending) -> None:
+        """Publish a finished explanation: the image (retained), the snapshot files, the answer."""
         self.publish(self.topics["image"], grid, qos=1, retain=True)
         self._write_snapshot(grid, dict(payload, model=self.model_name))
-        self._reply(payload, reply, text)
-        log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
+        self._reply(payload, reply, json.dumps(payload))
 
     def _check_worker(self) -> None:
         """After the explainer process ended: answer its lost job, restart it for queued ones."""

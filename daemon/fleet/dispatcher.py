@@ -128,7 +128,6 @@ class RemoteDispatcher:
         self.publish = publish
         self.job_topic = messages.job_topic(prefix, camera)
         self.result_topic = messages.result_topic(prefix, camera)
-        self.image_topic = f"{prefix}/{camera}/explain/image"
         self.bundle_name, self.bundle_sha256 = bundle_identity(bundle_path)
         self.registry = WorkerRegistry(self.remote.worker_stale_s, clock)
         self.counts = {"published": 0, "answered": 0, "retried": 0, "duplicates": 0, "gave_up": 0}
@@ -137,15 +136,15 @@ class RemoteDispatcher:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._reply: Callable | None = None
-        self._write_snapshot: Callable | None = None
+        self._deliver: Callable | None = None
         subscribe(self.result_topic, self._on_result, qos=1)
         subscribe(messages.workers_subscription(prefix), self._on_worker_message, qos=1, with_topic=True)
         self._thread = threading.Thread(target=self._retry_loop, name="fleet-retry", daemon=True)
 
-    def start(self, reply: Callable, write_snapshot: Callable) -> None:
-        """Start retrying; ``reply(payload, pending, text)`` answers a requester, ``write_snapshot(grid, record)``
-        writes explanation.png/json (the explain service's own)."""
-        self._reply, self._write_snapshot = reply, write_snapshot
+    def start(self, reply: Callable, deliver: Callable) -> None:
+        """Start retrying. The explain service's own ``reply(payload, pending)`` answers a requester;
+        its ``deliver(payload, grid, pending)`` publishes a finished explanation (image, snapshot files, answer)."""
+        self._reply, self._deliver = reply, deliver
         self._thread.start()
 
     def takes(self) -> bool:
@@ -272,13 +271,12 @@ class RemoteDispatcher:
             timings["total_ms"] = round((time.monotonic() - reply.received) * 1e3, 1)
             timings["tries"] = pending.message.attempt
             if result.grid_png is not None:
-                self.publish(self.image_topic, result.grid_png, qos=1, retain=True)
-                self._write_snapshot(result.grid_png, dict(response, model=self.bundle_name))
-            log.info("explanation %r by worker %s published (%.0f ms)", reply.request_id, result.worker,
-                     timings["total_ms"])
-        else:
-            log.info("explain request %r answered %s by worker %s", reply.request_id, code or status, result.worker)
-        self._reply(response, reply, json.dumps(response))
+                self._deliver(response, result.grid_png, reply)
+                log.info("explanation %r by worker %s published (%.0f ms)", reply.request_id, result.worker,
+                         timings["total_ms"])
+                return
+        log.info("explain request %r answered %s by worker %s", reply.request_id, code or status, result.worker)
+        self._reply(response, reply)
 
     def _on_progress(self, progress: ProgressMessage) -> None:
         """A worker holds the current try of a job: wait for it while it lives, ``retry_s`` per job it does first."""
