@@ -85,3 +85,15 @@ def test_the_worker_command_refuses_a_bad_config_with_exit_status_2(tmp_path):
 def test_subscriptions_match_by_their_topic_filter():
     assert topic_filter("$share/explainers/explaincam/+/explain/job") == "explaincam/+/explain/job"
     assert topic_filter("explaincam/+/caption") == "explaincam/+/caption"
+
+
+def test_the_documented_worker_yaml_holds_every_key_with_its_default():
+    from daemon.config import load_config
+
+    documented = load_config(REPO / "systemd" / "worker.yaml", WorkerConfig)
+    assert documented == WorkerConfig()
+    text = (REPO / "systemd" / "worker.yaml").read_text()
+    for name in WorkerConfig.model_fields:
+        assert f"\n{name}:" in text, name
+    for name in type(documented.mqtt).model_fields:
+        assert f"\n  {name}:" in text, name
