@@ -8,10 +8,16 @@ shared or throttling box are noisy. What is measured where:
 - a fresh TensorFlow process per thread count (TensorFlow fixes its thread pools when it
   starts): the Keras float encoder, the float TFLite conversion, the encoder's MACs, the
   seed-style pipeline (Keras ``predict`` encoder + a ``predict`` per beam per step on the
-  pre-padded prefix, beam 3) and each explanation method's time;
+  pre-padded prefix, beam 3), and a tiny full-integer model of one large int8 convolution
+  whose LiteRT rate, measured here, is the practical int8 peak of this CPU;
+- per explainer backend (LiteRT, TensorFlow), side by side: a fresh process times each
+  explanation method (first call and warm), and the capture child asks the real explainer
+  service for an explanation with no explainer running (the cold answer: request sent ->
+  answer received, gradcam + saliency, all words), keeps it busy, then times a warm answer
+  and reads the explainer's peak RSS;
 - a fresh capture process (no TensorFlow, 1 encoder thread): the real caption loop
   (``daemon.capture.CaptionLoop.process``, MQTT publisher never connected, no snapshot files)
-  over pre-drawn scenes, idle and while the real explainer service is kept busy; the RSS of
+  over pre-drawn scenes, idle and while each backend's explainer service is kept busy; the RSS of
   that process and of the explainer worker come from /proc.
 
 A part that cannot run (no explainer installed, a failed conversion ...) is reported as
@@ -39,13 +45,16 @@ from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.captioner import DEFAULT_BUNDLE, Captioner, resize_for_encoder
 from daemon.decoder import StepDecoder
 from daemon.encoder import EncoderError, TFLiteEncoder
+from daemon.explain.backends import BackendError, choose_backend
 
 BENCH_SCENES_SEED = 5150  # frames the bench runs on (training uses 1, calibration 4242, report 4343)
 BENCH_FRAMES = 8
 BEAM_WIDTH = 3
 WARMUP_RUNS = 2
 MIN_RUNS = 3
-EXPLAINER_START_TIMEOUT_S = 180.0  # TensorFlow import + model load of the explainer worker
+EXPLAINER_START_TIMEOUT_S = 180.0  # backend load (TensorFlow: import + model) of the explainer worker
+BACKENDS = ("litert", "tensorflow")  # compared side by side
+PEAK_CONV = (28, 28, 256, 256, 3)  # the int8 peak model: an H x W x Cin input, Cout filters of k x k
 SIMD_FLAGS = ("neon", "asimd", "asimddp", "i8mm", "sse4_2", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni",
               "amx_int8")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -266,26 +275,58 @@ def _seed_pipeline(captioner, bundle: Bundle, frames: list[np.ndarray]) -> dict:
             "agreement": round(agree / len(frames), 3), "prefix_length": bundle.max_length + 1}
 
 
-def _explain_times(captioner, bundle: Bundle, frame: np.ndarray, tokens: list[int]) -> dict:
-    """Time of each explanation method (ms) for all words of one frame's caption, first and warm.
+def _explain_task(params: dict) -> dict:
+    """Explain child: each method's time (ms) for all words of one frame's caption on one backend, first and warm.
 
     The first call of a method in a fresh process pays for setting up its kernels at new
-    batch shapes (seconds); ``warm`` is the second call, what a busy explainer answers in.
+    batch shapes; ``warm`` is the second call, what a busy explainer answers in.
     """
     from daemon.config import ExplainConfig
     from daemon.explain.explainer import Explainer
-    from daemon.explain.registry import METHODS, RESERVED, ExplainOptions
+    from daemon.explain.registry import METHODS, ExplainOptions
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cfg = ExplainConfig()
     options = ExplainOptions(batch_size=cfg.batch_size, smoothgrad_samples=cfg.smoothgrad_samples,
                              ig_steps=cfg.ig_steps)
-    explainer = Explainer(bundle, options, cfg.gradcam_layer, captioner=captioner)
+    bundle = load_bundle(params["bundle"], verify=False)  # the parent verified it
+    explainer = Explainer(bundle, options, cfg.gradcam_layer, params["backend"], params["threads"])
+    frame = bench_frames(1, bundle.input_size)[0]
+    tokens = params["explain_tokens"]
     first, warm = {}, {}
     for times in (first, warm):
         for name in METHODS:
             times[name] = explainer.explain(frame, tokens, None, [name]).timings_ms[f"{name}_ms"]
-    return {"warm": warm, "first": first, "words": len(tokens),
-            "unavailable": {k: v for k, v in RESERVED.items() if k not in METHODS}}
+    return {"warm": warm, "first": first, "words": len(tokens), "rss": read_proc_status()}
+
+
+def int8_peak_model(path: str | Path) -> int:
+    """Write a full-integer TFLite model of one large int8 convolution (PEAK_CONV); its MACs.
+
+    Its rate on LiteRT is what this CPU's int8 kernels can do at best: a big, regular
+    convolution with every operand int8, no small layers, no memory-bound depthwise steps.
+    """
+    import keras
+
+    from convert.quantize import to_int8_tflite
+
+    h, w, c_in, c_out, k = PEAK_CONV
+    inputs = keras.Input((h, w, c_in))
+    model = keras.Model(inputs, keras.layers.Conv2D(c_out, k, padding="same", use_bias=False)(inputs))
+    rng = np.random.default_rng(0)
+    Path(path).write_bytes(to_int8_tflite(model, lambda: (rng.uniform(0, 255, (h, w, c_in)) for _ in range(4))))
+    return h * w * c_in * c_out * k * k
+
+
+def int8_rate(path: str | Path, threads: int, seconds: float) -> dict:
+    """LiteRT timing of a TFLite model on a random uint8 input at ``threads`` threads."""
+    from daemon.encoder import load_interpreter
+
+    interpreter = load_interpreter(path, threads)
+    detail = interpreter.get_input_details()[0]
+    interpreter.set_tensor(detail["index"], np.random.default_rng(0).integers(
+        0, 255, detail["shape"], dtype=np.uint8).astype(detail["dtype"]))
+    return timed_loop(lambda i: interpreter.invoke(), seconds)
 
 
 def _attempt(fn: Callable[[], object]) -> dict:
@@ -327,8 +368,8 @@ def _keras_task(params: dict) -> dict:
         out["macs"] = _attempt(lambda: keras_macs(encoder))
     if params.get("seed_frames"):
         out["seed"] = _attempt(lambda: _seed_pipeline(captioner, bundle, frames[:params["seed_frames"]]))
-    if params.get("explain_tokens") is not None:
-        out["explain"] = _attempt(lambda: _explain_times(captioner, bundle, frames[0], params["explain_tokens"]))
+    if params.get("int8_peak"):
+        out["int8_peak_macs"] = _attempt(lambda: int8_peak_model(params["int8_peak"]))
     return out
 
 
@@ -355,6 +396,11 @@ class _RequestFeeder(threading.Thread):
             self.answered.set()
         return True
 
+    def answer_to(self, request_id: str) -> dict | None:
+        """The answer to one request, if it came."""
+        with self._lock:
+            return next((a for a in self.answers if a.get("id") == request_id), None)
+
     def ok_count(self) -> int:
         """Explanations answered ``ok`` so far."""
         with self._lock:
@@ -376,9 +422,57 @@ class _RequestFeeder(threading.Thread):
                 self.service.handle_request(json.dumps(request).encode())
 
 
+def _explaining(service_for: Callable, caption_for: Callable, seconds: float) -> dict:
+    """One backend's explainer service: cold answer, caption rate while it is kept busy, warm answer, its RSS."""
+    feeder = _RequestFeeder(["gradcam", "saliency"])
+    try:
+        service = service_for(feeder.publish)
+    except Exception as exc:  # the service cannot even be set up: captions were measured without it
+        return {"error": f"no explainer service: {type(exc).__name__}: {exc}"}
+    out: dict = {}
+    try:
+        feeder.feed(service)
+        cold_start = time.monotonic()  # the loop waits meanwhile (the daemon's default rate is 2 captions/s)
+        feeder.answered.wait(EXPLAINER_START_TIMEOUT_S)
+        out["cold_answer_s"] = round(time.monotonic() - cold_start, 2)
+        if feeder.ok_count() == 0:
+            return {"error": f"the explainer gave no explanation within {EXPLAINER_START_TIMEOUT_S:.0f} s: "
+                             f"{feeder.answers[0] if feeder.answers else 'no answer'}"}
+        pid = service.worker_pid
+        cpu_before, ok_before = cpu_seconds(pid) if pid else None, feeder.ok_count()
+        done, elapsed = caption_for(seconds)
+        if feeder.ok_count() == ok_before:  # the window must hold at least one whole explanation
+            more, more_s = caption_for(EXPLAINER_START_TIMEOUT_S, lambda: feeder.ok_count() > ok_before)
+            done, elapsed = done + more, elapsed + more_s
+        cpu_after = cpu_seconds(pid) if pid else None
+        out.update({"explaining_per_s": round(done / elapsed, 2), "explanations_done": feeder.ok_count() - ok_before,
+                    "explainer_cpu_share": (round((cpu_after - cpu_before) / elapsed, 2)
+                                            if cpu_before is not None and cpu_after is not None else None)})
+        feeder.stop_event.set()
+        feeder.join(5)
+        wait_s = time.monotonic() + EXPLAINER_START_TIMEOUT_S
+        while feeder.ok_count() + sum(a.get("status") != "ok" for a in feeder.answers) < feeder.sent \
+                and time.monotonic() < wait_s:
+            time.sleep(0.02)
+        warm_start = time.monotonic()  # the explainer is loaded and idle: one request alone
+        service.handle_request(json.dumps({"id": "bench-warm", "frame": "latest",
+                                           "methods": ["gradcam", "saliency"], "words": "all"}).encode())
+        while feeder.answer_to("bench-warm") is None and time.monotonic() - warm_start < EXPLAINER_START_TIMEOUT_S:
+            time.sleep(0.005)
+        out["warm_answer_s"] = round(time.monotonic() - warm_start, 3) if feeder.answer_to("bench-warm") else None
+        out["explainer_rss"] = read_proc_status(pid) if pid else None
+        if out["explainer_rss"] is None:
+            out["explainer_rss_error"] = "the explainer process had ended before its memory could be read"
+    finally:
+        feeder.stop_event.set()
+        service.stop()
+    return out
+
+
 def _capture_task(params: dict) -> dict:
-    """Capture child: caption-loop rate idle and with the explainer busy, and the RSS of both processes."""
-    from daemon.capture import CameraTopics, CaptionLoop
+    """Capture child: caption-loop rate idle and with each backend's explainer busy, and the RSS of both processes."""
+    from daemon.capture import CaptionLoop
+    from daemon.contract import CameraTopics
     from daemon.config import AppConfig
     from daemon.framecache import FrameCache
     from daemon.mqtt import MqttPublisher
@@ -404,55 +498,28 @@ def _capture_task(params: dict) -> dict:
             done += loop.process(frame) is not None
         return done, time.monotonic() - started
 
+    def service_for(backend: str) -> Callable:
+        def make(publish):
+            from daemon.explain.service import ExplainService
+
+            return ExplainService(config=cfg.explain.model_copy(update={"backend": backend}),
+                                  bundle_path=captioner.bundle.path, snapshot_dir=None, publish=publish,
+                                  topics=topics,
+                                  frame_cache=loop.cache, model_name=captioner.bundle.name)
+        return make
+
     caption_for(min(1.0, params["seconds"]))  # warm-up
     idle = [caption_for(params["seconds"])]
-    out: dict = {"idle_per_s": round(idle[0][0] / idle[0][1], 2), "capture_rss": read_proc_status()}
-    feeder = _RequestFeeder(list(cfg.explain.default_methods))
-    try:
-        from daemon.explain.service import ExplainService
-
-        service = ExplainService(config=cfg.explain, bundle_path=captioner.bundle.path, snapshot_dir=None,
-                                 publish=feeder.publish,
-                                 topics={"response": topics.explain_response, "image": topics.explain_image},
-                                 frame_cache=loop.cache, model_name=captioner.bundle.name)
-    except Exception as exc:  # no explainer installed, or it cannot be set up: captions were measured
-        out["explain_error"] = f"no explainer service: {type(exc).__name__}: {exc}"
-        return out
-    try:
-        feeder.feed(service)
-        cold_start = time.monotonic()  # the loop waits meanwhile (the daemon's default rate is 2 captions/s)
-        feeder.answered.wait(EXPLAINER_START_TIMEOUT_S)
-        out["first_answer_s"] = round(time.monotonic() - cold_start, 1)
-        if feeder.ok_count() == 0:
-            out["explain_error"] = (f"the explainer gave no explanation within {EXPLAINER_START_TIMEOUT_S:.0f} s: "
-                                    f"{feeder.answers[0] if feeder.answers else 'no answer'}")
-            return out
-        pid = service.worker_pid
-        cpu_before, ok_before = cpu_seconds(pid) if pid else None, feeder.ok_count()
-        done, elapsed = caption_for(params["seconds"])
-        if feeder.ok_count() == ok_before:  # the window must hold at least one whole explanation
-            more, more_s = caption_for(EXPLAINER_START_TIMEOUT_S, lambda: feeder.ok_count() > ok_before)
-            done, elapsed = done + more, elapsed + more_s
-        cpu_after = cpu_seconds(pid) if pid else None
-        out.update({
-            "explaining_per_s": round(done / elapsed, 2),
-            "explanations_done": feeder.ok_count() - ok_before,
-            "explainer_rss": read_proc_status(pid) if pid else None,
-            "explainer_cpu_share": (round((cpu_after - cpu_before) / elapsed, 2)
-                                    if cpu_before is not None and cpu_after is not None else None),
-        })
-        if pid is None:
-            out["explainer_rss_error"] = "the explainer process had ended before its memory could be read"
-    finally:
-        feeder.stop_event.set()
-        service.stop()
-    idle.append(caption_for(params["seconds"]))  # again without the explainer: drift shows and averages out
+    out: dict = {"capture_rss": read_proc_status(), "backends": {}}
+    for backend in params["backends"]:
+        out["backends"][backend] = _explaining(service_for(backend), caption_for, params["seconds"])
+        idle.append(caption_for(params["seconds"]))  # again without an explainer: drift shows and averages out
     out["idle_per_s"] = round(sum(n for n, _ in idle) / sum(t for _, t in idle), 2)
     out["idle_windows_per_s"] = [round(n / t, 2) for n, t in idle]
     return out
 
 
-_CHILD_TASKS = {"keras": _keras_task, "capture": _capture_task}
+_CHILD_TASKS = {"keras": _keras_task, "capture": _capture_task, "explain": _explain_task}
 
 
 def _child_entry(task: str, params_json: str, out_path: str) -> None:
@@ -522,16 +589,17 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     encoder_ms: dict[str, dict] = {"int8_litert": {}, "float_tflite": {}, "keras_float": {}, "keras_float_graph": {}}
     keras: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="explaincam-bench-") as tmp:
-        float_path = Path(tmp) / "encoder_float.tflite"
+        float_path, peak_path = Path(tmp) / "encoder_float.tflite", Path(tmp) / "int8_peak.tflite"
         captioner = Captioner(bundle, threads)
         caption = captioner.caption(frames[0])
         for n in thread_counts:
-            note(f"Keras float encoder at {n} thread(s){', float TFLite conversion' if n == 1 else ''}"
-                f"{', seed-style pipeline and explanation methods' if n == threads else ''} ...")
-            keras[n] = run_child("keras", {**base, "frames": max(BENCH_FRAMES, seed_frames), "threads": n, "float_tflite": str(float_path) if n == 1 else None,
-                                           "macs": n == threads, "seed_frames": seed_frames if n == threads else 0,
-                                           "explain_tokens": caption.tokens if n == threads else None},
-                                 child_timeout + (300 if n == threads else 0))
+            note(f"Keras float encoder at {n} thread(s){', float TFLite conversion, int8 peak model' if n == 1 else ''}"
+                 f"{', seed-style pipeline' if n == threads else ''} ...")
+            keras[n] = run_child("keras", {**base, "frames": max(BENCH_FRAMES, seed_frames), "threads": n,
+                                           "float_tflite": str(float_path) if n == 1 else None,
+                                           "int8_peak": str(peak_path) if n == 1 else None,
+                                           "macs": n == threads, "seed_frames": seed_frames if n == threads else 0},
+                                 child_timeout + (300 if n == 1 else 0))  # 1 thread also converts two models
             for kind in ("keras_float", "keras_float_graph"):
                 encoder_ms[kind][str(n)] = report.take(f"encoder_ms.{kind}.{n}", keras[n].get(kind), keras[n].get("error"))
         report.take("encoder_ms.float_tflite", keras[1].get("float_tflite"), keras[1].get("error"))
@@ -544,6 +612,8 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
                 encoder_ms["float_tflite"][str(n)] = timed_loop(lambda i: flt.encode(frames[i % len(frames)]), seconds)
             else:
                 encoder_ms["float_tflite"][str(n)] = None
+        peak_macs = report.take("int8_peak_gops", keras[1].get("int8_peak_macs"), keras[1].get("error"))
+        peak_ms = {str(n): int8_rate(peak_path, n, seconds) for n in thread_counts} if peak_macs else {}
         note("numpy step decoder and end-to-end captions ...")
         int8 = TFLiteEncoder(bundle.file("encoder_int8"), 1)
         features = [int8.encode(f) for f in frames]
@@ -555,28 +625,55 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         }
         caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
 
+    note("explanation methods on each backend ...")
+    usable = []
+    explain: dict[str, dict | None] = {}
+    for backend in BACKENDS:
+        try:
+            choose_backend(bundle, backend)
+        except BackendError as exc:  # e.g. no explainer graph, or TensorFlow not installed: skipped, said why
+            report.null_reasons[f"backends.{backend}"] = str(exc)
+            note(f"backend {backend} skipped: {exc}")
+            continue
+        usable.append(backend)
+        times = run_child("explain", {**base, "backend": backend, "threads": threads, "explain_tokens": caption.tokens},
+                          EXPLAINER_START_TIMEOUT_S + 60 * seconds + 300)
+        explain[backend] = None if "error" in times else times
+        if "error" in times:
+            report.null_reasons[f"backends.{backend}.explain_ms"] = times["error"]
+
     seed = report.take("decode_ms.seed_beam3", keras[threads].get("seed"), keras[threads].get("error"))
     decode_ms["seed_beam3"] = seed["decode"] if seed else None
-    explain = report.take("explain_ms", keras[threads].get("explain"), keras[threads].get("error"))
-    explain_ms = dict(explain["warm"]) if explain else None
-    if explain:
-        for name, why in explain["unavailable"].items():
-            explain_ms[name] = None
-            report.null_reasons[f"explain_ms.{name}"] = why
     macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
     int8_graph = report.take("macs_tflite", _attempt(lambda: tflite_graph(bundle.file("encoder_int8"))))
 
-    note("capture loop idle and with the explainer busy ...")
-    capture = run_child("capture", {**base, "frames": BENCH_FRAMES}, 60 + 4 * seconds + EXPLAINER_START_TIMEOUT_S)
+    note(f"capture loop idle and with the explainer busy ({', '.join(usable) or 'no backend'}) ...")
+    capture = run_child("capture", {**base, "frames": BENCH_FRAMES, "backends": usable},
+                        60 + 6 * seconds + 2 * len(usable) * (EXPLAINER_START_TIMEOUT_S + 4 * seconds))
     if "error" in capture:
-        for key in ("captions_per_s", "explain_slowdown", "rss_mb.capture", "rss_mb.explainer"):
+        for key in ("captions_per_s", "rss_mb.capture"):
             report.null_reasons[key] = capture["error"]
-    elif "explain_error" in capture:
-        for key in ("explain_slowdown", "rss_mb.explainer"):
-            report.null_reasons[key] = capture["explain_error"]
-    elif capture.get("explainer_rss") is None:
-        report.null_reasons["rss_mb.explainer"] = capture.get("explainer_rss_error", "not readable")
-    idle, busy = capture.get("idle_per_s"), capture.get("explaining_per_s")
+    idle = capture.get("idle_per_s")
+    backends: dict[str, dict | None] = {name: None for name in BACKENDS}
+    for name in usable:
+        served = (capture.get("backends") or {}).get(name) or {"error": capture.get("error", "not measured")}
+        if "error" in served:
+            report.null_reasons[f"backends.{name}.service"] = served["error"]
+        elif served.get("explainer_rss") is None:
+            report.null_reasons[f"backends.{name}.explainer_rss_mb"] = served.get("explainer_rss_error", "not readable")
+        busy = served.get("explaining_per_s")
+        times = explain.get(name)
+        backends[name] = {
+            "explainer_rss_mb": served.get("explainer_rss"),
+            "cold_answer_s": served.get("cold_answer_s"),
+            "warm_answer_s": served.get("warm_answer_s"),
+            "explain_ms": times["warm"] if times else None,
+            "explain_ms_first_call": times["first"] if times else None,
+            "captions_per_s_explaining": busy,
+            "explain_slowdown": round(busy / idle, 3) if idle and busy else None,
+            "explainer_cpu_share": served.get("explainer_cpu_share"),
+            "explanations_done": served.get("explanations_done"),
+        }
 
     def ratio_by_threads(slow: str) -> dict:
         return {str(n): speed_ratio(encoder_ms[slow].get(str(n)), encoder_ms["int8_litert"][str(n)])
@@ -601,30 +698,31 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "pipeline_vs_seed": speed_ratio(seed["pipeline"] if seed else None, caption_ms),
         "captions_per_s": idle,
         "captions_per_s_idle_windows": capture.get("idle_windows_per_s"),
-        "captions_per_s_explaining": busy,
-        "explain_slowdown": round(busy / idle, 3) if idle and busy else None,
-        "explainer_cpu_share": capture.get("explainer_cpu_share"),
-        "explanations_done": capture.get("explanations_done"),
         "capture_loop": "daemon.capture.CaptionLoop.process with the default config (a JPEG with the caption "
                         "drawn per frame) over pre-drawn scenes, 1 encoder thread, MQTT publisher not connected, "
                         "no snapshot files",
-        "rss_mb": {"capture": capture.get("capture_rss"), "explainer": capture.get("explainer_rss")},
-        "explain_ms": explain_ms,
-        "explain_ms_first_call": explain["first"] if explain else None,
-        "explain_words": explain["words"] if explain else None,
-        "explainer_first_answer_s": capture.get("first_answer_s"),
+        "rss_mb": {"capture": capture.get("capture_rss")},
+        "backends": backends,
+        "explain_words": len(caption.tokens),
         "macs": macs["total"] if macs else None,
         "macs_by_kind": macs,
         "macs_tflite": int8_graph["macs"]["total"] if int8_graph else None,
         "int8_delegate_partitions": int8_graph["delegate_partitions"] if int8_graph else None,
         "encoder_gops": ({str(n): round(2 * macs["total"] / (int8_ms[n] * 1e-3) / 1e9, 2) for n in thread_counts}
                          if macs else None),
+        "int8_peak_gops": ({n: round(2 * peak_macs / (ms["median"] * 1e-3) / 1e9, 2) for n, ms in peak_ms.items()}
+                           if peak_macs else None),
+        "int8_peak_model": "one {0}x{1}x{2} -> {3} int8 convolution, {4}x{4} kernel, on LiteRT".format(*PEAK_CONV),
         "null_reasons": report.null_reasons,
         "elapsed_s": None,
     }
-    for key in ("captions_per_s", "explain_slowdown"):
-        if result[key] is None and key not in report.null_reasons:
-            report.null_reasons[key] = "not measured"
+    if result["encoder_gops"] and result["int8_peak_gops"]:
+        result["encoder_vs_int8_peak"] = {n: round(result["encoder_gops"][n] / peak, 3)
+                                          for n, peak in result["int8_peak_gops"].items()}
+    else:
+        result["encoder_vs_int8_peak"] = None
+    if result["captions_per_s"] is None and "captions_per_s" not in report.null_reasons:
+        report.null_reasons["captions_per_s"] = "not measured"
     result["elapsed_s"] = round(time.monotonic() - started, 1)
     return result
 
@@ -665,24 +763,36 @@ def format_table(r: dict) -> str:
               f"{'int8 + numpy greedy (' + str(r['caption_ms']['threads']) + ' threads)':<37} {_ms(r['caption_ms'])}",
               f"{'seed-style (Keras predict + beam 3)':<37} {_ms(r['seed_pipeline_ms'])}",
               f"pipeline_vs_seed {_x(r['pipeline_vs_seed'])}", ""]
-    rss = r["rss_mb"]
-    lines.append(f"capture loop, 1 thread: {r['captions_per_s']} captions/s idle, {r['captions_per_s_explaining']} "
-                 f"while explaining (explain_slowdown {r['explain_slowdown']}; explainer used "
-                 f"{r['explainer_cpu_share']} CPU s/s, {r['explanations_done']} explanations)")
-    for who in ("capture", "explainer"):
-        lines.append(f"RSS {who}: " + (f"{rss[who]['rss']} MB (peak {rss[who]['hwm']} MB)" if rss[who] else "n/a"))
-    lines.append(f"a fresh explainer answered its first request after {r['explainer_first_answer_s']} s")
-    if r["explain_ms"]:
-        first = r["explain_ms_first_call"]
-        lines += ["", f"explanation of one frame, all {r['explain_words']} words",
-                  f"  {'method (ms)':<24}{'warm':>10}{'first call':>12}"]
-        lines += [f"  {name:<24}{'n/a':>10}" if ms is None else f"  {name:<24}{ms:10.1f}{first[name]:12.1f}"
-                  for name, ms in r["explain_ms"].items()]
+    lines.append(f"capture loop, 1 thread: {r['captions_per_s']} captions/s idle; RSS capture: "
+                 + (f"{r['rss_mb']['capture']['rss']} MB (peak {r['rss_mb']['capture']['hwm']} MB)"
+                    if r["rss_mb"]["capture"] else "n/a"))
+    lines += ["", f"explainer backends, all {r['explain_words']} words of one frame "
+                  f"(cold/warm answer: gradcam + saliency, request sent -> answer received)",
+              f"  {'':<30}" + "".join(f"{name:>14}" for name in r["backends"])]
+
+    def row(label: str, value) -> str:
+        return f"  {label:<30}" + "".join(f"{'n/a' if b is None or value(b) is None else value(b):>14}"
+                                          for b in r["backends"].values())
+
+    lines += [row("explainer peak RSS (MB)", lambda b: b["explainer_rss_mb"] and b["explainer_rss_mb"]["hwm"]),
+              row("cold answer (s)", lambda b: b["cold_answer_s"]),
+              row("warm answer (s)", lambda b: b["warm_answer_s"]),
+              row("captions/s while explaining", lambda b: b["captions_per_s_explaining"]),
+              row("explain_slowdown", lambda b: b["explain_slowdown"])]
+    methods = next((list(b["explain_ms"]) for b in r["backends"].values() if b and b["explain_ms"]), [])
+    for name in methods:
+        lines.append(row(f"{name} (ms, warm / first)", lambda b: b["explain_ms"] and
+                         f"{b['explain_ms'][name]:.0f}/{b['explain_ms_first_call'][name]:.0f}"))
     if r["macs"]:
         gops = ", ".join(f"{v} GOPS at {n} thread(s)" for n, v in r["encoder_gops"].items())
         lines += ["", f"encoder: {r['macs'] / 1e6:.1f} M MACs (TFLite graph: "
                       f"{r['macs_tflite'] / 1e6 if r['macs_tflite'] else float('nan'):.1f} M, "
                       f"{r['int8_delegate_partitions']} XNNPACK partition(s)); int8 achieves {gops}"]
+    if r["int8_peak_gops"]:
+        lines.append(f"practical int8 peak ({r['int8_peak_model']}): "
+                     + ", ".join(f"{v} GOPS at {n} thread(s)" for n, v in r["int8_peak_gops"].items())
+                     + "; encoder / peak: " + ", ".join(f"{v} at {n}" for n, v in
+                                                        (r["encoder_vs_int8_peak"] or {}).items()))
     if r["null_reasons"]:
         lines += ["", "not measured:"] + [f"  {k}: {why}" for k, why in r["null_reasons"].items()]
     lines.append(f"\n({r['elapsed_s']} s)")

@@ -163,8 +163,8 @@ class Segments:
     shape: np.ndarray  # (N,)
 
 
-def discover_segments(model, items: list[DiscoveryImage], n_segments, batch_size: int, progress) -> Segments:
-    """Segment every discovery image, make the ACE patches and embed them at the model's layer."""
+def discover_segments(backend, items: list[DiscoveryImage], n_segments, progress) -> Segments:
+    """Segment every discovery image, make the ACE patches and embed them at the backend's bottleneck."""
     from daemon.explain.ace import embed
 
     size = items[0].image.shape[0]
@@ -172,7 +172,7 @@ def discover_segments(model, items: list[DiscoveryImage], n_segments, batch_size
     for n, item in enumerate(items):
         masks = segment(item.image, n_segments)
         patches = np.stack([extract_patch(item.image, m, size) for m in masks])
-        acts.append(embed(model, patches, batch_size))
+        acts.append(embed(backend, patches))
         image += [n] * len(masks)
         thumbs += [thumbnail(p) for p in patches]
         objects = object_masks(item.objects, item.image.shape[:2]) if item.objects is not None else None
@@ -198,10 +198,10 @@ def association(concept_images: list[set], captions: list[set], words: list[int]
     return lift
 
 
-def build_bank(model, vocab, items: list[DiscoveryImage], clusters: int = 60, members: int = 20,
+def build_bank(backend, vocab, items: list[DiscoveryImage], clusters: int = 60, members: int = 20,
                min_images: int = 10, random_sets: int = RANDOM_SETS, seed: int = 0, batch_size: int = 32,
                n_segments=N_SEGMENTS, source: str = "", log=None) -> ConceptBank:
-    """Discover concepts in ``items`` at ``model``'s layer (a SplitCaptioner) and score them for words."""
+    """Discover concepts in ``items`` at the backend's bottleneck layer and score them for words."""
     from sklearn.cluster import KMeans
 
     from convert.progress import Progress
@@ -213,8 +213,8 @@ def build_bank(model, vocab, items: list[DiscoveryImage], clusters: int = 60, me
     started = time.perf_counter()
 
     # 1-2: segments -> patches -> pooled bottleneck activations
-    seg = discover_segments(model, items, n_segments, batch_size, Progress("segments", verbose))
-    log(f"{len(seg.acts)} segments from {len(items)} images, {seg.acts.shape[1]} channels at {model.layer_name} "
+    seg = discover_segments(backend, items, n_segments, Progress("segments", verbose))
+    log(f"{len(seg.acts)} segments from {len(items)} images, {seg.acts.shape[1]} channels at {backend.bottleneck_layer} "
         f"({time.perf_counter() - started:.0f} s)")
 
     # 3: k-means; keep concepts seen in enough images; exemplars nearest the centre
@@ -252,9 +252,9 @@ def build_bank(model, vocab, items: list[DiscoveryImage], clusters: int = 60, me
     progress = Progress("gradients", verbose)
     for s in range(0, len(rows), batch_size):
         chunk = rows[s:s + batch_size]
-        g = word_gradients(model, np.stack([items[n].image for n, _ in chunk]).astype(np.float32),
+        g = word_gradients(backend, np.stack([items[n].image for n, _ in chunk]).astype(np.float32),
                            [teacher_tokens(vocab.start, items[n].tokens) for n, _ in chunk],
-                           [items[n].tokens.index(t) for n, t in chunk], batch_size)
+                           [items[n].tokens.index(t) for n, t in chunk])
         grads[s:s + len(chunk)] = g.mean(axis=(1, 2))  # channel means, as ACE's CAVs live on pooled activations
         progress(s + len(chunk), len(rows))
     row_word = np.array([t for _, t in rows])
@@ -276,7 +276,7 @@ def build_bank(model, vocab, items: list[DiscoveryImage], clusters: int = 60, me
     cavs /= np.maximum(np.linalg.norm(cavs, axis=1, keepdims=True), 1e-12)
     labels = [provenance_label(seg.colour[ex], seg.shape[ex]) or f"concept {k}" for k, ex in enumerate(exemplars)]
     return ConceptBank(
-        layer=model.layer_name, centres=km.cluster_centers_[[c for c, *_ in kept]].astype(np.float32),
+        layer=backend.bottleneck_layer, centres=km.cluster_centers_[[c for c, *_ in kept]].astype(np.float32),
         radius=np.array([r for *_, r in kept], np.float32), cavs=cavs.astype(np.float32),
         words=[vocab.words[t - 1] for t in words], tcav=tcav, tcav_p=tcav_p, significant=tcav_p < SIGNIFICANCE,
         association=association([images for _, _, images, _ in kept], captions, words),
@@ -325,10 +325,9 @@ def write_bank(bank: ConceptBank, bundle, out: Path | None = None) -> tuple[Path
 
 def bottleneck_layer(captioner) -> str:
     """The default bottleneck: the encoder's reduced map if its head has one, else the backbone's last layer."""
-    encoder = captioner.get_layer("encoder")
-    if any(layer.name == "spatial_reduce" for layer in encoder.layers):
-        return "spatial_reduce"
-    return encoder.get_layer("backbone").layers[-1].name
+    from daemon.explain.backends.tensorflow import default_bottleneck_layer
+
+    return default_bottleneck_layer(captioner)
 
 
 def configure(parser) -> None:
@@ -356,8 +355,9 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     """Build the concept bank, write it and print a summary."""
-    from daemon.bundle import BundleError
-    from daemon.explain.base import SplitCaptioner
+    from convert.model import load_captioner
+    from daemon.bundle import BundleError, load_bundle
+    from daemon.explain.backends.tensorflow import TensorFlowBackend
     from daemon.explain.explainer import Explainer
 
     if args.scenes is not None and args.scenes < 1:
@@ -365,9 +365,13 @@ def main(args) -> int:
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.perf_counter()
     try:
-        explainer = Explainer(args.bundle)
-        layer = args.layer or bottleneck_layer(explainer.model.captioner)
-        model = explainer.model if layer == explainer.layer else SplitCaptioner(explainer.model.captioner, layer)
+        bundle = load_bundle(args.bundle)
+        if not bundle.has("captioner"):
+            raise BundleError(f"{bundle.path}: the bundle has no captioner.keras; concepts are built with it")
+        captioner = load_captioner(bundle.file("captioner"))
+        backend = TensorFlowBackend(bundle, bottleneck_layer=args.layer or bottleneck_layer(captioner),
+                                    captioner=captioner)
+        explainer = Explainer(bundle, backend=backend)
     except (BundleError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -377,7 +381,7 @@ def main(args) -> int:
     else:
         items = folder_discovery(args.images, explainer)
         source = f"images:{Path(args.images).resolve()}"
-    bank = build_bank(model, explainer.vocab, items, args.clusters, args.members, args.min_images,
+    bank = build_bank(backend, explainer.vocab, items, args.clusters, args.members, args.min_images,
                       args.random_sets, args.seed, explainer.options.batch_size, args.segments, source, log)
     npz, png = write_bank(bank, explainer.bundle, None if args.out_of_bundle is None else Path(args.out_of_bundle))
     seconds = time.perf_counter() - started

@@ -36,7 +36,8 @@ import numpy as np
 from convert import faithfulness as ff
 from convert.progress import Progress
 from convert.scenes import COLOURS, PLURALS, SHAPES, objects_mask, read_scenes
-from daemon.explain.registry import METHODS, ExplainOptions
+from daemon.explain.backends import BACKEND_CHOICES
+from daemon.explain.registry import MAP_METHODS, ExplainOptions
 
 DELETION_STEPS = 20
 ACE_WORDS = {*COLOURS, *SHAPES, *PLURALS.values()}  # ace_removal_win_rate: the objects' colour and shape words
@@ -105,15 +106,18 @@ def reinitialise(layers: list, rng: np.random.Generator) -> list[str]:
 def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 0, progress=None) -> dict:
     """Spearman similarity of the trained maps to the maps after each cascade stage.
 
-    ``scenes`` holds (image, tokens, words, Explanation of the trained model). Returns
+    The re-initialised copy runs on the TensorFlow backend whichever backend made the
+    trained maps (re-initialising needs the Keras weights). ``scenes`` holds (image, tokens, words, Explanation of the trained model). Returns
     ``{"stages": {stage: {method: mean}}, "layers": {stage: [names]}}``.
     """
-    import keras
-
+    from convert.model import load_captioner
+    from daemon.explain.backends.tensorflow import TensorFlowBackend
     from daemon.explain.explainer import Explainer
 
-    copy = keras.models.load_model(explainer.bundle.file("captioner"), compile=False)
-    randomized = Explainer(explainer.bundle, explainer.options, explainer.layer, captioner=copy)
+    copy = load_captioner(explainer.bundle.file("captioner"))
+    backend = TensorFlowBackend(explainer.bundle, gradcam_layer=explainer.layer, captioner=copy,
+                                batch_size=explainer.options.batch_size)
+    randomized = Explainer(explainer.bundle, explainer.options, backend=backend)
     rng = np.random.default_rng(seed)
     stages = randomization_stages(copy, explainer.layer)
     result = {"stages": {}, "layers": {}}
@@ -196,15 +200,15 @@ def explain_scene(explainer, image: np.ndarray, tokens: list[int], objects: list
 def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None = None,
              explanations: bool = False, methods: list[str] | None = None,
              randomization_limit: int | None = None, options: ExplainOptions | None = None,
-             seed: int = 0, gradcam_layer: str | None = None, progress=None) -> dict:
-    """All metrics of a bundle on a scenes folder, as a JSON-ready dict."""
+             seed: int = 0, gradcam_layer: str | None = None, progress=None, backend: str = "auto") -> dict:
+    """All metrics of a bundle on a scenes folder, as a JSON-ready dict; explanations on ``backend``."""
     from daemon.captioner import Captioner, read_rgb, resize_for_encoder
     from daemon.explain.explainer import Explainer
 
     records = read_scenes(scenes_dir)[:limit] if limit else read_scenes(scenes_dir)
     captioner = Captioner.from_path(bundle_path, threads=2)
-    explainer = Explainer(captioner.bundle, options, gradcam_layer)
-    methods = list(methods or METHODS)
+    explainer = Explainer(captioner.bundle, options, gradcam_layer, backend)
+    methods = list(methods or MAP_METHODS)
     kept = []  # scenes for the randomization test
     totals = _Totals(methods)
     rng = np.random.default_rng(seed)
@@ -212,12 +216,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     exact = exact_float = agree = skipped = 0
     # ACE (daemon.explain.ace): removal test of each object colour/shape word's top concept
     ace_wins: list[bool] = []
-    if explanations and explainer.bundle.has("concepts"):
-        from daemon.explain.ace import concept_explainer
-
-        concepts = concept_explainer(explainer)
-    else:
-        concepts = None
+    concepts = explainer.concepts() if explanations and explainer.bundle.has("concepts") else None
     for n, record in enumerate(records):
         image = resize_for_encoder(read_rgb(record["path"]), captioner.input_size)
         result = captioner.caption(image)
@@ -261,7 +260,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
         report["ace_removal_win_rate"] = round(float(np.mean(ace_wins)), 4) if ace_wins else None
         report["counts"].update(object_words=totals.words, skipped_scenes=skipped, randomization_scenes=len(kept),
                                 ace_words=len(ace_wins))
-        report["settings"] = {"gradcam_layer": explainer.layer, "deletion_steps": DELETION_STEPS,
+        report["settings"] = {"backend": explainer.backend.name, "gradcam_layer": explainer.layer, "deletion_steps": DELETION_STEPS,
                               "deletion_substrate": "mean colour", "insertion_substrate": "gaussian blur, sigma 10% of side",
                               "randomized_layers": cascade["layers"], **vars(explainer.options)}
     return report
@@ -276,8 +275,12 @@ def configure(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--explanations", action="store_true",
                         help="also measure the explanations (pointing game, deletion/insertion, randomization)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD",
-                        help="methods to measure (default: all)")
+    parser.add_argument("--methods", nargs="+", choices=list(MAP_METHODS), default=list(MAP_METHODS),
+                        metavar="METHOD", help="heatmap methods to measure (default: all; ACE is measured by its "
+                                               "removal test when the bundle has a concept bank)")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="what runs the float model (default auto: LiteRT when the bundle has its explainer "
+                             "graph, else TensorFlow)")
     parser.add_argument("--randomization-limit", type=int, default=None,
                         help="run the randomization test on the first N scenes only (default: all)")
     parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples)
@@ -308,6 +311,7 @@ def _print_table(report: dict) -> None:
 def main(args) -> int:
     """Evaluate and print the report."""
     from daemon.bundle import BundleError
+    from daemon.explain.backends import BackendError
 
     if not Path(args.scenes, "captions.jsonl").is_file():
         print(f"error: {args.scenes} is not a scenes folder (no captions.jsonl); "
@@ -318,8 +322,8 @@ def main(args) -> int:
     try:
         report = evaluate(args.bundle, args.scenes, args.limit, args.explanations, args.methods,
                           args.randomization_limit, options, args.seed, args.gradcam_layer,
-                          Progress("evaluating"))
-    except (BundleError, ValueError) as exc:
+                          Progress("evaluating"), args.backend)
+    except (BundleError, BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["seconds"] = round(time.monotonic() - started, 1)

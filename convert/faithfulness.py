@@ -19,8 +19,10 @@ import cv2
 import numpy as np
 
 
-def pointing_hit(peak_xy: tuple[int, int], mask: np.ndarray) -> bool:
-    """Whether the peak (x, y) lies inside the boolean mask."""
+def pointing_hit(peak_xy: tuple[int, int] | None, mask: np.ndarray) -> bool:
+    """Whether the peak (x, y) lies inside the boolean mask; a map without a peak (all zero) misses."""
+    if peak_xy is None:
+        return False
     x, y = int(peak_xy[0]), int(peak_xy[1])
     return bool(0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x])
 

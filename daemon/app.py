@@ -2,7 +2,9 @@
 
 config → model bundle → frame cache → MQTT → (explainer, when installed) → camera grab
 thread → caption loop on the main thread. SIGTERM/SIGINT end it within about 2 s: the
-loop stops, systemd hears STOPPING=1, the camera is released and ``offline`` is published.
+loop stops, systemd hears STOPPING=1, the camera is released, pending explain requests are
+answered ``shutting_down``, the explainer is terminated and ``offline`` is published. A
+second SIGTERM/SIGINT kills the explainer and exits at once; SIGHUP is logged and ignored.
 
 This process never imports TensorFlow (the explainer runs it in a process of its own);
 the stats message's ``tensorflow_loaded`` shows it.
@@ -21,10 +23,12 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Callable
 
-from daemon import discovery
+from daemon import contract, discovery
 from daemon.bundle import BundleError
-from daemon.capture import CameraTopics, CaptionLoop
+from daemon.capture import CaptionLoop
 from daemon.captioner import Captioner
 from daemon.config import AppConfig, ConfigError, load_config
 from daemon.encoder import EncoderError
@@ -73,15 +77,30 @@ def main(args: argparse.Namespace) -> int:
     return run_daemon(cfg)
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set ``stop``; a second signal kills at once."""
-    def handle(signum, frame):
-        log.info("%s: stopping", signal.Signals(signum).name)
-        stop.set()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+def install_signal_handlers(stop: threading.Event, on_second_stop: list[Callable[[], None]]) -> None:
+    """SIGTERM and SIGINT set ``stop``; a second one runs ``on_second_stop`` (kill the explainer)
+    and ends the process at once. SIGHUP (a closed terminal, ``systemctl kill -s HUP``) is
+    logged and ignored: nothing is re-read at run time (restart to apply a changed config or
+    password file), and dying of it would leave systemd's ``Restart=on-failure`` idle."""
+    def handle_stop(signum, frame):
+        name = signal.Signals(signum).name
+        if not stop.is_set():
+            log.info("%s: stopping", name)
+            stop.set()
+            return
+        log.warning("%s again while stopping: exiting at once", name)
+        for action in on_second_stop:
+            action()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    def handle_hangup(signum, frame):
+        log.warning("SIGHUP ignored: explaincam re-reads nothing while running; "
+                    "restart it to apply a changed config or password file")
+
+    signal.signal(signal.SIGTERM, handle_stop)
+    signal.signal(signal.SIGINT, handle_stop)
+    signal.signal(signal.SIGHUP, handle_hangup)
 
 
 def _explain_service_available() -> bool:
@@ -105,16 +124,41 @@ def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera:
 
     def announce() -> None:
         for topic, payload in discovery.discovery_messages(prefix, camera, ha, model_name=model_name,
-                                                           version=_version()):
+                                                           version=_version(),
+                                                           configuration_url=cfg.mqtt.discovery.configuration_url):
             publisher.publish(topic, json.dumps(payload), qos=1, retain=True)
 
+    status_topic = contract.home_assistant_status_topic(ha)
+
     def on_birth(payload: bytes, properties) -> None:
-        if discovery.handles_birth(f"{ha}/status", payload, ha):
+        if discovery.handles_birth(status_topic, payload, ha):
             log.info("Home Assistant came online: discovery sent again")
             announce()
 
     announce()
-    publisher.subscribe(f"{ha}/status", on_birth)
+    publisher.subscribe(status_topic, on_birth)
+
+
+def publish_last_explanation(publisher: MqttPublisher, topics: contract.CameraTopics, snapshot_dir) -> None:
+    """Publish (retained) the explain image this daemon knows at start: the last explanation in
+    its snapshot folder (``explanation.png`` and ``.json``), or else the "no explanation yet"
+    placeholder. Either way the topic holds a picture from the start, and its info says
+    truthfully when (or that never) it was made."""
+    png, info = contract.placeholder_png(), contract.placeholder_info()
+    if snapshot_dir is not None:
+        folder = Path(snapshot_dir)
+        try:
+            saved_png = (folder / "explanation.png").read_bytes()
+            saved = json.loads((folder / "explanation.json").read_text())
+            made_at = (contract.parse_iso_time(saved["made_at"]) if saved.get("made_at")
+                       else (folder / "explanation.png").stat().st_mtime)  # written before made_at was kept
+            png, info = saved_png, contract.explanation_info(saved, made_at)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("the last explanation in %s cannot be read (%s); publishing the placeholder", folder, exc)
+    publisher.publish(topics.explain_image_info, json.dumps(info), qos=1, retain=True)
+    publisher.publish(topics.explain_image, png, qos=1, retain=True)
 
 
 def _version() -> str:
@@ -128,11 +172,12 @@ def _version() -> str:
 def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     """Run the daemon with a validated config until ``stop`` is set (or a signal sets it)."""
     stop = stop or threading.Event()
+    on_second_stop: list[Callable[[], None]] = []
     if threading.current_thread() is threading.main_thread():
-        install_stop_handlers(stop)
+        install_signal_handlers(stop, on_second_stop)
     notifier = SystemdNotifier.from_environment()
     camera = cfg.camera.name
-    topics = CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
+    topics = contract.CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
 
     notifier.status("loading the model")
     bundle_path = cfg.model.bundle_path()
@@ -147,7 +192,8 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
 
     cache = FrameCache(cfg.caption.cache_size)
     try:
-        publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera), topics.availability)
+        publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera, str(cfg.snapshot.dir.resolve())),
+                                   topics.availability)
     except MqttSetupError as exc:
         log.error("%s", exc)
         notifier.status(str(exc))
@@ -165,24 +211,25 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
             if cfg.explain.mode != "local":  # a fleet's workers explain (daemon/fleet/)
                 from daemon.fleet.dispatcher import RemoteDispatcher
 
-                remote = RemoteDispatcher(cfg.explain, cfg.mqtt.topic_prefix, camera, bundle_path,
-                                          publisher.publish, publisher.subscribe)
+                remote = RemoteDispatcher(cfg.explain, topics, bundle_path, publisher.publish, publisher.subscribe)
             explain_service = service_module.ExplainService(
                 config=cfg.explain, bundle_path=bundle_path,
                 snapshot_dir=cfg.snapshot.dir if cfg.snapshot.enabled else None,
                 publish=publisher.publish,
-                topics={"response": topics.explain_response, "image": topics.explain_image},
+                topics=topics,
                 frame_cache=cache, model_name=captioner.bundle.name, remote=remote)
+            on_second_stop.append(explain_service.kill_worker)
         except Exception:
             log.exception("the explainer could not be set up; captioning goes on without it")
         else:
             def on_explain_request(payload: bytes, properties) -> None:
                 explain_service.handle_request(payload, response_topic=getattr(properties, "ResponseTopic", None),
                                                correlation_data=getattr(properties, "CorrelationData", None))
-            publisher.subscribe(topics.explain_request, on_explain_request)
+            publisher.subscribe(topics.explain_request, on_explain_request, retained=False)
     # --- end of the explainer seam.
 
     announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
+    publish_last_explanation(publisher, topics, cfg.snapshot.dir if cfg.snapshot.enabled else None)
 
     snapshot = None
     if cfg.snapshot.enabled:
@@ -209,12 +256,12 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
         notifier.stopping()
         notifier.status("stopping")
         grabber.stop(timeout=0.5)
-        publisher.stop(timeout=0.5)  # `offline` goes out before the slowest part
         if explain_service is not None:
-            try:
-                explain_service.stop(timeout=0.5)  # then the explainer process is terminated
+            try:  # pending requests are answered `shutting_down` (sent by publisher.stop's flush)
+                explain_service.stop(timeout=0.5)
             except Exception:
                 log.exception("stopping the explainer failed")
+        publisher.stop(timeout=0.5)
         notifier.close()
         log.info("stopped after %d captions", loop.stats.captions)
     return 0

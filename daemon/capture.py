@@ -11,7 +11,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import cv2
@@ -19,9 +18,11 @@ import numpy as np
 
 from daemon.captioner import Captioner, resize_for_encoder
 from daemon.config import AppConfig
+from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption_state_message, source_message
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
+from daemon.problems import RecurringProblem
 from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
 from daemon.sources import Frame, FrameGrabber
 from daemon.stats import CaptionStats
@@ -41,28 +42,6 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
 def frame_change(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference (0-255) of two thumbnails."""
     return float(np.mean(np.abs(a - b)))
-
-
-@dataclass(frozen=True)
-class CameraTopics:
-    """The MQTT topics of one camera (see DESIGN.md's MQTT contract)."""
-
-    availability: str
-    caption: str
-    snapshot: str
-    source: str
-    stats: str
-    explain_request: str
-    explain_response: str
-    explain_image: str
-
-    @classmethod
-    def for_camera(cls, prefix: str, camera: str) -> "CameraTopics":
-        """Topics for ``prefix`` and camera name."""
-        base = f"{prefix}/{camera}"
-        return cls(availability=f"{prefix}/availability", caption=f"{base}/caption", snapshot=f"{base}/snapshot",
-                   source=f"{base}/source", stats=f"{prefix}/stats", explain_request=f"{base}/explain/request",
-                   explain_response=f"{base}/explain/response", explain_image=f"{base}/explain/image")
 
 
 class CaptionLoop:
@@ -89,7 +68,10 @@ class CaptionLoop:
         self._source_version = -1
         self._mqtt_state = ""
         self._next_stats = time.monotonic() + min(5.0, cfg.mqtt.stats_interval_s)
-        self._snapshot_error: str | None = None
+        self._snapshot_problem = RecurringProblem(
+            log, f"write the snapshot files in {snapshot.folder}" if snapshot is not None else "write the snapshot files")
+        self._last_jpeg_ts = float("-inf")
+        self._stats_topic = PrefixTopics(topics.prefix).stats
 
     def run(self, stop: threading.Event) -> None:
         """Caption until ``stop`` is set."""
@@ -131,18 +113,13 @@ class CaptionLoop:
         self.frame_id += 1
         cached = CachedFrame(self.frame_id, frame.ts, image, result, frame.ground_truth)
         self.cache.put(cached)
-        message = {
-            "frame_id": self.frame_id,
-            "ts": round(frame.ts, 3),
-            "caption": result.caption,
-            "tokens": result.tokens,
-            "score": result.score,
-            "timings": {"grab_ms": frame.grab_ms, **result.timings, "total_ms": total_ms},
-            "model": self.model_name,
-        }
-        if frame.ground_truth is not None:
-            message["ground_truth"] = frame.ground_truth
+        message = caption_message(self.frame_id, frame.ts, result.caption, result.tokens, result.score,
+                                  {"grab_ms": frame.grab_ms, **result.timings, "total_ms": total_ms},
+                                  self.model_name, frame.ground_truth)
         self.publisher.publish(self.topics.caption, json.dumps(message), retain=True)
+        if result.caption != self.last_caption:  # the state topic hears of changes only (Home Assistant's recorder)
+            self.publisher.publish(self.topics.caption_state, json.dumps(
+                caption_state_message(result.caption, frame.ts, self.frame_id, self.model_name)), retain=True)
         self._publish_image(frame, message)
         self.stats.record_caption(total_ms)
         if result.caption != self.last_caption:
@@ -153,20 +130,29 @@ class CaptionLoop:
     def _publish_image(self, frame: Frame, message: dict) -> None:
         """The JPEG with the caption drawn on it: to MQTT and the snapshot folder, as configured."""
         write_snapshot = self.snapshot is not None and self.snapshot.due()
-        if not (self.cfg.mqtt.publish_jpeg or write_snapshot):
+        publish_jpeg = self._jpeg_due(frame.ts)
+        if not (publish_jpeg or write_snapshot):
             return
         jpeg = encode_jpeg(draw_caption(frame.image, message["caption"], self.cfg.snapshot.width),
                            self.cfg.snapshot.jpeg_quality)
-        if self.cfg.mqtt.publish_jpeg:
+        if publish_jpeg:
             self.publisher.publish(self.topics.snapshot, jpeg, retain=True)
+            self._last_jpeg_ts = frame.ts
         if write_snapshot:
             try:
                 self.snapshot.write(jpeg, message)
-                self._snapshot_error = None
-            except OSError as exc:
-                if str(exc) != self._snapshot_error:  # log each new problem once, not every frame
-                    log.error("cannot write the snapshot files in %s: %s", self.snapshot.folder, exc)
-                self._snapshot_error = str(exc)
+            except OSError as exc:  # logged once per kind of problem, not every frame
+                self._snapshot_problem.failed(exc)
+            else:
+                self._snapshot_problem.succeeded()
+
+    def _jpeg_due(self, ts: float) -> bool:
+        """Whether the frame taken at ``ts`` goes out on the snapshot topic: at most one per
+        ``mqtt.jpeg_interval_s`` of frame time (a clock set back starts the interval again)."""
+        if not self.cfg.mqtt.publish_jpeg:
+            return False
+        elapsed = ts - self._last_jpeg_ts
+        return elapsed >= self.cfg.mqtt.jpeg_interval_s or elapsed < 0
 
     def _report_state_changes(self) -> None:
         """Publish the source state (retained) and update the systemd status when something changed."""
@@ -177,7 +163,7 @@ class CaptionLoop:
         if version != self._source_version:
             state = self.grabber.state
             self.publisher.publish(self.topics.source, json.dumps(
-                {**state.to_json(), "source": self.grabber.source.describe()}), retain=True)
+                source_message(state.to_json(), self.grabber.source.describe())), retain=True)
         self._source_version, self._mqtt_state = version, mqtt_state
         self.notifier.status(self.status_line())
 
@@ -210,5 +196,6 @@ class CaptionLoop:
         }
         extra.update({name: provide() for name, provide in self.extra_stats.items()})
         message = self.stats.snapshot(self.cfg.mqtt.stats_interval_s, **extra)
-        self.publisher.publish(self.topics.stats, json.dumps(message))
+        # QoS 1: its acknowledgement also confirms the QoS 0 captions sent before it (mqtt.py)
+        self.publisher.publish(self._stats_topic, json.dumps(message), qos=1)
         self.notifier.status(self.status_line())

@@ -10,10 +10,12 @@ line of the YAML file they come from.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import socket
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -86,6 +88,9 @@ class ImagesSourceConfig(SourceConfigBase):
     path: Path = Field(description="folder of .jpg/.jpeg/.png/.bmp/.webp files")
     fps: float = Field(1.0, gt=0, description="images per second")
     loop: bool = Field(True, description="start again after the last image")
+    max_pixels: int = Field(16_000_000, ge=1, description=(
+        "largest image read, in pixels (width x height, read from the file header before decoding); a larger "
+        "JPEG is decoded at 1/2, 1/4 or 1/8 size to fit, other larger files are skipped"))
 
 
 class Picamera2SourceConfig(SourceConfigBase):
@@ -153,6 +158,9 @@ class DiscoveryConfig(StrictModel):
                                             "and explanation image to Home Assistant")
     prefix: str = Field("homeassistant", pattern=r"^[^+#]+$",
                         description="Home Assistant's discovery prefix; its birth message is {prefix}/status")
+    configuration_url: str | None = Field(None, pattern=r"^(https?://|homeassistant://)\S+$", description=(
+        "a page about this camera (e.g. where a web server serves the snapshot folder), shown as the device's "
+        "'Visit' link; null = none"))
 
 
 class MqttConnectionConfig(StrictModel):
@@ -161,7 +169,10 @@ class MqttConnectionConfig(StrictModel):
     host: str = Field("localhost", min_length=1, description="broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
     topic_prefix: str = Field("explaincam", pattern=r"^[^+#]+$", description="first level(s) of every topic")
-    client_id: str | None = Field(None, description="MQTT client id; null = explaincam-<host name>-<camera>")
+    client_id: str | None = Field(None, description=(
+        "MQTT client id; null = explaincam-<host name>-<camera>-<8 hex digits of this machine's id and the "
+        "snapshot folder> (a worker: explaincam-<host name>-worker-<id>-<8 hex digits of this machine's id and "
+        "its config file>), so two boxes with one host name, or two daemons on one box, never share it"))
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version: 3.1.1 or 5")
     keepalive: int = Field(30, ge=5, le=3600, description="seconds between keep-alive pings")
     username: str | None = Field(None, description="user name; null = anonymous")
@@ -185,17 +196,43 @@ class MqttConnectionConfig(StrictModel):
             raise ValueError("give password_file or password_env, not both")
         return self
 
+    def resolved_client_id(self, name: str, instance: str = "") -> str:
+        """The configured client id, or ``explaincam-<host>-<name>-<suffix>``.
+
+        ``name`` is the camera (the daemon) or ``worker-<id>`` (a fleet worker). The suffix
+        is a hash of this machine (``machine_fingerprint``) and ``instance`` (the daemon's
+        snapshot folder, the worker's config file): the same across restarts, different for
+        two boxes that share a host name (every fresh Raspberry Pi is ``raspberrypi``) and
+        for two daemons or workers on one box. A broker gives a client id to one connection
+        only: a shared one makes the clients take each other's session over again and again.
+        """
+        if self.client_id:
+            return self.client_id
+        suffix = hashlib.sha256(f"{machine_fingerprint()}\0{instance}".encode()).hexdigest()[:8]
+        return f"explaincam-{socket.gethostname()}-{name}-{suffix}"
+
+
+def machine_fingerprint() -> str:
+    """What tells this box from another: its machine id (systemd/D-Bus) and a MAC address."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            machine_id = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if machine_id:
+            return f"{machine_id}-{uuid.getnode():012x}"
+    return f"{uuid.getnode():012x}"
+
 
 class MqttConfig(MqttConnectionConfig):
-    """The MQTT broker and what is published to it."""
+    """The MQTT broker and what the camera daemon publishes to it."""
 
-    publish_jpeg: bool = Field(True, description="publish each captioned frame as a JPEG on {prefix}/{camera}/snapshot")
+    publish_jpeg: bool = Field(True, description="publish captioned frames as JPEGs on {prefix}/{camera}/snapshot")
+    jpeg_interval_s: float = Field(10.0, ge=0, description=(
+        "seconds between JPEGs on {prefix}/{camera}/snapshot at most (each one is a new state of Home "
+        "Assistant's snapshot image); 0 = every caption"))
     stats_interval_s: float = Field(30.0, gt=0, description="seconds between messages on {prefix}/stats")
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
-
-    def resolved_client_id(self, camera: str) -> str:
-        """The configured client id, or one made from the host name and camera."""
-        return self.client_id or f"explaincam-{socket.gethostname()}-{camera}"
 
 
 class SnapshotConfig(StrictModel):
@@ -225,7 +262,7 @@ class RemoteExplainConfig(StrictModel):
 
 
 class ExplainConfig(StrictModel):
-    """The explainer: a local process (TensorFlow) started on the first request, or a fleet's workers."""
+    """The explainer: a local process started on the first request, or a fleet's workers."""
 
     mode: Literal["local", "remote", "auto"] = Field("local", description=(
         "local = this box's explainer process; remote = jobs for the fleet's workers over MQTT "
@@ -238,19 +275,22 @@ class ExplainConfig(StrictModel):
     nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
     max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
     default_methods: list[str] = Field(["gradcam", "saliency"], description="methods used when a request names none")
-    threads: int = Field(2, ge=1, le=16, description="TensorFlow threads of the explainer process")
+    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+        "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
+        "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
+    threads: int = Field(2, ge=1, le=16, description="threads of the explainer process's backend")
     batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
     smoothgrad_samples: int = Field(16, ge=1, le=256, description="noisy copies per word for smoothgrad")
-    ig_steps: int = Field(32, ge=2, le=512, description="path steps per word for integrated_gradients")
+    ig_steps: int = Field(64, ge=2, le=512, description="path steps per word for integrated_gradients")
     gradcam_layer: str | None = Field(None, description=(
         "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
 
     @field_validator("default_methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from daemon.explain.registry import CONCEPT_METHODS, METHODS
+        from daemon.explain.registry import METHODS
 
-        known = [*METHODS, *CONCEPT_METHODS]
+        known = list(METHODS)
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(known)}")
@@ -280,7 +320,10 @@ class WorkerConfig(StrictModel):
     bundles: list[Path] = Field(default_factory=lambda: [Path("models/scenes-mnv3s")], min_length=1, description=(
         "model bundle folders this worker explains; a job names its bundle by the sha256 of its manifest.json"))
     queue_size: int = Field(4, ge=1, description="jobs waiting at most; more are answered `busy` (the daemon tries another worker)")
-    threads: int = Field(2, ge=1, le=64, description="TensorFlow threads of the explainer")
+    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+        "what runs each bundle's float model: litert (the bundle's explainer_float.tflite, no TensorFlow), "
+        "tensorflow (captioner.keras; a GPU when TensorFlow sees one), or auto = litert when the bundle has the graph"))
+    threads: int = Field(2, ge=1, le=64, description="threads of the explainer's backend")
     batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
     session_expiry_s: int = Field(0, ge=0, description=(
         "MQTT 5 session expiry: 0 = the broker forgets this worker's subscription when it disconnects; more "

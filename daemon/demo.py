@@ -22,6 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.config import AppConfig, ConfigError, load_config
+from daemon.contract import CameraTopics
 
 DEMO_SNAPSHOT_DIR = Path("build/snapshot")
 DEMO_BROKER_DIR = Path("build/demo-broker")
@@ -194,10 +195,10 @@ def run_demo(args: argparse.Namespace) -> int:
             broker.start()
             cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": port})})
             print(f"started a private Mosquitto on 127.0.0.1:{port} (log: {broker.log_file})")
-        prefix, camera = cfg.mqtt.topic_prefix, cfg.camera.name
-        print(f"captions of generated scenes, as received on {prefix}/{camera}/caption; "
+        caption_topic = CameraTopics.for_camera(cfg.mqtt.topic_prefix, cfg.camera.name).caption
+        print(f"captions of generated scenes, as received on {caption_topic}; "
               f"snapshots in {cfg.snapshot.dir}; Ctrl-C to stop", flush=True)
-        printer = CaptionPrinter(cfg.mqtt.host, cfg.mqtt.port, f"{prefix}/{camera}/caption")
+        printer = CaptionPrinter(cfg.mqtt.host, cfg.mqtt.port, caption_topic)
         printer.start()
         return run_daemon(cfg)
     finally:

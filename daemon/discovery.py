@@ -1,84 +1,96 @@
 """Home Assistant MQTT discovery for one camera: pure functions, no network.
 
-Four entities on one device ("explaincam <camera>"), each announced on
-``{discovery_prefix}/{component}/{node}/{key}/config`` (retained):
+Five entities on one device ("explaincam <camera>"), each announced on
+``{discovery_prefix}/{component}/{node}/{key}/config`` (retained), topics from
+``daemon.contract``:
 
-=========  ==========  ==========================================================
-component  key         what
-=========  ==========  ==========================================================
-sensor     caption     the caption (first 255 characters); the whole caption JSON
-                       (long text, tokens, score, timings, ...) as attributes
-image      snapshot    the JPEG on ``{prefix}/{camera}/snapshot``
-button     explain     publishes an explanation request for the latest frame
-image      explanation the PNG grid on ``{prefix}/{camera}/explain/image``
-=========  ==========  ==========================================================
+=========  ===========  =======================================================================
+component  key          what
+=========  ===========  =======================================================================
+sensor     caption      the caption (first 255 characters) from ``caption/state``, which is
+                        published only when the caption changes; attributes: the whole
+                        caption, since when, its first frame id, the model (all stable
+                        until the next change, so the recorder stores one row per change)
+image      snapshot     the JPEG on ``snapshot`` (at most every ``mqtt.jpeg_interval_s``)
+button     explain      publishes an explanation request for the latest frame
+image      explanation  the PNG on ``explain/image`` (a placeholder until the first
+                        explanation); attributes from ``explain/image/info``: ``made_at``
+                        (when the explanation was made; the entity's own state is when Home
+                        Assistant received the picture), request id, frame id, caption, methods
+sensor     source       diagnostic: the camera source's state (ok, retrying, ...) from ``source``
+=========  ===========  =======================================================================
 
-All of them are available while ``{prefix}/availability`` says ``online``. The MQTT
-client publishes :func:`discovery_messages` retained after connecting, again whenever
-:func:`handles_birth` says Home Assistant came online, and :func:`removal_messages` to
-take the entities away.
+Each camera's entities are available while its own ``{prefix}/{camera}/availability``
+says ``online``. The MQTT client publishes :func:`discovery_messages` retained after
+connecting, again whenever :func:`handles_birth` says Home Assistant came online, and
+:func:`removal_messages` to take the entities away.
 """
 
 from __future__ import annotations
 
 import json
-import re
+
+from daemon.contract import (OFFLINE, ONLINE, CameraTopics, discovery_config_topic, discovery_node, explain_request,
+                             home_assistant_status_topic)
 
 ORIGIN_NAME = "explaincam"
 MANUFACTURER = "explaincam"
 STATE_MAX_CHARS = 255  # Home Assistant refuses longer states
-EXPLAIN_REQUEST = {"id": "ha-button", "frame": "latest", "methods": ["gradcam", "saliency"], "words": "all"}
-
-
-def _slug(text: str) -> str:
-    """Letters, digits and underscores only: safe in discovery topics, ids and entity ids."""
-    return re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_") or "x"
+EXPLAIN_REQUEST = explain_request("ha-button", "latest", ["gradcam", "saliency"], "all")
 
 
 def _entities(prefix: str, camera: str) -> list[tuple[str, str, dict]]:
     """(component, key, component-specific fields) of every discovered entity."""
-    base = f"{prefix}/{camera}"
+    topics = CameraTopics.for_camera(prefix, camera)
     return [
         ("sensor", "caption", {
             "name": "Caption",
             "icon": "mdi:image-text",
-            "state_topic": f"{base}/caption",
+            "state_topic": topics.caption_state,
             "value_template": f"{{{{ value_json.caption[:{STATE_MAX_CHARS}] }}}}",
-            "json_attributes_topic": f"{base}/caption",
+            "json_attributes_topic": topics.caption_state,
         }),
         ("image", "snapshot", {
             "name": "Snapshot",
-            "image_topic": f"{base}/snapshot",
+            "icon": "mdi:cctv",
+            "image_topic": topics.snapshot,
             "content_type": "image/jpeg",
         }),
         ("button", "explain", {
             "name": "Explain latest frame",
             "icon": "mdi:magnify-scan",
-            "command_topic": f"{base}/explain/request",
+            "command_topic": topics.explain_request,
             "payload_press": json.dumps(EXPLAIN_REQUEST, separators=(",", ":")),
             "qos": 1,
             "retain": False,
         }),
         ("image", "explanation", {
             "name": "Last explanation",
-            "image_topic": f"{base}/explain/image",
+            "icon": "mdi:image-search",
+            "image_topic": topics.explain_image,
             "content_type": "image/png",
+            "json_attributes_topic": topics.explain_image_info,
+        }),
+        ("sensor", "source", {
+            "name": "Camera source",
+            "icon": "mdi:camera-wireless",
+            "entity_category": "diagnostic",
+            "state_topic": topics.source,
+            "value_template": "{{ value_json.state }}",
+            "json_attributes_topic": topics.source,
         }),
     ]
 
 
-def _config_topic(discovery_prefix: str, component: str, node: str, key: str) -> str:
-    return f"{discovery_prefix}/{component}/{node}/{key}/config"
-
-
 def discovery_messages(prefix: str, camera: str, discovery_prefix: str = "homeassistant", *,
-                       model_name: str, version: str) -> list[tuple[str, dict]]:
+                       model_name: str, version: str, configuration_url: str | None = None) -> list[tuple[str, dict]]:
     """(config topic, payload) of every entity; publish each payload as JSON, retained, QoS 1.
 
     ``prefix`` and ``camera`` are the MQTT contract's topic levels, ``model_name`` the
-    bundle's model (shown as the device model) and ``version`` explaincam's version.
+    bundle's model (shown as the device model), ``version`` explaincam's version and
+    ``configuration_url`` a page about the camera (the device's "Visit" link), if any.
     """
-    node = _slug(f"{prefix}_{camera}")
+    node = discovery_node(prefix, camera)
     device = {
         "identifiers": [node],
         "name": f"explaincam {camera}",
@@ -86,6 +98,9 @@ def discovery_messages(prefix: str, camera: str, discovery_prefix: str = "homeas
         "model": model_name,
         "sw_version": version,
     }
+    if configuration_url:
+        device["configuration_url"] = configuration_url
+    availability = CameraTopics.for_camera(prefix, camera).availability
     origin = {"name": ORIGIN_NAME, "sw_version": version}
     messages = []
     for component, key, fields in _entities(prefix, camera):
@@ -97,20 +112,20 @@ def discovery_messages(prefix: str, camera: str, discovery_prefix: str = "homeas
             # (each ignores the key it does not know).
             "default_entity_id": f"{component}.{object_id}",
             "object_id": object_id,
-            "availability_topic": f"{prefix}/availability",
-            "payload_available": "online",
-            "payload_not_available": "offline",
+            "availability_topic": availability,
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
             "device": device,
             "origin": origin,
         }
-        messages.append((_config_topic(discovery_prefix, component, node, key), payload))
+        messages.append((discovery_config_topic(discovery_prefix, component, node, key), payload))
     return messages
 
 
 def removal_messages(prefix: str, camera: str, discovery_prefix: str = "homeassistant") -> list[tuple[str, bytes]]:
     """(config topic, empty payload) of every entity; publish retained to remove the entities."""
-    node = _slug(f"{prefix}_{camera}")
-    return [(_config_topic(discovery_prefix, component, node, key), b"")
+    node = discovery_node(prefix, camera)
+    return [(discovery_config_topic(discovery_prefix, component, node, key), b"")
             for component, key, _ in _entities(prefix, camera)]
 
 
@@ -119,4 +134,4 @@ def handles_birth(topic: str, payload: bytes | str, discovery_prefix: str = "hom
     after which the discovery messages must be sent again."""
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8", "replace")
-    return topic == f"{discovery_prefix}/status" and payload.strip() == "online"
+    return topic == home_assistant_status_topic(discovery_prefix) and payload.strip() == ONLINE

@@ -2,14 +2,28 @@
 
 ``MqttPublisher`` connects in the background (a missing broker never blocks captioning),
 reconnects with backoff, and keeps the broker's view right after every (re)connect:
-``online`` on ``{prefix}/availability`` (the last will says ``offline``), then the newest
+``online`` on the camera's availability topic (``daemon.contract``; the last will says
+``offline``), then the newest
 value of every retained topic, then whatever waits in the bounded outgoing queue.
-Subscriptions are made in ``on_connect``, so they survive reconnects.
+Subscriptions are made in ``on_connect``, so they survive reconnects; a subscription that
+must not act on retained messages (explain requests) asks MQTT 5 brokers not to send them
+(retain handling 2) and drops any message that still carries the retain flag.
 
 ``publish()`` never blocks: messages go through a bounded queue (the oldest are dropped
 and counted when it is full) to one sender thread, the only one that hands messages to
 paho, so retained topics are written to the broker in order. A retained message that a
 newer one of the same topic has replaced before it was sent is not sent at all.
+
+The figures tell what reached the broker: a QoS 1/2 message counts as ``delivered`` when
+the broker acknowledges it; a QoS 0 message when the broker acknowledges a QoS 1/2
+message handed over after it (one connection is read in order). Until then it is
+``pending``; a QoS 0 message still pending when the connection is lost counts as
+``dropped`` (a hanging broker swallows them silently until the keep-alive notices).
+
+A broker that hands this client's session to another client with the same client id
+(MQTT 5 reason "Session taken over", or, from brokers that just close the old connection,
+connections closed again and again soon after they were accepted) is named in the log
+with a hint.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,13 +44,18 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.config import MqttConfig
+from daemon.contract import OFFLINE, ONLINE
 
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[bytes, "Properties | None"], None]
 MAX_TOPIC_BYTES = 65535  # an MQTT string's length is two bytes
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
+SHORT_CONNECTION_S = 10.0  # a connection the broker closes sooner than this is suspicious...
+SHORT_CONNECTIONS_HINT = 3  # ...and this many in a row get the duplicate-client-id hint
 
 
 def topic_problem(topic: str) -> str | None:
@@ -115,6 +134,7 @@ class MqttPublisher:
 
     def __init__(self, config: MqttConfig, client_id: str, availability_topic: str, session_expiry_s: int = 0):
         self.config = config
+        self.client_id = client_id
         # MQTT 5: > 0 keeps this client's session (subscriptions, queued QoS 1 messages) that long
         # after a disconnect, and every connect resumes it (clean_start False)
         self.session_expiry_s = session_expiry_s
@@ -125,11 +145,18 @@ class MqttPublisher:
         self.connects = 0
         self.dropped = 0
         self.sent = 0
+        self.delivered = 0
+        self._unconfirmed: OrderedDict[int, int] = OrderedDict()  # mid -> QoS, in the order handed to paho
+        self._early_acks: set[int] = set()  # acknowledgements that came before their mid was recorded
+        self._connected_at = 0.0
+        self._short_connections = 0
+        self._ignored_retained: set[str] = set()
         self._queue: deque[OutgoingMessage] = deque()
         self._retained: dict[str, OutgoingMessage] = {}
         self._retained_sent: dict[str, int] = {}
         self._republish_pending = False
-        self._subscriptions: dict[str, tuple[int, MessageCallback, bool]] = {}
+        # topic -> (qos, callback, retained, with_topic)
+        self._subscriptions: dict[str, tuple[int, MessageCallback, bool, bool]] = {}
         self._seq = 0
         self._stopping = False
         self._cond = threading.Condition()
@@ -142,7 +169,7 @@ class MqttPublisher:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
                              clean_session=None if self.is_v5 else True)
-        client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         if c.username is not None:
             client.username_pw_set(c.username, read_password(c))
         if c.tls.active:
@@ -161,6 +188,7 @@ class MqttPublisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     def start(self) -> None:
@@ -175,8 +203,8 @@ class MqttPublisher:
             session = {"clean_start": False, "properties": properties}
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive, **session)
         self._client.loop_start()
-        log.info("MQTT: connecting to %s:%d (MQTT %s%s)", self.config.host, self.config.port,
-                 self.config.protocol, ", TLS" if self.config.tls.active else "")
+        log.info("MQTT: connecting to %s:%d (MQTT %s%s) as client id %s", self.config.host, self.config.port,
+                 self.config.protocol, ", TLS" if self.config.tls.active else "", self.client_id)
 
     # -- public API --------------------------------------------------------------------
     @property
@@ -237,25 +265,36 @@ class MqttPublisher:
             self._cond.notify_all()
         return accepted
 
-    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 0, with_topic: bool = False) -> None:
+    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 0, retained: bool = True,
+                  with_topic: bool = False) -> None:
         """Call ``callback(payload, properties)`` for each message on ``topic`` (wildcards allowed),
         or ``callback(payload, properties, topic)`` with ``with_topic``.
 
         The callback runs on paho's network thread: it must return quickly. Subscriptions
-        are renewed on every reconnect. ``properties`` is None on MQTT 3.1.1.
+        are renewed on every reconnect. ``properties`` is None on MQTT 3.1.1. With
+        ``retained=False`` retained messages are never handed to ``callback`` (a command
+        someone published with the retain flag would otherwise run again at every reconnect).
         """
         with self._cond:
-            self._subscriptions[topic] = (qos, callback, with_topic)
+            self._subscriptions[topic] = (qos, callback, retained, with_topic)
             connected = self.state == "connected"
         if connected:
-            self._client.subscribe(topic, qos)
+            self._client.subscribe([self._subscription(topic, qos, retained)])
+
+    def _subscription(self, topic: str, qos: int, retained: bool) -> tuple:
+        """``(topic, qos)`` for paho; on MQTT 5 with retain handling 2 when retained messages are unwanted."""
+        if self.is_v5 and not retained:
+            return topic, SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        return topic, qos
 
     def status(self) -> dict:
-        """Connection figures for the stats message."""
+        """Connection figures for the stats message: ``sent`` handed to the network, ``delivered``
+        acknowledged by the broker, ``pending`` not yet, ``dropped`` lost on the way."""
         with self._cond:
             depth = len(self._queue)
-        return {"state": self.state, "last_error": self.last_error, "reconnects": self.reconnects,
-                "sent": self.sent, "dropped": self.dropped, "queue_depth": depth}
+            return {"state": self.state, "last_error": self.last_error, "reconnects": self.reconnects,
+                    "sent": self.sent, "delivered": self.delivered, "pending": len(self._unconfirmed),
+                    "dropped": self.dropped, "queue_depth": depth}
 
     def stop(self, timeout: float = 1.0) -> None:
         """Flush what can be sent, publish ``offline``, disconnect; bounded by about ``timeout`` s."""
@@ -266,7 +305,7 @@ class MqttPublisher:
         if self._sender is not None:
             self._sender.join(max(0.0, deadline - time.monotonic()) / 2)
         if self.state == "connected":
-            info = self._client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(max(0.05, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
@@ -296,8 +335,10 @@ class MqttPublisher:
             self.state = "connected"
             self.last_error = None
             self.connects += 1
+            self._connected_at = time.monotonic()
             self._republish_pending = True
-            subscriptions = [(topic, qos) for topic, (qos, *_) in self._subscriptions.items()]
+            subscriptions = [self._subscription(topic, qos, retained)
+                             for topic, (qos, _, retained, _) in self._subscriptions.items()]
             # SUBSCRIBE is queued before the sender wakes (it needs this lock), so the broker
             # has the subscriptions before anything queued is published: a reply to what we
             # publish (Home Assistant's birth after discovery) cannot arrive unheard
@@ -306,7 +347,9 @@ class MqttPublisher:
             self._cond.notify_all()
         log.info("MQTT: connected to %s:%d%s", self.config.host, self.config.port,
                  f" (reconnect {self.reconnects})" if self.reconnects else "")
-        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        info = client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+        with self._cond:
+            self._track(info.mid, 1)
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is still at hand.
@@ -318,26 +361,92 @@ class MqttPublisher:
         (log.warning if changed else log.debug)("MQTT: %s; retrying", reason)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        hint = None
         with self._cond:
             was_connected = self.state == "connected"
             if self.state != "stopped":
                 self.state = "disconnected"
+            lost = [mid for mid, qos in self._unconfirmed.items() if qos == 0]
+            for mid in lost:  # a QoS 0 message the broker never confirmed is gone with the connection
+                del self._unconfirmed[mid]
+            self.dropped += len(lost)
             if was_connected and not self._stopping:
                 self.last_error = f"connection lost: {reason_code}"
+                hint = self._takeover_hint(reason_code)
             self._cond.notify_all()
         if was_connected and not self._stopping:
-            log.warning("MQTT: %s; reconnecting", self.last_error)
+            log.warning("MQTT: %s; reconnecting%s", self.last_error,
+                        f" ({len(lost)} unconfirmed messages lost)" if lost else "")
+            if hint:
+                log.error("MQTT: %s", hint)
+
+    def _takeover_hint(self, reason_code) -> str | None:
+        """The log line naming a session takeover, or None (caller holds the lock)."""
+        if reason_code == SESSION_TAKEN_OVER:
+            self.last_error = f"session taken over by another client with client id {self.client_id!r}"
+            return (f"the broker handed this session to another client with the same client id "
+                    f"{self.client_id!r}: give each daemon its own mqtt.client_id (or leave it unset)")
+        if time.monotonic() - self._connected_at >= SHORT_CONNECTION_S:
+            self._short_connections = 0
+            return None
+        self._short_connections += 1
+        if self._short_connections != SHORT_CONNECTIONS_HINT:
+            return None
+        return (f"the broker closed the connection {SHORT_CONNECTIONS_HINT} times in a row within "
+                f"{SHORT_CONNECTION_S:.0f} s of accepting it; the usual cause is another client with the same "
+                f"client id {self.client_id!r} taking the session over: give each daemon its own "
+                "mqtt.client_id (or leave it unset)")
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         with self._cond:
-            callbacks = [(cb, with_topic) for topic, (_, cb, with_topic) in self._subscriptions.items()
-                         if paho.topic_matches_sub(topic_filter(topic), message.topic)]
-        for callback, with_topic in callbacks:
+            matching = [(topic, cb, retained, with_topic)
+                        for topic, (_, cb, retained, with_topic) in self._subscriptions.items()
+                        if paho.topic_matches_sub(topic_filter(topic), message.topic)]
+        for topic, callback, retained, with_topic in matching:
+            if message.retain and not retained:
+                if topic not in self._ignored_retained:
+                    self._ignored_retained.add(topic)
+                    log.warning("MQTT: ignored a retained message on %s (logged once): requests must not be "
+                                "retained; clear it with: mosquitto_pub -r -n -t '%s'", message.topic, message.topic)
+                continue
             try:
                 properties = message.properties if self.is_v5 else None
                 callback(message.payload, properties, *((message.topic,) if with_topic else ()))
             except Exception:
                 log.exception("MQTT: handler for %s failed", message.topic)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        """paho: a QoS 0 message was written to the socket, or a QoS 1/2 one acknowledged."""
+        with self._cond:
+            qos = self._unconfirmed.get(mid)
+            if qos is None:
+                self._early_acks.add(mid)  # a QoS 1/2 ack can beat the sender's bookkeeping
+                return
+            if qos > 0:
+                self._confirm(mid)
+
+    def _confirm(self, mid: int) -> None:
+        """The broker acknowledged ``mid``: it and every QoS 0 message handed over before it are
+        delivered (caller holds the lock)."""
+        earlier = []
+        for other, qos in self._unconfirmed.items():
+            if other == mid:
+                break
+            if qos == 0:
+                earlier.append(other)
+        for other in earlier:
+            del self._unconfirmed[other]
+        del self._unconfirmed[mid]
+        self.delivered += len(earlier) + 1
+
+    def _track(self, mid: int, qos: int) -> None:
+        """Remember a message handed to paho until the broker confirms it (caller holds the lock)."""
+        self._unconfirmed.pop(mid, None)  # message ids wrap around after 65535
+        self._unconfirmed[mid] = qos
+        if mid in self._early_acks:
+            self._early_acks.discard(mid)
+            if qos > 0:
+                self._confirm(mid)
 
     # -- sender thread ------------------------------------------------------------------
     def _next_batch(self) -> list[OutgoingMessage] | None:
@@ -377,9 +486,13 @@ class MqttPublisher:
                         self.dropped += 1
                     continue
                 sent = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+                # paho keeps a QoS 1/2 message it could not send yet and sends it after the reconnect
+                kept = message.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
                 with self._cond:
                     if sent:
                         self.sent += 1
+                    if sent or kept:
+                        self._track(info.mid, message.qos)
                     elif not message.retain:  # retained values are re-published after the reconnect
                         self.dropped += 1
                 if not sent:

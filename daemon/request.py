@@ -24,7 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.explain.registry import CONCEPT_METHODS, METHODS
+from daemon.contract import DEFAULT_PREFIX, CameraTopics, explain_request
+from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 
 IMAGE_GRACE_S = 2.0  # how long to wait for the grid picture after the response
@@ -35,10 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", required=True, help="MQTT broker host")
     parser.add_argument("--port", type=int, default=None, help="broker port (default 1883, 8883 with TLS)")
     parser.add_argument("--camera", required=True, help="camera name (the {camera} topic level)")
-    parser.add_argument("--prefix", default="explaincam", help="topic prefix (default explaincam)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
     parser.add_argument("--frame", default="latest", help="frame_id to explain, or 'latest' (default)")
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *CONCEPT_METHODS], default=None, metavar="METHOD",
-                        help=f"methods ({', '.join([*METHODS, *CONCEPT_METHODS])}; default: the daemon's)")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
+                        help=f"methods ({', '.join(METHODS)}; default: the daemon's)")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
     parser.add_argument("--out", default="explanation", help="folder for response.json, heatmaps and grid.png")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
@@ -51,15 +52,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def build_request(args: argparse.Namespace) -> dict:
     """The request JSON object for the arguments; ValueError on a bad --frame or --words."""
-    request = {"id": args.id or uuid.uuid4().hex[:16], "frame": "latest", "words": parse_words(args.words)}
+    frame = "latest"
     if args.frame != "latest":
         try:
-            request["frame"] = int(args.frame)
+            frame = int(args.frame)
         except ValueError:
             raise ValueError(f"--frame must be 'latest' or a frame_id, not {args.frame!r}") from None
-    if args.methods:
-        request["methods"] = args.methods
-    return request
+    return explain_request(args.id or uuid.uuid4().hex[:16], frame, args.methods or None, parse_words(args.words))
 
 
 class _Exchange:
@@ -68,9 +67,9 @@ class _Exchange:
     def __init__(self, args: argparse.Namespace, request: dict):
         self.args, self.request = args, request
         self.client_id = f"explaincam-request-{uuid.uuid4().hex[:12]}"
-        base = f"{args.prefix}/{args.camera}/explain"
-        self.request_topic, self.image_topic = f"{base}/request", f"{base}/image"
-        self.reply_topic = f"{base}/response/{self.client_id}"
+        topics = CameraTopics.for_camera(args.prefix, args.camera)
+        self.request_topic, self.image_topic = topics.explain_request, topics.explain_image
+        self.reply_topic = topics.private_response(self.client_id)
         self.correlation = uuid.uuid4().bytes
         self.subscribed, self.answered = threading.Event(), threading.Event()
         self.response: dict | None = None

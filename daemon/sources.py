@@ -14,12 +14,14 @@ import logging
 import sys
 import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from daemon.config import (ImagesSourceConfig, OpenCVSourceConfig, Picamera2SourceConfig, ScenesSourceConfig,
                            SourceConfigBase)
@@ -151,7 +153,13 @@ class OpenCVSource(FrameSource):
 
 
 class ImageFolderSource(FrameSource):
-    """Image files of a folder in name order; the folder is rescanned at every pass."""
+    """Image files of a folder in name order; the folder is rescanned at every pass.
+
+    An image's size is read from its header before it is decoded: one over ``max_pixels``
+    is decoded at a reduced size (JPEG) or skipped, so a huge file cannot stall the daemon
+    or eat its memory. A file that cannot be read is logged once (again only after it has
+    been read fine in between).
+    """
 
     def __init__(self, config: ImagesSourceConfig):
         self.config = config
@@ -159,6 +167,7 @@ class ImageFolderSource(FrameSource):
         self._files: list[Path] = []
         self._next = 0
         self._passes = 0
+        self._skipped: dict[Path, str] = {}  # files logged as unusable, and why
 
     def describe(self) -> str:
         return f"image folder {self.config.path}"
@@ -184,14 +193,43 @@ class ImageFolderSource(FrameSource):
                 self._files, self._next = self._scan(), 0
             path = self._files[self._next]
             self._next += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image, problem = read_image(path, self.config.max_pixels)
             if image is not None:
+                self._skipped.pop(path, None)
                 return to_rgb(image), None
-            log.warning("skipping %s: missing or not a readable image", path)
+            if self._skipped.get(path) != problem:
+                self._skipped[path] = problem
+                log.warning("skipping %s: %s (logged once)", path, problem)
         raise SourceError(f"no readable images in {self.config.path}")
 
     def close(self) -> None:
         self._files = []
+
+
+REDUCED_JPEG_READS = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                      (8, cv2.IMREAD_REDUCED_COLOR_8))
+
+
+def read_image(path: Path, max_pixels: int) -> tuple[np.ndarray | None, str]:
+    """An image file as OpenCV BGR(A)/grey, at most ``max_pixels`` large; ``(None, why)`` when it
+    cannot be read. The size comes from the header (Pillow reads no pixels for it); a JPEG
+    over the limit is decoded at 1/2, 1/4 or 1/8 size (cheap: the decoder skips detail)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as header:
+                width, height, kind = header.width, header.height, header.format
+    except (OSError, Image.DecompressionBombError, ValueError):
+        return None, "missing or not a readable image"
+    flag = cv2.IMREAD_COLOR
+    if width * height > max_pixels:
+        fits = [flag for factor, flag in REDUCED_JPEG_READS if width * height <= max_pixels * factor * factor]
+        if kind != "JPEG" or not fits:
+            return None, (f"{width}x{height} is larger than camera.source.max_pixels ({max_pixels} pixels)"
+                          + ("" if kind == "JPEG" else "; only JPEG files are read at a reduced size"))
+        flag = fits[0]
+    image = cv2.imread(str(path), flag)
+    return (image, "") if image is not None else (None, "missing or not a readable image")
 
 
 class Picamera2Source(FrameSource):

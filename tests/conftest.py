@@ -17,18 +17,20 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from daemon.contract import CameraTopics, PrefixTopics
 from daemon.demo import LocalBroker, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = REPO / "models" / "scenes-mnv3s"
 # the topics of the daemon that daemon_config sets up (prefix explaincam, camera testcam)
 PREFIX, CAMERA = "explaincam", "testcam"
-AVAILABILITY = f"{PREFIX}/availability"
-CAPTION = f"{PREFIX}/{CAMERA}/caption"
-SOURCE = f"{PREFIX}/{CAMERA}/source"
-STATS = f"{PREFIX}/stats"
-REQUEST = f"{PREFIX}/{CAMERA}/explain/request"
-RESPONSE = f"{PREFIX}/{CAMERA}/explain/response"
+TOPICS = CameraTopics.for_camera(PREFIX, CAMERA)
+AVAILABILITY = TOPICS.availability
+CAPTION = TOPICS.caption
+SOURCE = TOPICS.source
+STATS = PrefixTopics(PREFIX).stats
+REQUEST = TOPICS.explain_request
+RESPONSE = TOPICS.explain_response
 START_TIMEOUT = 60  # model loading on a busy 2-core box
 
 

@@ -1,6 +1,7 @@
-"""Explanations of the published caption, word by word (Grad-CAM, saliency, ...).
+"""Explanations of the published caption, word by word (Grad-CAM, saliency, ACE, ...).
 
-The capture process imports only the TensorFlow-free modules here (``requests``,
-``service``, ``heatmap``, ``registry``, ``worker``'s process loop); the explainer process
-loads ``explainer`` and the method modules, which bring TensorFlow.
+Nothing here imports TensorFlow at module level: the capture process uses ``requests``,
+``service`` and ``worker``; the explainer process runs ``explainer`` (the one answer
+pipeline) and the method modules over a backend (``backends``), and only the TensorFlow
+backend (``backends.tensorflow``) brings TensorFlow.
 """

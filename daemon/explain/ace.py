@@ -29,15 +29,15 @@ of its words (log-probabilities around -1e-5) that their gradients are tiny and 
 follow the runner-up word; on 60 unseen scenes it won the removal test for 67% of object
 words, the lift for 90%, lift with context 93%.
 
-The pure functions (segmentation, patches, bank I/O, assignment, drawing) need only numpy,
-OpenCV and scikit-image; ``ConceptExplainer`` runs the float model (TensorFlow, explainer
-process only).
+ACE is a registered method (``METHOD``): it answers the response's ``ace`` block and the
+ACE row of the explanation picture. Everything here is numpy, OpenCV and scikit-image's
+SLIC; the float model is reached through the explainer's backend (``bottleneck_activations``,
+``bottleneck_gradients``, ``logits``), whichever runs it.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +45,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from skimage.segmentation import slic
+
+from daemon.explain.base import Method, MethodResult
+from daemon.explain.heatmap import TILE, labelled
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
 # under 0.1% of the image dropped, a segment overlapping an already kept one of a coarser
@@ -84,6 +86,8 @@ def segment(image: np.ndarray, n_segments=N_SEGMENTS, compactness: float = COMPA
     Coarse resolutions come first; a segment of a finer resolution whose Jaccard index
     with a kept segment of a coarser one exceeds 0.5 is a duplicate and is dropped.
     """
+    from skimage.segmentation import slic  # imported on first use: only ACE answers need it
+
     h, w = image.shape[:2]
     kept_levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (labels, areas, kept ids)
     masks = []
@@ -349,18 +353,18 @@ class ConceptExplanation:
 
 
 class ConceptExplainer:
-    """ACE on frames with a bundle's float captioner (an ``Explainer``) and its concept bank."""
+    """ACE on frames with an ``Explainer`` (its backend, vocabulary and options) and a concept bank."""
 
     def __init__(self, explainer, bank: ConceptBank):
-        from daemon.explain.base import SplitCaptioner  # TensorFlow: explainer process only
-
+        backend = explainer.backend
+        if bank.layer != backend.bottleneck_layer:
+            raise ValueError(f"the concept bank was built at layer {bank.layer!r}, but the {backend.name} backend's "
+                             f"bottleneck is {backend.bottleneck_layer!r}; rebuild it with `explaincam concepts`")
         self.explainer, self.bank = explainer, bank
-        model = explainer.model
-        self.model = model if model.layer_name == bank.layer else SplitCaptioner(model.captioner, bank.layer)
 
     def embed(self, patches: np.ndarray) -> np.ndarray:
         """Spatially pooled bottleneck activations (N, C) of a batch of patches."""
-        return embed(self.model, patches, self.explainer.options.batch_size)
+        return embed(self.explainer.backend, patches)
 
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 counterfactual: bool = True) -> ConceptExplanation:
@@ -382,9 +386,8 @@ class ConceptExplainer:
         regions = [masks[assigned == k].any(axis=0) for k in present]
         tcav = np.zeros((len(indices), len(present)), np.float32)
         if indices and present:
-            grads = word_gradients(self.model, np.repeat(x[None], len(indices), axis=0),
-                                   [teacher_tokens(ex.vocab.start, tokens)] * len(indices), indices,
-                                   ex.options.batch_size)
+            grads = word_gradients(ex.backend, np.repeat(x[None], len(indices), axis=0),
+                                   [teacher_tokens(ex.vocab.start, tokens)] * len(indices), indices)
             cover = np.stack([coverage(r, grads.shape[1:3]) for r in regions])  # (P, h, w)
             along = grads @ bank.cavs[present].T  # (N, h, w, P): derivative along each CAV per position
             tcav = np.einsum("nhwp,phw->np", along, cover)
@@ -406,13 +409,12 @@ class ConceptExplainer:
             top = int(np.argmax(drop.sum(axis=0)))
             result.removed = [present[top]]
             result.counterfactual_image = fill_regions(x, regions[top], bank.fill).astype(np.uint8)
-            result.counterfactual_caption = ex.vocab.decode(ex.float_caption(result.counterfactual_image))
+            result.counterfactual_caption = ex.vocab.decode(ex.float_caption(result.counterfactual_image, tokens))
         done = time.perf_counter()
         result.timings_ms = {"ace_assign_ms": round((t_assign - started) * 1e3, 1),
                              "ace_tcav_ms": round((t_tcav - t_assign) * 1e3, 1),
                              "ace_removal_ms": round((t_removal - t_tcav) * 1e3, 1),
-                             "ace_counterfactual_ms": round((done - t_removal) * 1e3, 1),
-                             "ace_ms": round((done - started) * 1e3, 1)}
+                             "ace_counterfactual_ms": round((done - t_removal) * 1e3, 1)}
         return result
 
     def word_removal_wins(self, image: np.ndarray, tokens: list[int], indices: list[int], draws: int = 3,
@@ -487,58 +489,30 @@ def random_area(segments: np.ndarray, area: int, rng: np.random.Generator) -> np
     return union
 
 
-@functools.lru_cache(maxsize=4)
-def _pooled_activations(model):
-    """Graph-compiled images -> spatially pooled activations at a SplitCaptioner's layer."""
-    import tensorflow as tf
-
-    return tf.function(lambda images: tf.reduce_mean(model.encode(images)[0], axis=(1, 2)), reduce_retracing=True)
-
-
-def embed(model, patches: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Spatially pooled activations (N, C) at a SplitCaptioner's layer of 0..255 RGB patches."""
-    pooled = _pooled_activations(model)
-    out = [pooled(np.asarray(patches[s:s + batch_size], np.float32)).numpy()
-           for s in range(0, len(patches), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+def embed(backend, patches: np.ndarray) -> np.ndarray:
+    """Spatially pooled bottleneck activations (N, C) of 0..255 RGB patches, from a backend."""
+    if len(patches) == 0:
+        return np.zeros((0, 0), np.float32)
+    return backend.bottleneck_activations(np.asarray(patches, np.float32)).mean(axis=(1, 2))
 
 
-# ------------------------------------------------------------------- the explainer's seam
+def word_gradients(backend, images: np.ndarray, teacher_rows: list[list[int]], positions: list[int]) -> np.ndarray:
+    """Gradient of each row's teacher-forced word log-probability w.r.t. its bottleneck activations.
 
-@functools.lru_cache(maxsize=1)
-def concept_explainer(explainer) -> ConceptExplainer:
-    """The ConceptExplainer of an Explainer with its bundle's concept bank, loaded once per process."""
-    from daemon.bundle import BundleError
-
-    if not explainer.bundle.has("concepts"):
-        raise BundleError(f"{explainer.bundle.path}: the bundle has no concept bank (concepts.npz); "
-                          "build one with `explaincam concepts`")
-    return ConceptExplainer(explainer, ConceptBank.load(explainer.bundle.file("concepts")))
-
-
-def add_to_response(explainer, image: np.ndarray, tokens: list[int], indices: list[int], payload: dict,
-                    grid_png: bytes) -> bytes:
-    """Explain a frame with ACE for a response: put the ``ace`` block and its timings into
-    ``payload`` and return the explanation picture with the ACE row added."""
-    from daemon.explain.heatmap import TILE
-
-    concepts = concept_explainer(explainer)
-    result = concepts.explain(image, tokens, indices)
-    started = time.perf_counter()
-    payload["ace"] = result.to_json(concepts.bank)
-    grid_png = add_to_grid(grid_png, result, concepts.bank, TILE)
-    payload["timings_ms"].update(result.timings_ms, ace_render_ms=round((time.perf_counter() - started) * 1e3, 1))
-    return grid_png
+    Row i is image i under teacher tokens ``teacher_rows[i]`` (``[start, w0, ...]``; rows of
+    different lengths are padded after their end, which the causal decoder ignores) and the
+    word at ``positions[i]``. Returns (N, h, w, C).
+    """
+    length = max(len(t) for t in teacher_rows)
+    teacher = np.zeros((len(teacher_rows), length), np.int32)
+    for i, t in enumerate(teacher_rows):
+        teacher[i, :len(t)] = t
+    weights = np.zeros((len(teacher_rows), length - 1), np.float32)
+    weights[np.arange(len(positions)), positions] = 1.0
+    return backend.bottleneck_gradients(np.asarray(images, np.float32), teacher, weights)[1]
 
 
-def _labelled(panel: np.ndarray, label: str, tile: int, label_height: int = 22) -> np.ndarray:
-    """A panel resized to ``tile`` with a text strip above it (as the explanation grid draws them)."""
-    panel = cv2.resize(panel, (tile, tile), interpolation=cv2.INTER_AREA)
-    strip = np.full((label_height, tile, 3), 32, np.uint8)
-    cv2.putText(strip, label[:28], (4, label_height - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
-                cv2.LINE_AA)
-    return np.vstack([strip, panel])
-
+# ------------------------------------------------------------------- drawing the answer
 
 def legend(result: ConceptExplanation, bank: ConceptBank, tile: int) -> np.ndarray:
     """A tile listing each concept of the map with its colour and label."""
@@ -556,53 +530,22 @@ def grid_row(result: ConceptExplanation, bank: ConceptBank, tile: int) -> np.nda
     """The ACE row of the explanation picture: concept map, legend, counterfactual frame."""
     removed = ", ".join(f"c{k}" for k in result.removed) or "nothing"
     after = result.image if result.counterfactual_image is None else result.counterfactual_image
-    return np.hstack([_labelled(result.map_image(), "ACE concept map", tile),
-                      _labelled(legend(result, bank, tile), "concepts", tile),
-                      _labelled(after, f"without {removed}: {result.counterfactual_caption}", tile)])
+    return np.hstack([labelled(result.map_image(), "ACE concept map", tile),
+                      labelled(legend(result, bank, tile), "concepts", tile),
+                      labelled(after, f"without {removed}: {result.counterfactual_caption}", tile)])
 
 
-def add_to_grid(grid_png: bytes, result: ConceptExplanation, bank: ConceptBank, tile: int) -> bytes:
-    """The explanation picture (PNG) with the ACE row added below it, the narrower part padded."""
-    from daemon.explain.heatmap import decode_png, encode_png
+class Ace(Method):
+    """ACE as a method: the ``ace`` block of the response and the ACE row of the picture."""
 
-    grid = decode_png(grid_png)
-    row = grid_row(result, bank, tile)
-    width = max(grid.shape[1], row.shape[1])
-    pad = [np.pad(part, ((0, 0), (0, width - part.shape[1]), (0, 0))) for part in (grid, row)]
-    return encode_png(np.vstack(pad))
+    name = "ace"
 
-
-@functools.lru_cache(maxsize=4)
-def _compiled_word_gradients(model):
-    """Graph-compiled (images, teacher tokens, positions) -> d log p(word) / d layer activations."""
-    import tensorflow as tf
-
-    def gradients(images, teacher, positions):
-        rows = tf.range(tf.shape(images)[0])
-        words = tf.gather_nd(teacher, tf.stack([rows, positions + 1], axis=1))  # teacher = [start, w0, w1, ...]
-        with tf.GradientTape() as tape:
-            acts, logits = model.forward(images, teacher)
-            logp = tf.nn.log_softmax(logits, axis=-1)
-            total = tf.reduce_sum(tf.gather_nd(logp, tf.stack([rows, positions, words], axis=1)))
-        return tape.gradient(total, acts)
-
-    return tf.function(gradients, reduce_retracing=True)
+    def run(self, explainer, subject) -> MethodResult:
+        """Concepts of the frame, their ranking per explained word, and the counterfactual caption."""
+        concepts = explainer.concepts()
+        result = concepts.explain(subject.image, subject.tokens, subject.indices)
+        return MethodResult(block=result.to_json(concepts.bank), picture_row=grid_row(result, concepts.bank, TILE),
+                            timings_ms=result.timings_ms)
 
 
-def word_gradients(model, images: np.ndarray, teacher_rows: list[list[int]], positions: list[int],
-                   batch_size: int = 16) -> np.ndarray:
-    """Gradient of each row's teacher-forced word log-probability w.r.t. its activations at the layer.
-
-    Row i is image i under teacher tokens ``teacher_rows[i]`` (``[start, w0, ...]``; rows of
-    different lengths are padded, which the masked, causal decoder ignores) and the word at
-    ``positions[i]``. Returns (N, h, w, C).
-    """
-    length = max(len(t) for t in teacher_rows)
-    teacher = np.zeros((len(teacher_rows), length), np.int32)
-    for i, t in enumerate(teacher_rows):
-        teacher[i, :len(t)] = t
-    gradients = _compiled_word_gradients(model)
-    out = [gradients(np.asarray(images[s:s + batch_size], np.float32), teacher[s:s + batch_size],
-                     np.asarray(positions[s:s + batch_size], np.int32)).numpy()
-           for s in range(0, len(images), batch_size)]
-    return np.concatenate(out)
+METHOD = Ace()

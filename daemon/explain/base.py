@@ -1,157 +1,106 @@
-"""Gradient plumbing shared by every method (TensorFlow; loaded by the explainer process only).
+"""The method base classes: what every explanation method answers, and the numpy plumbing they share.
 
-``SplitCaptioner`` runs the sequence-form captioner so that the activations of one layer
-inside the nested ``encoder/backbone`` sub-model come out of the same forward pass as the
-logits, which makes them differentiable targets for a GradientTape. Two method families
-sit on it; each method module only says how it weights:
+Methods ask a backend (``daemon.explain.backends``) for gradients and never import
+TensorFlow. The pipeline (``daemon.explain.explainer``) calls ``Method.run`` and gets a
+``MethodResult``. Two families draw a heatmap per word; each method module only says how
+it weights:
 
-- ``CAMMethod``: gradients of the target w.r.t. the chosen layer's activations;
+- ``CAMMethod``: gradients of the target w.r.t. the Grad-CAM layer's activations;
   the map is ReLU(sum_k w_k A_k) with the method's channel weights w.
 - ``InputGradientMethod``: gradients w.r.t. the image at inputs the method chooses
   (the image, noisy copies, points on a path), combined into one map per word.
 
-Every method answers a list of raw 2-D maps, one per target, in the order given.
+ACE (``daemon.explain.ace``) is a method of its own kind: a block of concepts and a row of
+the explanation picture instead of a heatmap per word.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
-import tensorflow as tf
 
-import keras
-
+from daemon.explain import heatmap
 from daemon.explain.registry import ExplainOptions
+from daemon.explain.targets import weight_rows, word_targets
 
 
-class SplitCaptioner:
-    """The captioner as image -> (activations of one encoder layer, logits) in one pass.
+@dataclass
+class Subject:
+    """What one answer explains: the frame at the model's input size and words of a caption."""
 
-    The layer is either inside the nested ``backbone`` or one of the encoder's own layers
-    after it (the head, e.g. ``moment_map``).
+    image: np.ndarray  # (H, W, 3) float32 0..255 RGB
+    tokens: list[int]  # the caption's word tokens (no start/end)
+    teacher: list[int]  # the model input: start token, then the words
+    indices: list[int]  # explained word indices
+    words: list[str]  # the explained words
+
+
+@dataclass
+class MethodResult:
+    """One method's part of an answer.
+
+    A heatmap method fills ``maps`` and ``peaks`` (one per explained word) and may add
+    per-word numbers to its word entries (``word_fields``); a method like ACE answers a
+    ``block`` of its own under its name and a ``picture_row`` of the explanation picture.
     """
 
-    def __init__(self, captioner: keras.Model, layer_name: str):
-        encoder = captioner.get_layer("encoder")
-        backbone = encoder.get_layer("backbone")
-        chain = [layer for layer in encoder.layers if not isinstance(layer, keras.layers.InputLayer)]
-        at = chain.index(backbone)
-        self.before, self.after = chain[:at], chain[at + 1:]
-        self.layer_name = layer_name
-        head_input = self.after[0].input  # the backbone's output in the encoder's graph
-        self.in_head = layer_name in [layer.name for layer in self.after]
-        if self.in_head:
-            self.split = backbone
-            self.head = keras.Model(head_input, [encoder.get_layer(layer_name).output, encoder.output])
-        else:
-            try:
-                layer = backbone.get_layer(layer_name)
-            except ValueError:
-                raise ValueError(f"Grad-CAM layer {layer_name!r} is not a layer of the encoder") from None
-            self.split = keras.Model(backbone.input, [layer.output, backbone.output])
-            self.head = keras.Model(head_input, encoder.output)
-        features = captioner.get_layer("feat_dropout").input  # the encoder's output in the captioner graph
-        self.decoder = keras.Model([features, captioner.inputs[1]], captioner.output)
-        self.captioner = captioner
-        # Graph-compiled logits (about 2.5x faster than eager on a CPU); a GradientTape
-        # outside it still differentiates w.r.t. the images, not w.r.t. the activations.
-        self.compiled_logits = tf.function(lambda images, tokens: self.forward(images, tokens)[1],
-                                           reduce_retracing=True)
-
-    def encode(self, images):
-        """(activations, encoder features) of a batch of 0..255 RGB float images."""
-        x = images
-        for layer in self.before:
-            x = layer(x, training=False)
-        if self.in_head:
-            return self.head(self.split(x, training=False), training=False)
-        acts, x = self.split(x, training=False)
-        return acts, self.head(x, training=False)
-
-    def forward(self, images, tokens):
-        """(activations, logits (B, T, V)) for images and teacher-forced token rows."""
-        acts, features = self.encode(images)
-        return acts, self.decoder([features, tokens], training=False)
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """Full-precision encoder features of a batch of images (what the int8 encoder approximates)."""
-        return self.encode(tf.convert_to_tensor(images, tf.float32))[1].numpy()
-
-    def logits(self, images: np.ndarray, tokens: list[int], batch_size: int = 32) -> np.ndarray:
-        """Logits (N, T, V) of N images under the same teacher-forced tokens, batched."""
-        out = []
-        for s in range(0, len(images), batch_size):
-            x = tf.convert_to_tensor(images[s:s + batch_size], tf.float32)
-            tok = tf.convert_to_tensor(np.tile(np.asarray(tokens, np.int32), (len(x), 1)))
-            out.append(self.compiled_logits(x, tok).numpy())
-        return np.concatenate(out)
-
-
-def _gradients(model: SplitCaptioner, images: np.ndarray, tokens: list[int], targets: list,
-               batch_size: int, wrt_layer: bool):
-    """Per-row gradients of target_i(logits_i) w.r.t. image_i or its layer activations.
-
-    Rows are independent (inference mode), so the gradient of the summed targets gives
-    every row its own gradient in one backward pass per batch.
-    """
-    acts_out, grads_out = [], []
-    for s in range(0, len(images), batch_size):
-        x = tf.convert_to_tensor(images[s:s + batch_size], tf.float32)
-        tok = tf.convert_to_tensor(np.tile(np.asarray(tokens, np.int32), (len(x), 1)))
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            if wrt_layer:
-                acts, logits = model.forward(x, tok)
-            else:
-                logits = model.compiled_logits(x, tok)
-            total = tf.add_n([target(logits[i]) for i, target in enumerate(targets[s:s + batch_size])])
-        grads_out.append(tape.gradient(total, acts if wrt_layer else x).numpy())
-        if wrt_layer:
-            acts_out.append(acts.numpy())
-    grads = np.concatenate(grads_out)
-    return (np.concatenate(acts_out), grads) if wrt_layer else grads
-
-
-def image_gradients(model: SplitCaptioner, images: np.ndarray, tokens: list[int], targets: list,
-                    batch_size: int = 16) -> np.ndarray:
-    """d target_i / d image_i for each row (N, H, W, 3)."""
-    return _gradients(model, images, tokens, targets, batch_size, wrt_layer=False)
-
-
-def layer_gradients(model: SplitCaptioner, images: np.ndarray, tokens: list[int], targets: list,
-                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """(activations, d target_i / d activations_i) of the split layer for each row, (N, h, w, C) each."""
-    return _gradients(model, images, tokens, targets, batch_size, wrt_layer=True)
+    maps: list[np.ndarray] | None = None  # 0..1 at image size
+    peaks: list[tuple[int, int] | None] | None = None  # (x, y), None for an all-zero map
+    word_fields: list[dict] = field(default_factory=list)
+    block: dict | None = None
+    picture_row: np.ndarray | None = None  # RGB uint8, drawn below the per-word rows
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Method:
-    """An explanation method: ``explain`` answers one raw 2-D map per target."""
+    """An explanation method: ``run`` answers its part of an explanation of a subject."""
 
     name = ""
 
-    def explain(self, model: SplitCaptioner, image: np.ndarray, tokens: list[int], targets: list,
-                options: ExplainOptions) -> list[np.ndarray]:
-        """Raw maps (any resolution, larger = more important) for each target."""
+    def run(self, explainer, subject: Subject) -> MethodResult:
+        """This method's result for the subject, with the explainer's backend, options and bundle."""
         raise NotImplementedError
 
 
-class CAMMethod(Method):
+class HeatmapMethod(Method):
+    """A method that draws one map per explained word."""
+
+    def explain(self, backend, image: np.ndarray, teacher: list[int], targets: list,
+                options: ExplainOptions) -> list[np.ndarray]:
+        """Raw maps (any resolution, larger = more important) for each target."""
+        return self.explain_with_fields(backend, image, teacher, targets, options)[0]
+
+    def explain_with_fields(self, backend, image, teacher, targets, options) -> tuple[list[np.ndarray], list[dict]]:
+        """Raw maps and the per-target fields the answer reports beside them (none by default)."""
+        raise NotImplementedError
+
+    def run(self, explainer, subject: Subject) -> MethodResult:
+        """Maps at image size (0..1) with their peaks, one per explained word."""
+        raw, fields = self.explain_with_fields(explainer.backend, subject.image, subject.teacher,
+                                               word_targets(subject.indices), explainer.options)
+        maps = [heatmap.to_image_map(r, subject.image.shape[:2]) for r in raw]
+        return MethodResult(maps=maps, peaks=[heatmap.peak(m) for m in maps], word_fields=fields)
+
+
+class CAMMethod(HeatmapMethod):
     """Class-activation maps: ReLU of the activations weighted per channel from their gradients."""
 
     def weights(self, acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
         """Channel weights (C,) from one row's activations and gradients (h, w, C)."""
         raise NotImplementedError
 
-    def explain(self, model, image, tokens, targets, options):
+    def explain_with_fields(self, backend, image, teacher, targets, options):
         """One (h, w) map at the layer's resolution per target."""
         if not targets:
-            return []
+            return [], []
         images = np.repeat(np.asarray(image, np.float32)[None], len(targets), 0)
-        acts, grads = layer_gradients(model, images, tokens, targets, options.batch_size)
-        return [np.maximum(np.tensordot(a, self.weights(a, g), axes=([2], [0])), 0.0)
-                for a, g in zip(acts, grads)]
+        acts, grads, _ = backend.layer_gradients(images, teacher, weight_rows(targets, len(teacher) - 1))
+        maps = [np.maximum(np.tensordot(a, self.weights(a, g), axes=([2], [0])), 0.0) for a, g in zip(acts, grads)]
+        return maps, [{} for _ in maps]
 
 
-class InputGradientMethod(Method):
+class InputGradientMethod(HeatmapMethod):
     """Image-space gradients at method-chosen inputs, combined into one map per target."""
 
     def inputs(self, image: np.ndarray, options: ExplainOptions, rng: np.random.Generator) -> np.ndarray:
@@ -162,20 +111,33 @@ class InputGradientMethod(Method):
         """One (H, W) map from the gradients (S, H, W, 3) at the inputs."""
         raise NotImplementedError
 
-    def explain(self, model, image, tokens, targets, options):
-        """One (H, W) map per target; targets with few inputs share batches, memory stays bounded."""
+    def summarize(self, image: np.ndarray, inputs: np.ndarray, grads: np.ndarray) -> dict:
+        """Numbers ``fields`` needs from one target's inputs and gradients (kept instead of the arrays)."""
+        return {}
+
+    def fields(self, backend, image: np.ndarray, teacher: list[int], targets: list,
+               summaries: list[dict]) -> list[dict]:
+        """Per-target fields reported beside the maps (none by default)."""
+        return [{} for _ in targets]
+
+    def explain_with_fields(self, backend, image, teacher, targets, options):
+        """One (H, W) map per target; targets with few inputs share backend calls of about ``batch_size`` rows."""
         image = np.asarray(image, np.float32)
         rng = np.random.default_rng(options.seed)
+        length = len(teacher) - 1
         maps: list[np.ndarray] = []
+        summaries: list[dict] = []
         group: list[tuple[object, np.ndarray]] = []
 
         def flush():
             rows = np.concatenate([x for _, x in group])
-            row_targets = [t for t, x in group for _ in range(len(x))]
-            grads = image_gradients(model, rows, tokens, row_targets, options.batch_size)
+            weights = np.concatenate([np.repeat(weight_rows([t], length), len(x), 0) for t, x in group])
+            grads, _ = backend.image_gradients(rows, teacher, weights)
             at = 0
             for _, x in group:
-                maps.append(self.combine(image, x, grads[at:at + len(x)]))
+                g = grads[at:at + len(x)]
+                maps.append(self.combine(image, x, g))
+                summaries.append(self.summarize(image, x, g))
                 at += len(x)
             group.clear()
 
@@ -185,7 +147,7 @@ class InputGradientMethod(Method):
                 flush()
         if group:
             flush()
-        return maps
+        return maps, self.fields(backend, image, teacher, targets, summaries)
 
 
 def channel_max_abs(grads: np.ndarray) -> np.ndarray:

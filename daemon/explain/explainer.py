@@ -1,9 +1,13 @@
-"""The full-precision explainer: loads ``captioner.keras`` once and explains captions word by word.
+"""The answer pipeline: a bundle's float model behind a backend, explaining captions word by word.
 
-Used by the explainer process (``daemon.explain.worker``), by ``explaincam explain`` and by
-``explaincam evaluate``. It explains the caption it is given (the published one) by teacher
-forcing the float model on its tokens, and reports the float model's own greedy caption
-(float encoder features + the same numpy step decoder) beside it.
+One pipeline serves the explainer process (``daemon.explain.worker``), ``explaincam explain``
+and ``explaincam evaluate``: ``Explainer.explain`` runs the requested methods (each a
+registered ``Method``, ACE included) over the backend, and ``answer`` turns that into the
+MQTT response and the explanation picture, each heatmap and the picture encoded once. It
+explains the caption it is given (the published one) by teacher forcing the float model on
+its tokens, and reports the float model's own greedy caption beside it.
+
+No TensorFlow here: the backend (``daemon.explain.backends``) decides what runs the model.
 """
 
 from __future__ import annotations
@@ -14,95 +18,170 @@ from pathlib import Path
 
 import numpy as np
 
-import keras
-
 from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.captioner import resize_for_encoder
-from daemon.decoder import StepDecoder
+from daemon.decoder import PAD, StepDecoder
 from daemon.explain import heatmap
-from daemon.explain.base import SplitCaptioner
-from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
+from daemon.explain.backends import load_backend
+from daemon.explain.base import MethodResult, Subject
 from daemon.explain.registry import ExplainOptions, load_method
-from daemon.explain.targets import teacher_tokens, word_targets
+from daemon.explain.requests import response
+from daemon.explain.targets import log_softmax, teacher_tokens, word_logprobs
 from daemon.vocab import Vocabulary
 
 
 @dataclass
 class Explanation:
-    """Maps (0..1 at image size) and peaks per method, one per explained word."""
+    """Every method's result for the explained words of one frame."""
 
+    image: np.ndarray  # the frame at the model's input size, RGB uint8
     indices: list[int]
     words: list[str]
-    maps: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    peaks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    results: dict[str, MethodResult] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def maps(self) -> dict[str, list[np.ndarray]]:
+        """The 0..1 maps at image size of each heatmap method, one per word."""
+        return {name: r.maps for name, r in self.results.items() if r.maps is not None}
+
+    @property
+    def peaks(self) -> dict[str, list[tuple[int, int] | None]]:
+        """The (x, y) peak of each heatmap method's maps (None for an all-zero map)."""
+        return {name: r.peaks for name, r in self.results.items() if r.maps is not None}
+
     def word_records(self) -> list[dict]:
-        """The response's ``words`` list: index, word and per method a base64 PNG heatmap and peak."""
+        """The response's ``words``: index, word and per heatmap method its base64 PNG, peak and fields."""
         records = []
         for k, (index, word) in enumerate(zip(self.indices, self.words)):
             record = {"index": index, "word": word}
-            for method, maps in self.maps.items():
-                record[method] = {"heatmap": heatmap.png_base64(maps[k]), "peak": list(self.peaks[method][k])}
+            for name, result in self.results.items():
+                if result.maps is None:
+                    continue
+                peak = result.peaks[k]
+                record[name] = {"heatmap": heatmap.png_base64(result.maps[k]),
+                                "peak": None if peak is None else list(peak),
+                                **(result.word_fields[k] if result.word_fields else {})}
             records.append(record)
         return records
 
-    def grid_png(self, image: np.ndarray) -> bytes:
-        """PNG of the frame and one labelled overlay per word and method."""
-        rows = [(f"#{index} {word}", [(m, self.maps[m][k], self.peaks[m][k]) for m in self.maps])
+    def blocks(self) -> dict[str, dict]:
+        """The response blocks of methods that answer one of their own (ACE's ``ace``)."""
+        return {name: r.block for name, r in self.results.items() if r.block is not None}
+
+    def picture(self) -> np.ndarray:
+        """The explanation picture (RGB uint8): per word the frame and one overlay per heatmap
+        method, then the rows of methods that draw their own (ACE), the narrower parts padded."""
+        maps, peaks = self.maps, self.peaks
+        rows = [(f"#{index} {word}", [(m, maps[m][k], peaks[m][k]) for m in maps])
                 for k, (index, word) in enumerate(zip(self.indices, self.words))]
-        return heatmap.encode_png(heatmap.grid(image, rows))
+        parts = [heatmap.grid(self.image, rows)]
+        parts += [r.picture_row for r in self.results.values() if r.picture_row is not None]
+        width = max(p.shape[1] for p in parts)
+        return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts])
 
 
 class Explainer:
-    """A bundle's float captioner, cut at the Grad-CAM layer, with the explanation methods."""
+    """A bundle's float captioner behind a backend, with the explanation methods."""
 
     def __init__(self, bundle: Bundle | str | Path, options: ExplainOptions | None = None,
-                 gradcam_layer: str | None = None, captioner: keras.Model | None = None):
+                 gradcam_layer: str | None = None, backend="auto", threads: int = 2):
+        """``backend``: "auto" | "litert" | "tensorflow" (see ``load_backend``) or a backend object."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        if not self.bundle.has("captioner"):
-            raise BundleError(f"{self.bundle.path}: the bundle has no captioner.keras; explanations need it")
         special = self.bundle.manifest["special_tokens"]
         self.vocab = Vocabulary.load(self.bundle.file("vocab"), special["start"], special["end"])
         self.decoder = StepDecoder.load(self.bundle.file("decoder"), self.vocab.start, self.vocab.end)
-        if captioner is None:
-            captioner = keras.models.load_model(self.bundle.file("captioner"), compile=False)
-        self.layer = gradcam_layer or self.bundle.manifest["gradcam_layer"]
-        self.model = SplitCaptioner(captioner, self.layer)
         self.options = options or ExplainOptions()
+        if isinstance(backend, str):
+            backend = load_backend(self.bundle, backend, threads, gradcam_layer, self.options.batch_size)
+        self.backend = backend
+        self.layer = backend.gradcam_layer
         self.size = self.bundle.input_size
+        self._concepts = None
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An RGB frame at the model's input size, as float32 0..255."""
         return resize_for_encoder(image, self.size).astype(np.float32)
 
-    def float_caption(self, image: np.ndarray) -> list[int]:
-        """The float model's greedy caption tokens for a frame."""
-        features = self.model.features(self.prepare(image)[None])[0]
-        return self.decoder.greedy(features, self.bundle.max_length).tokens
+    def float_caption(self, image: np.ndarray, hint: list[int] | None = None) -> list[int]:
+        """The float model's greedy caption tokens for a frame.
+
+        With the backend's float encoder features the numpy step decoder decodes them (as
+        the int8 runtime does its own). A backend without ``features`` decodes through its
+        teacher-forced logits: the rows follow ``hint`` (the published caption, which the
+        float model nearly always repeats) as long as the greedy choice agrees with it, so a
+        caption the float model repeats costs one pass, and each disagreement one more.
+        """
+        x = self.prepare(image)[None]
+        if hasattr(self.backend, "features"):
+            return self.decoder.greedy(self.backend.features(x)[0], self.bundle.max_length).tokens
+        tokens: list[int] = []
+        guess = [int(t) for t in (hint or [])][:self.bundle.max_length]
+        while True:
+            row = tokens + guess[len(tokens):]
+            logits = self.backend.logits(x, teacher_tokens(self.vocab.start, row))[0]
+            for t in range(len(tokens), len(row) + 1):  # position t predicts word t
+                logp = log_softmax(logits[t])
+                logp[PAD] = logp[self.vocab.start] = -np.inf
+                token = self.vocab.end if t == self.bundle.max_length else int(np.argmax(logp))
+                if token == self.vocab.end:
+                    return tokens
+                tokens.append(token)
+                if t < len(row) and token != row[t]:  # the float model goes its own way from here
+                    guess = []
+                    break
 
     def word_logprobs(self, images: np.ndarray, tokens: list[int]) -> np.ndarray:
         """Teacher-forced log-probability of each caption word, (N images, len(tokens))."""
-        logits = self.model.logits(np.asarray(images, np.float32), teacher_tokens(self.vocab.start, tokens),
-                                   self.options.batch_size)
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        logp = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-        return logp[:, np.arange(len(tokens)), np.asarray(tokens, int)]
+        teacher = teacher_tokens(self.vocab.start, tokens)
+        return word_logprobs(self.backend.logits(np.asarray(images, np.float32), teacher), teacher)
+
+    def concepts(self):
+        """The ACE engine with the bundle's concept bank, loaded on first use (BundleError without a bank)."""
+        if self._concepts is None:
+            from daemon.explain.ace import ConceptBank, ConceptExplainer
+
+            if not self.bundle.has("concepts"):
+                raise BundleError(f"{self.bundle.path}: the bundle has no concept bank (concepts.npz); "
+                                  "build one with `explaincam concepts`")
+            self._concepts = ConceptExplainer(self, ConceptBank.load(self.bundle.file("concepts")))
+        return self._concepts
 
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 methods: list[str] | tuple[str, ...] = ("gradcam",)) -> Explanation:
-        """Maps of each method for the words ``indices`` (default all) of the caption ``tokens``."""
+        """Each method's result for the words ``indices`` (default all) of the caption ``tokens``."""
         x = self.prepare(image)
-        indices = list(range(len(tokens))) if indices is None else list(indices)
+        indices = list(range(len(tokens))) if indices is None else [int(i) for i in indices]
         words = [self.vocab.words[tokens[i] - 1] for i in indices]
-        result = Explanation(indices, words)
-        targets = word_targets(tokens, indices)
-        teacher = teacher_tokens(self.vocab.start, tokens)
+        subject = Subject(x, list(tokens), teacher_tokens(self.vocab.start, tokens), indices, words)
+        explanation = Explanation(x.astype(np.uint8), indices, words)
         for name in methods:
             started = time.perf_counter()
-            raw = load_method(name).explain(self.model, x, teacher, targets, self.options)
-            maps = [heatmap.to_image_map(r, x.shape[:2]) for r in raw]
-            result.maps[name] = maps
-            result.peaks[name] = [heatmap.peak(m) for m in maps]
-            result.timings_ms[f"{name}_ms"] = round((time.perf_counter() - started) * 1e3, 1)
-        return result
+            result = load_method(name).run(self, subject)
+            explanation.results[name] = result
+            explanation.timings_ms.update(result.timings_ms)
+            explanation.timings_ms[f"{name}_ms"] = round((time.perf_counter() - started) * 1e3, 1)
+        return explanation
+
+
+def answer(explainer: Explainer, image: np.ndarray, tokens: list[int], indices: list[int], methods: list[str],
+           request_id, frame_id: int | None = None, caption: str | None = None,
+           timings_ms: dict | None = None) -> tuple[dict, bytes]:
+    """The ok response and the explanation picture (PNG) of one request: the one answer pipeline.
+
+    ``tokens`` is the published caption's word tokens, ``caption`` its text (default: decoded
+    from ``tokens``); ``timings_ms`` are earlier timings to report first (the caption's).
+    """
+    started = time.perf_counter()
+    float_tokens = explainer.float_caption(image, tokens)
+    timings = {**(timings_ms or {}), "float_caption_ms": round((time.perf_counter() - started) * 1e3, 1)}
+    explanation = explainer.explain(image, tokens, indices, methods)
+    render_started = time.perf_counter()
+    payload = response(request_id, "ok", frame_id=frame_id,
+                       caption=explainer.vocab.decode(tokens) if caption is None else caption,
+                       float_caption=explainer.vocab.decode(float_tokens), words=explanation.word_records(),
+                       timings_ms={**timings, **explanation.timings_ms})
+    payload.update(explanation.blocks())
+    picture = heatmap.encode_png(explanation.picture())
+    payload["timings_ms"]["render_ms"] = round((time.perf_counter() - render_started) * 1e3, 1)
+    return payload, picture

@@ -40,9 +40,12 @@ def to_image_map(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return normalise(upsample(raw, size))
 
 
-def peak(heatmap: np.ndarray, sigma: float | None = None) -> tuple[int, int]:
-    """(x, y) of the map's maximum after Gaussian smoothing (default sigma: side / 40)."""
+def peak(heatmap: np.ndarray, sigma: float | None = None) -> tuple[int, int] | None:
+    """(x, y) of the map's maximum after Gaussian smoothing (default sigma: side / 40); None when
+    the map is all zero (nothing to point at, e.g. a word whose probability is 1 in float32)."""
     m = np.asarray(heatmap, np.float32)
+    if not np.any(m > 0):
+        return None
     sigma = max(m.shape) / 40 if sigma is None else sigma
     if sigma > 0:
         m = cv2.GaussianBlur(m, (0, 0), sigma)
@@ -99,7 +102,7 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
     return out
 
 
-def _labelled(panel: np.ndarray, label: str, tile: int) -> np.ndarray:
+def labelled(panel: np.ndarray, label: str, tile: int) -> np.ndarray:
     """A panel resized to ``tile`` with a text strip above it."""
     panel = cv2.resize(panel, (tile, tile), interpolation=cv2.INTER_AREA)
     strip = np.full((_LABEL_HEIGHT, tile, 3), 32, np.uint8)
@@ -122,15 +125,15 @@ def grid(image: np.ndarray | None, rows: list[tuple[str, list[tuple[str, np.ndar
     lines = []
     for word, panels in rows:
         if image is not None:
-            cells = [_labelled(image, word, tile)]
+            cells = [labelled(image, word, tile)]
         else:
-            cells = [_labelled(np.zeros((tile, tile, 3), np.uint8), word, tile)]
+            cells = [labelled(np.zeros((tile, tile, 3), np.uint8), word, tile)]
         for method, heatmap, peak_xy in panels:
             if image is not None:
                 drawn = overlay(image, heatmap, peak_xy=peak_xy)
             else:
                 drawn = colourise(heatmap)
-            cells.append(_labelled(drawn, f"{word.split(' ', 1)[-1]} / {method}", tile))
+            cells.append(labelled(drawn, f"{word.split(' ', 1)[-1]} / {method}", tile))
         cells += [blank] * (columns - len(cells))
         lines.append(np.hstack(cells))
     return np.vstack(lines)

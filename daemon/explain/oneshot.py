@@ -1,9 +1,10 @@
 """``explaincam explain IMAGE``: caption one image as the daemon would, then explain that caption.
 
 The caption comes from the int8 runtime (what the daemon publishes); the explanation is of
-that caption under the float model, in this process, with the same code as the explainer
-process. Output: a summary (or ``--json``: the MQTT response object) and, with ``--out``,
-response.json, one heatmap PNG per word and method and grid.png.
+that caption under the float model, in this process, through the explainer process's
+answer pipeline (``daemon.explain.explainer.answer``). Output: a summary (or ``--json``: the
+MQTT response object) and, with ``--out``, response.json, one heatmap PNG per word and
+method and grid.png.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from daemon.captioner import DEFAULT_BUNDLE, read_rgb
-from daemon.explain.registry import CONCEPT_METHODS, DEFAULT_METHODS, METHODS, ExplainOptions
-from daemon.explain.requests import parse_words, response, save_explanation, summary_lines
+from daemon.explain.backends import BACKEND_CHOICES
+from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
+from daemon.explain.requests import parse_words, save_explanation, summary_lines
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +24,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     defaults = ExplainOptions()
     parser.add_argument("image", help="image file")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="model bundle folder")
-    parser.add_argument("--methods", nargs="+", choices=[*METHODS, *CONCEPT_METHODS], default=DEFAULT_METHODS,
-                        metavar="METHOD", help=f"methods: {', '.join([*METHODS, *CONCEPT_METHODS])} "
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=DEFAULT_METHODS,
+                        metavar="METHOD", help=f"methods: {', '.join(METHODS)} "
                                                f"(default: {' '.join(DEFAULT_METHODS)})")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
     parser.add_argument("--out", default=None, help="folder for response.json, heatmaps and grid.png")
     parser.add_argument("--json", action="store_true", help="print the response JSON instead of a summary")
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="what runs the float model (default auto: LiteRT when the bundle has its explainer "
+                             "graph, else TensorFlow)")
     parser.add_argument("--gradcam-layer", default=None, help="backbone layer for Grad-CAM (default: the bundle's)")
     parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples,
                         help="noisy copies per word for smoothgrad")
@@ -56,31 +60,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: word index {bad[0]} is out of range: {caption.caption!r} has {len(caption.tokens)} words",
               file=sys.stderr)
         return 2
-    from daemon.explain.explainer import Explainer
+    from daemon.explain.backends import BackendError
+    from daemon.explain.explainer import Explainer, answer
 
     options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps)
     try:
-        explainer = Explainer(captioner.bundle, options, args.gradcam_layer)
-    except (BundleError, ValueError) as exc:
+        explainer = Explainer(captioner.bundle, options, args.gradcam_layer, args.backend)
+        payload, grid = answer(explainer, frame, caption.tokens, indices, args.methods, args.image,
+                               caption=caption.caption, timings_ms=caption.timings)
+    except (BundleError, BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    started = time.perf_counter()
-    float_tokens = explainer.float_caption(frame)
-    float_ms = (time.perf_counter() - started) * 1e3
-    explanation = explainer.explain(frame, caption.tokens, indices, [m for m in args.methods if m in METHODS])
-    payload = response(args.image, "ok", caption=caption.caption, float_caption=explainer.vocab.decode(float_tokens),
-                       words=explanation.word_records(),
-                       timings_ms={**caption.timings, "float_caption_ms": round(float_ms, 1),
-                                   **explanation.timings_ms})
-    grid = explanation.grid_png(explainer.prepare(frame).astype("uint8"))
-    if "ace" in args.methods:  # ACE adds its "ace" block and a row of the picture (daemon.explain.ace)
-        from daemon.explain.ace import add_to_response
-
-        try:
-            grid = add_to_response(explainer, frame, caption.tokens, indices, payload, grid)
-        except BundleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
     if args.out:
         save_explanation(args.out, payload, grid)
     if args.json:

@@ -2,8 +2,9 @@
 
 Request: ``{"id": "...", "frame": "latest" | <frame_id>, "methods": [...], "words": "all" | [indices]}``.
 Response: ``{"id", "status": "ok" | "error" | "busy", "frame_id", "caption", "float_caption",
-"words": [{"index", "word", "<method>": {"heatmap": base64 PNG, "peak": [x, y]}}],
-"timings_ms": {...}, "error": {"code", "message"} | null}``.
+"words": [{"index", "word", "<method>": {"heatmap": base64 PNG, "peak": [x, y] | null, ...}}],
+"<method>": {...} for a method that answers a block of its own (ace),
+"timings_ms": {...}, "error": {"code", "message"} | null}``. A peak is null when the map is all zero.
 
 Every answer carries the request's ``id`` whenever it can be recovered from the payload,
 even from one that is not valid JSON or too large.
@@ -21,10 +22,10 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from daemon.explain import heatmap
-from daemon.explain.registry import CONCEPT_METHODS, METHODS, RESERVED
+from daemon.explain.registry import METHODS, RESERVED
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
-               "frame_not_cached", "busy", "internal",
+               "frame_not_cached", "busy", "internal", "shutting_down",
                "timeout", "no_worker", "unknown_bundle", "bad_job")  # the last four: a fleet (daemon/fleet/)
 MAX_ID_LENGTH = 128
 _ID_PATTERN = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_ID_LENGTH)
@@ -132,9 +133,8 @@ def validate_request(payload: bytes | str, max_bytes: int,
     for name in request.methods:
         if name in RESERVED:
             return ErrorResponse(request.id, "unknown_method", f"method {name!r}: {RESERVED[name]}")
-        if name not in METHODS and name not in CONCEPT_METHODS:  # ace: concepts, answered by daemon.explain.ace
-            return ErrorResponse(request.id, "unknown_method",
-                                 f"unknown method {name!r}; known: {', '.join([*METHODS, *CONCEPT_METHODS])}")
+        if name not in METHODS:
+            return ErrorResponse(request.id, "unknown_method", f"unknown method {name!r}; known: {', '.join(METHODS)}")
     if len(set(request.methods)) != len(request.methods):
         return ErrorResponse(request.id, "bad_request", "methods lists a method twice")
     return request
@@ -173,7 +173,7 @@ def summary_lines(payload: dict) -> list[str]:
     lines = [f"{frame}caption {payload.get('caption')!r}",
              f"float model's caption {payload.get('float_caption')!r}"]
     for record in payload.get("words", []):
-        peaks = ", ".join(f"{k} peak {tuple(v['peak'])}" for k, v in record.items()
+        peaks = ", ".join(f"{k} peak {tuple(v['peak']) if v['peak'] else None}" for k, v in record.items()
                           if isinstance(v, dict) and "peak" in v)
         lines.append(f"  #{record['index']} {record['word']}: {peaks}")
     timings = payload.get("timings_ms") or {}
@@ -201,7 +201,8 @@ def save_explanation(out: str | Path, payload: dict, grid_png: bytes | None) -> 
             path = out / f"{record['index']:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', record['word'])}_{method}.png"
             path.write_bytes(base64.b64decode(value["heatmap"]))
             written.append(path)
-            panels.append((method, heatmap.heatmap_from_base64(value["heatmap"]), tuple(value["peak"])))
+            peak = tuple(value["peak"]) if value.get("peak") else None
+            panels.append((method, heatmap.heatmap_from_base64(value["heatmap"]), peak))
         rows.append((f"#{record['index']} {record['word']}", panels))
     if grid_png is None:
         grid_png = heatmap.encode_png(heatmap.grid(None, rows))

@@ -1,14 +1,24 @@
 """The explain service in the capture process: validate, queue, publish (no TensorFlow here).
 
 ``handle_request`` runs on the MQTT network thread and never waits: it validates the
-request against the frame cache, answers errors and ``busy`` at once, and otherwise puts a
-job on a bounded multiprocessing queue for the explainer process (``worker.serve``,
-started lazily with ``spawn``, niced, gone after ``idle_exit_s`` without work and started
-again by the next request). A result thread publishes each answer to the request's MQTT 5
-Response Topic with its Correlation Data (else to the default response topic), writes
-``explanation.png`` and ``explanation.json`` atomically to the snapshot folder and
-publishes the PNG retained on the explain image topic. A crash of the explainer process
-is answered as an ``internal`` error; the daemon goes on.
+request against the frame cache, answers errors and ``busy`` at once, and otherwise hands
+a job to the explainer process (``worker.serve``, started lazily with ``spawn``, niced,
+gone after ``idle_exit_s`` without work and started again by the next request). A result
+thread publishes each answer to the request's MQTT 5 Response Topic with its Correlation
+Data (else to the default response topic), writes ``explanation.png`` and
+``explanation.json`` atomically to the snapshot folder and publishes the PNG retained on
+the explain image topic, with its info (``made_at``) beside it.
+
+Every explainer process gets channels of its own. When one dies (the OOM killer picks the
+idle explainer first), is killed while explaining, or leaves waiting jobs untaken for
+``STUCK_S``, the request it was answering gets an ``internal`` error and a fresh process
+with fresh channels takes the waiting ones; the daemon goes on. At shutdown pending
+requests are answered ``shutting_down`` and the process is terminated; the process also
+ends itself within a second when the daemon is gone (``worker.serve``).
+
+With ``explain.mode`` remote (or auto while a worker is present) an accepted request goes to
+a fleet's workers instead (``remote``, a ``daemon.fleet.dispatcher.RemoteDispatcher``); their
+answers are published by the same ``_deliver`` as a local one.
 """
 
 from __future__ import annotations
@@ -17,39 +27,64 @@ import itertools
 import json
 import logging
 import multiprocessing
+import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Callable
 
+from daemon.contract import CameraTopics, explanation_info
 from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.mqtt import topic_problem
+from daemon.problems import RecurringProblem
 from daemon.snapshot import atomic_write
 
 log = logging.getLogger("explaincam.explain")
 
 RESULT_POLL_S = 0.25  # how often the result thread looks at the explainer process when idle
+STUCK_S = 60.0  # an explainer that leaves waiting jobs untaken this long (and runs none) is replaced
 
 
 @dataclass
 class _Pending:
-    """Where and how to answer an accepted request."""
+    """Where and how to answer an accepted request; ``job`` is kept until the explainer starts it."""
 
     request_id: str
     response_topic: str | None
     correlation_data: bytes | None
     received: float
+    job: Job | None = None
     started: float | None = None
+
+
+@dataclass
+class _Worker:
+    """One explainer process with channels of its own, made fresh for every process.
+
+    A process killed while it waits in ``jobs.get`` leaves that queue's reader lock held
+    for good, so a queue is never handed to a second process. ``results`` is the reading
+    end of a one-way pipe whose writing end only the process holds: its death reads as
+    end of file at once, and its writes fail (instead of blocking) once the daemon is gone.
+    """
+
+    process: object  # multiprocessing.Process
+    jobs: object  # multiprocessing.Queue of Job (None asks the process to stop)
+    results: object  # multiprocessing.connection.Connection
+    last_sign: float  # monotonic time of the start or of the last message
+    took_jobs: bool = False
+    stuck: bool = False
 
 
 class ExplainService:
     """Answers explain requests of the capture process with a separate explainer process."""
 
-    def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: dict,
+    def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: CameraTopics,
                  frame_cache, model_name: str | None = None, remote=None):
         self.config = config
         self.publish = publish
@@ -59,19 +94,19 @@ class ExplainService:
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
         self.settings = WorkerSettings(
             bundle_path=str(bundle_path), nice=config.nice, idle_exit_s=config.idle_exit_s,
-            threads=config.threads, gradcam_layer=config.gradcam_layer,
+            threads=config.threads, gradcam_layer=config.gradcam_layer, backend=config.backend,
             options=ExplainOptions(batch_size=config.batch_size, smoothgrad_samples=config.smoothgrad_samples,
                                    ig_steps=config.ig_steps))
         self._context = multiprocessing.get_context("spawn")
-        self._jobs = self._context.Queue(maxsize=config.queue_size)
-        self._results = self._context.Queue()
-        self._process = None
-        self._process_took_jobs = False
+        _start_resource_tracker()
+        self._worker: _Worker | None = None
         self._running: int | None = None
         self._pending: dict[int, _Pending] = {}
         self._keys = itertools.count(1)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # a worker was started: the result thread reads it at once
+        self._write_problem = RecurringProblem(log, f"write the explanation files in {self.snapshot_dir}")
         self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
         self._thread.start()
         # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
@@ -83,8 +118,8 @@ class ExplainService:
     def worker_pid(self) -> int | None:
         """Process id of the running explainer process, or None while there is none."""
         with self._lock:
-            alive = self._process is not None and self._process.is_alive()
-            return self._process.pid if alive else None
+            worker = self._worker
+            return worker.process.pid if worker is not None and worker.process.is_alive() else None
 
     # --- the MQTT thread -------------------------------------------------------------
 
@@ -129,57 +164,70 @@ class ExplainService:
             return self.remote.submit(job, reply)
         with self._lock:
             if self._stopping.is_set():
-                return ErrorResponse(request.id, "internal", "the daemon is shutting down")
-            self._ensure_worker()
-            self._pending[job.key] = reply
-            try:
-                self._jobs.put_nowait(job)
-            except queue.Full:
-                del self._pending[job.key]
+                return ErrorResponse(request.id, "shutting_down", "the daemon is shutting down; ask again later")
+            waiting = sum(1 for p in self._pending.values() if p.started is None)
+            if waiting >= self.config.queue_size:
                 return ErrorResponse(request.id, "busy",
                                      f"{self.config.queue_size} explanations are already waiting; try again later",
                                      frame.frame_id, caption.caption)
+            reply.job = job
+            self._pending[job.key] = reply
+            if self._worker is None:
+                self._worker = self._start_worker()
+            if self._worker.process.is_alive():
+                self._worker.jobs.put_nowait(job)
+            # else it just died: the result thread replaces it and hands this job to the new one
         log.info("explain request %r queued: frame %d, %d words, %s", request.id, frame.frame_id,
                  len(indices), ", ".join(request.methods))
         return None
 
-    def _ensure_worker(self) -> None:
-        """Start the explainer process if none is running (caller holds the lock)."""
-        if self._process is not None and self._process.is_alive():
-            return
-        process = self._context.Process(target=serve, args=(self._jobs, self._results, self.settings),
+    def _start_worker(self) -> _Worker:
+        """Start an explainer process with fresh channels (caller holds the lock)."""
+        jobs = self._context.Queue()
+        results, results_writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=serve, args=(jobs, results_writer, self.settings, os.getpid()),
                                         name="explaincam-explainer", daemon=True)
         process.start()
-        self._process = process
-        self._process_took_jobs = False
-        log.info("explainer process started (pid %d)", self._process.pid)
+        results_writer.close()  # only the explainer writes: its end of file is the process's end
+        self._wake.set()
+        log.info("explainer process started (pid %d)", process.pid)
+        return _Worker(process, jobs, results, time.monotonic())
 
     # --- the result thread -----------------------------------------------------------
 
     def _result_loop(self) -> None:
-        """Answer finished jobs; notice an explainer process that ended or crashed."""
+        """Answer finished jobs; replace an explainer process that ended, crashed or got stuck."""
         while not self._stopping.is_set():
-            try:
-                message = self._results.get(timeout=RESULT_POLL_S)
-            except queue.Empty:
-                self._check_worker()
+            with self._lock:
+                worker = self._worker
+                self._wake.clear()
+            if worker is None:
+                self._wake.wait(RESULT_POLL_S)
                 continue
-            except (EOFError, OSError):
-                return
             try:
-                self._on_message(message)
+                message = worker.results.recv() if worker.results.poll(RESULT_POLL_S) else None
+            except (EOFError, OSError):  # the process ended and everything it sent has been read
+                self._on_worker_end(worker)
+                continue
+            if message is None:
+                self._check_stuck(worker)
+                continue
+            try:
+                self._on_message(worker, message)
             except Exception:
                 log.exception("cannot publish an explanation")
 
-    def _on_message(self, message: tuple) -> None:
+    def _on_message(self, worker: _Worker, message: tuple) -> None:
         """Handle one message of the explainer process."""
         kind, key = message[0], message[1]
         with self._lock:
+            worker.last_sign = time.monotonic()
             if kind == "started":
                 self._running = key
-                self._process_took_jobs = True
+                worker.took_jobs = True
                 if key in self._pending:
                     self._pending[key].started = time.monotonic()
+                    self._pending[key].job = None
                 return
             self._running = None
             reply = self._pending.pop(key, None)
@@ -198,48 +246,62 @@ class ExplainService:
         log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
 
     def _deliver(self, payload: dict, grid: bytes, reply: _Pending) -> None:
-        """Publish a finished explanation: the image (retained), the snapshot files, the answer."""
-        self.publish(self.topics["image"], grid, qos=1, retain=True)
-        self._write_snapshot(grid, dict(payload, model=self.model_name))
-        self._reply(payload, reply, json.dumps(payload))
+        """Publish a finished explanation, local or a fleet worker's: the image and its info (retained),
+        the snapshot files, the answer."""
+        text = json.dumps(payload)
+        info = explanation_info(payload, made_at=time.time())
+        self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
+        self.publish(self.topics.explain_image, grid, qos=1, retain=True)
+        self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"]))
+        self._reply(payload, reply, text)
 
-    def _check_worker(self) -> None:
-        """After the explainer process ended: answer its lost job, restart it for queued ones."""
+    def _check_stuck(self, worker: _Worker) -> None:
+        """Kill an explainer process that has left waiting jobs untaken for STUCK_S (SIGSTOP, say)."""
         with self._lock:
-            process = self._process
-            if process is None or process.is_alive() or self._stopping.is_set():
+            if self._worker is not worker or self._running is not None or worker.stuck:
                 return
-            self._process = None
-            code = process.exitcode
+            waiting = [p.received for p in self._pending.values() if p.started is None]
+            if not waiting or time.monotonic() - max(worker.last_sign, min(waiting)) < STUCK_S:
+                return
+            worker.stuck = True
+        log.error("explainer process (pid %d) took no job for %.0f s: killing it", worker.process.pid, STUCK_S)
+        worker.process.kill()
+
+    def _on_worker_end(self, worker: _Worker) -> None:
+        """After an explainer process ended: answer its lost job, start a fresh one for waiting jobs."""
+        worker.process.join(1.0)
+        if worker.process.is_alive():  # it closed its pipe but lives on: it is of no use any more
+            worker.process.kill()
+            worker.process.join(1.0)
+        code = worker.process.exitcode
+        with self._lock:
+            if self._worker is worker:
+                self._worker = None
             lost = self._pending.pop(self._running, None) if self._running is not None else None
             self._running = None
-            failed_to_start = code != 0 and not self._process_took_jobs
-            stranded = []
-            if failed_to_start:  # it would fail again: answer what waits instead of looping
-                stranded = self._drain_jobs()
+            failed_to_start = code != 0 and not worker.took_jobs and not worker.stuck
+            stranded, restarted = [], False
+            if self._stopping.is_set():
+                pass  # stop() answers what is pending
+            elif failed_to_start:  # it would fail again: answer what waits instead of looping
+                stranded = list(self._pending.values())
+                self._pending.clear()
             elif self._pending:
-                self._ensure_worker()
-        if code != 0:
-            log.error("explainer process ended with exit code %s", code)
+                self._worker, restarted = self._start_worker(), True
+                for key in sorted(self._pending):
+                    self._worker.jobs.put_nowait(self._pending[key].job)
+        _close_channels(worker)
+        if code != 0 and not self._stopping.is_set():
+            log.error("explainer process (pid %d) %s%s", worker.process.pid, _exit_reason(code),
+                      "; a fresh one answers the waiting requests" if restarted else "")
         if lost is not None:
             self._reply(ErrorResponse(lost.request_id, "internal",
-                                      f"the explainer process crashed (exit code {code}) while explaining; "
+                                      f"the explainer process crashed ({_exit_reason(code)}) while explaining; "
                                       "it will be restarted by the next request").payload(), lost)
         for reply in stranded:
             self._reply(ErrorResponse(reply.request_id, "internal",
-                                      f"the explainer process could not start (exit code {code})").payload(), reply)
-
-    def _drain_jobs(self) -> list[_Pending]:
-        """Take every queued job off the queue; their replies (caller holds the lock)."""
-        replies = []
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.key in self._pending:
-                replies.append(self._pending.pop(job.key))
-        return replies
+                                      f"the explainer process could not start ({_exit_reason(code)})").payload(),
+                        reply)
 
     def _write_snapshot(self, grid: bytes, record: dict) -> None:
         """explanation.png and explanation.json (the response plus the model name), atomically.
@@ -253,14 +315,16 @@ class ExplainService:
             atomic_write(self.snapshot_dir / "explanation.png", grid)
             atomic_write(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
         except OSError as exc:
-            log.error("cannot write the explanation to %s: %s", self.snapshot_dir, exc)
+            self._write_problem.failed(exc)
+        else:
+            self._write_problem.succeeded()
 
     def _reply(self, payload: dict, reply: _Pending, text: str | None = None) -> None:
         """Publish a response to the request's Response Topic (with its Correlation Data) or the default.
 
         An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line.
         """
-        topic = reply.response_topic or self.topics["response"]
+        topic = reply.response_topic or self.topics.explain_response
         problem = topic_problem(topic)
         if problem is not None:
             log.warning("answer to explain request %r dropped: its Response Topic %r %s",
@@ -271,26 +335,78 @@ class ExplainService:
     # --- shutdown --------------------------------------------------------------------
 
     def stop(self, timeout: float = 2.0) -> None:
-        """End the explainer process (waiting up to ``timeout`` s for it) and the result thread."""
+        """Answer every pending request ``shutting_down``, end the explainer process and the result thread.
+
+        The explainer has nothing to save: it is terminated at once (killed after ``timeout`` s).
+        Requests waiting for a fleet's workers are answered ``shutting_down`` too.
+        """
         if self.remote is not None:
             self.remote.stop()
         with self._lock:
             self._stopping.set()
-            process = self._process
-            self._process = None
-        if process is not None and process.is_alive():
-            try:
-                self._jobs.put_nowait(None)
-            except queue.Full:
-                pass
-            process.join(timeout)
-            if process.is_alive():
-                process.terminate()
-                process.join(1.0)
-            if process.is_alive():
-                process.kill()
-                process.join(1.0)
+            worker, self._worker = self._worker, None
+            pending = sorted(self._pending.items())
+            self._pending.clear()
+            self._running = None
+        for _, reply in pending:
+            self._reply(ErrorResponse(reply.request_id, "shutting_down",
+                                      "the daemon is shutting down; ask again once it is back").payload(), reply)
+        if worker is not None:
+            worker.process.terminate()
+            worker.process.join(timeout)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)
+        self._wake.set()
         self._thread.join(timeout)
-        for q in (self._jobs, self._results):
-            q.cancel_join_thread()
-            q.close()
+        if worker is not None:
+            _close_channels(worker)
+
+    def kill_worker(self) -> None:
+        """Kill the explainer process at once, without locks (a second SIGTERM's signal handler)."""
+        worker = self._worker
+        if worker is not None and worker.process.pid is not None:
+            try:
+                os.kill(worker.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker (it watches the queues' semaphores) ignoring SIGHUP.
+
+    ``systemctl kill -s HUP`` and a closed terminal signal every process of the daemon; the
+    tracker would die of it, and its successor print a traceback for every semaphore it
+    never saw. An ignored signal stays ignored across exec, so it is ignored while the
+    tracker starts (only the main thread can change a signal's disposition).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        resource_tracker.ensure_running()
+        return
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _close_channels(worker: _Worker) -> None:
+    """Close an ended process's channels; jobs still in its queue are dropped (they were resubmitted)."""
+    while True:  # a job left in the pipe would keep the queue's feeder thread blocked for good
+        try:
+            worker.jobs.get_nowait()
+        except (queue.Empty, OSError, EOFError, ValueError):  # ValueError: closed already
+            break
+    worker.jobs.cancel_join_thread()
+    worker.jobs.close()
+    worker.results.close()
+
+
+def _exit_reason(code: int | None) -> str:
+    """``exited with code 1`` / ``was killed by SIGKILL`` for a process exit code."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"

@@ -1,10 +1,10 @@
 """The explainer process: loads the float model once and answers jobs until it has been idle.
 
 ``serve`` is the process's main function (multiprocessing ``spawn``). This module imports
-no TensorFlow itself, so the capture process can name ``serve`` as the target; the process
-imports ``daemon.explain.explainer`` (and with it TensorFlow) only once it runs.
+no model code itself, so the capture process can name ``serve`` as the target; the process
+loads the explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
 
-Messages to the service, on the results queue:
+Messages to the service, on the results pipe:
 ``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message)``.
 """
 
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.explain.registry import CONCEPT_METHODS, ExplainOptions
+from daemon.explain.registry import ExplainOptions
+
+PARENT_CHECK_S = 1.0  # how often the explainer looks whether the daemon is still there
 
 
 @dataclass
@@ -36,7 +40,7 @@ class Job:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What the explainer process needs to start: bundle, niceness, idle timeout, effort."""
+    """What the explainer process needs to start: bundle, backend, niceness, idle timeout, effort."""
 
     bundle_path: str
     nice: int = 10
@@ -44,37 +48,30 @@ class WorkerSettings:
     threads: int = 2
     gradcam_layer: str | None = None
     options: ExplainOptions = ExplainOptions()
+    backend: str = "auto"  # "auto" | "litert" | "tensorflow" (daemon.explain.backends.load_backend)
 
 
 def answer(explainer, job: Job) -> tuple[dict, bytes]:
-    """The ok response (without service timings) and the grid PNG of one job."""
-    from daemon.explain.requests import response
+    """The ok response (without service timings) and the explanation picture (PNG) of one job."""
+    from daemon.explain.explainer import answer as explain_answer
 
-    started = time.perf_counter()
-    float_tokens = explainer.float_caption(job.image)
-    float_ms = (time.perf_counter() - started) * 1e3
-    heatmap_methods = [m for m in job.methods if m not in CONCEPT_METHODS]
-    explanation = explainer.explain(job.image, job.tokens, job.indices, heatmap_methods)
-    render_started = time.perf_counter()
-    words = explanation.word_records()
-    grid = explanation.grid_png(explainer.prepare(job.image).astype(np.uint8))
-    timings = {"float_caption_ms": round(float_ms, 1), **explanation.timings_ms,
-               "render_ms": round((time.perf_counter() - render_started) * 1e3, 1)}
-    payload = response(job.request_id, "ok", frame_id=job.frame_id, caption=job.caption,
-                       float_caption=explainer.vocab.decode(float_tokens), words=words, timings_ms=timings)
-    if "ace" in job.methods:  # ACE adds its "ace" block and a row of the picture (daemon.explain.ace)
-        from daemon.explain.ace import add_to_response
-
-        grid = add_to_response(explainer, job.image, job.tokens, job.indices, payload, grid)
-    return payload, grid
+    return explain_answer(explainer, job.image, job.tokens, job.indices, job.methods, job.request_id,
+                          frame_id=job.frame_id, caption=job.caption)
 
 
-def serve(jobs, results, settings: WorkerSettings) -> None:
+def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
     """Process main: nice itself, load the model on the first job, answer jobs, exit when idle.
 
-    A ``None`` job asks it to stop. An exception while explaining is answered as a failed
-    job and the process goes on; only a crash ends it (the service reports that).
+    ``jobs`` is a queue of Job (``None`` asks it to stop); ``results`` the writing end of a
+    pipe to the service. An exception while explaining is answered as a failed job and the
+    process goes on. It ends itself when the daemon ``parent_pid`` is gone (checked every
+    PARENT_CHECK_S, also while explaining) or its results can no longer be written, and it
+    ignores SIGHUP and SIGINT (a closed terminal or Ctrl-C reaches the whole process group:
+    the daemon decides when the explainer stops).
     """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
     try:
         os.nice(settings.nice)
     except OSError:
@@ -86,9 +83,8 @@ def serve(jobs, results, settings: WorkerSettings) -> None:
             job = jobs.get(timeout=settings.idle_exit_s)
         except queue.Empty:
             return
-        if job is None:
+        if job is None or not _send(results, ("started", job.key)):
             return
-        results.put(("started", job.key))
         try:
             load_ms = 0.0
             if explainer is None:
@@ -98,20 +94,32 @@ def serve(jobs, results, settings: WorkerSettings) -> None:
             payload, grid = answer(explainer, job)
             if load_ms:
                 payload["timings_ms"]["load_ms"] = round(load_ms, 1)
-            results.put(("done", job.key, payload, grid))
+            message = ("done", job.key, payload, grid)
         except Exception as exc:  # reported to the requester as an `internal` error
-            results.put(("failed", job.key, f"{type(exc).__name__}: {exc}"))
+            message = ("failed", job.key, f"{type(exc).__name__}: {exc}")
+        if not _send(results, message):
+            return
+
+
+def _send(results, message: tuple) -> bool:
+    """Write one message to the service; False when nobody reads any more (the daemon is gone)."""
+    try:
+        results.send(message)
+    except OSError:  # BrokenPipeError: the daemon's end is closed
+        return False
+    return True
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """Thread: end the process at once when the daemon that started it is gone (killed, say)."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def _load(settings: WorkerSettings):
-    """Import TensorFlow with the configured thread counts and load the explainer."""
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:  # already initialised by an earlier, failed load
-        pass
+    """The explainer on the configured backend (LiteRT needs no TensorFlow import)."""
     from daemon.explain.explainer import Explainer
 
-    return Explainer(settings.bundle_path, settings.options, settings.gradcam_layer)
+    return Explainer(settings.bundle_path, settings.options, settings.gradcam_layer, settings.backend,
+                     settings.threads)

@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.demo import LocalBroker, find_mosquitto, free_port
-from daemon.fleet import messages
+from daemon.contract import ONLINE, CameraTopics, PrefixTopics
 from daemon.stats import percentiles
 
 PREFIX = "explaincam"
@@ -87,7 +87,7 @@ class _Requester:
         properties.CorrelationData = request["id"].encode()
         with self._cond:
             self.sent[request["id"].encode()] = time.monotonic()
-        self.client.publish(f"{PREFIX}/{camera}/explain/request", json.dumps(request), qos=1, properties=properties)
+        self.client.publish(CameraTopics.for_camera(PREFIX, camera).explain_request, json.dumps(request), qos=1, properties=properties)
 
     def outstanding(self) -> int:
         """Requests sent and not answered yet."""
@@ -139,14 +139,14 @@ def _wait_workers(port: int, ids: list[str], timeout: float) -> None:
 
     def on_message(client, userdata, message):
         try:
-            if json.loads(message.payload).get("state") == messages.ONLINE:
+            if json.loads(message.payload).get("state") == ONLINE:
                 online.add(message.topic.split("/")[-1])
         except ValueError:
             return
         if online >= set(ids):
             done.set()
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fleet-bench-watch", protocol=paho.MQTTv5)
-    client.on_connect = lambda c, *a: c.subscribe([(messages.worker_topic(PREFIX, w), 1) for w in ids])
+    client.on_connect = lambda c, *a: c.subscribe([(PrefixTopics(PREFIX).worker(w), 1) for w in ids])
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.loop_start()

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.bundle import MANIFEST, load_bundle
+from daemon.contract import (ONLINE, CameraTopics, JobMessage, MessageError, PrefixTopics, ProgressMessage,
+                             read_answer)
 from daemon.explain.requests import ErrorResponse
-from daemon.fleet import messages
-from daemon.fleet.messages import JobMessage, MessageError, ProgressMessage, read_answer
 
 log = logging.getLogger("explaincam.fleet")
 
@@ -62,7 +62,7 @@ class WorkerRegistry:
             worker_id = parts[-2]
             with self._lock:
                 entry = self._workers.setdefault(worker_id, {"announcement": None, "seen": None, "online": None})
-                entry["online"] = payload == messages.ONLINE.encode()
+                entry["online"] = payload == ONLINE.encode()
             return
         worker_id = parts[-1]
         with self._lock:
@@ -87,7 +87,7 @@ class WorkerRegistry:
                 return False
             announcement = entry["announcement"]
             return entry["online"] is False or (announcement is not None and (
-                announcement.get("state") != messages.ONLINE or now - entry["seen"] > self.stale_s))
+                announcement.get("state") != ONLINE or now - entry["seen"] > self.stale_s))
 
     def available(self, bundle_sha256: str) -> list[str]:
         """Ids of the workers online, recently announced and holding this bundle."""
@@ -96,7 +96,7 @@ class WorkerRegistry:
             return sorted(
                 worker_id for worker_id, entry in self._workers.items()
                 if entry["announcement"] is not None and entry["online"] is not False
-                and entry["announcement"].get("state") == messages.ONLINE and now - entry["seen"] <= self.stale_s
+                and entry["announcement"].get("state") == ONLINE and now - entry["seen"] <= self.stale_s
                 and any(b.get("sha256") == bundle_sha256 for b in entry["announcement"].get("bundles", [])))
 
 
@@ -119,15 +119,16 @@ class _RemoteJob:
 class RemoteDispatcher:
     """Publishes accepted requests as fleet jobs and answers their requesters with the workers' results."""
 
-    def __init__(self, config, prefix: str, camera: str, bundle_path: str | Path, publish: Callable,
+    def __init__(self, config, topics: CameraTopics, bundle_path: str | Path, publish: Callable,
                  subscribe: Callable, clock: Callable[[], float] = time.monotonic):
-        """``config`` is the ExplainConfig; ``publish``/``subscribe`` are the daemon's MqttPublisher's."""
+        """``config`` is the ExplainConfig, ``topics`` the camera's; ``publish``/``subscribe`` are the
+        daemon's MqttPublisher's."""
         self.config = config
         self.remote = config.remote
-        self.camera = camera
+        self.camera = topics.camera
         self.publish = publish
-        self.job_topic = messages.job_topic(prefix, camera)
-        self.result_topic = messages.result_topic(prefix, camera)
+        self.job_topic = topics.explain_job
+        self.result_topic = topics.explain_result
         self.bundle_name, self.bundle_sha256 = bundle_identity(bundle_path)
         self.registry = WorkerRegistry(self.remote.worker_stale_s, clock)
         self.counts = {"published": 0, "answered": 0, "retried": 0, "duplicates": 0, "gave_up": 0}
@@ -138,7 +139,7 @@ class RemoteDispatcher:
         self._reply: Callable | None = None
         self._deliver: Callable | None = None
         subscribe(self.result_topic, self._on_result, qos=1)
-        subscribe(messages.workers_subscription(prefix), self._on_worker_message, qos=1, with_topic=True)
+        subscribe(PrefixTopics(topics.prefix).workers, self._on_worker_message, qos=1, with_topic=True)
         self._thread = threading.Thread(target=self._retry_loop, name="fleet-retry", daemon=True)
 
     def start(self, reply: Callable, deliver: Callable) -> None:
@@ -161,7 +162,7 @@ class RemoteDispatcher:
                                       "ig_steps": self.config.ig_steps, "gradcam_layer": self.config.gradcam_layer})
         with self._lock:
             if self._stopping.is_set():
-                return ErrorResponse(job.request_id, "internal", "the daemon is shutting down")
+                return ErrorResponse(job.request_id, "shutting_down", "the daemon is shutting down; ask again later")
             if len(self._pending) >= self.config.queue_size:
                 return ErrorResponse(job.request_id, "busy",
                                      f"{self.config.queue_size} explanations are already waiting for the fleet; "
@@ -288,7 +289,16 @@ class RemoteDispatcher:
             pending.deadline = self._clock() + self.remote.retry_s * (1 + max(0, progress.ahead))
 
     def stop(self) -> None:
-        """Stop retrying; jobs still waiting are not answered."""
-        self._stopping.set()
+        """Stop retrying and answer the jobs still waiting ``shutting_down`` (their answers are dropped)."""
+        with self._lock:
+            self._stopping.set()
+            waiting = list(self._pending.values())
+            self._pending.clear()
         if self._thread.is_alive():
             self._thread.join(1.0)
+        for pending in waiting:
+            message = pending.message
+            if self._reply is not None:
+                self._reply(ErrorResponse(message.request_id, "shutting_down",
+                                          "the daemon is shutting down; ask again once it is back").payload(),
+                            pending.reply)

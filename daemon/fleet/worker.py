@@ -1,7 +1,7 @@
 """``explaincam worker -c worker.yaml``: an explainer worker of a fleet.
 
 It loads its bundles' explainers (the same answer pipeline as the camera daemon's local
-explainer process), then subscribes (MQTT 5, QoS 1) to ``$share/{group}/{prefix}/+/explain/job``,
+explainer process, on the backend of ``backend``: LiteRT or TensorFlow), then subscribes (MQTT 5, QoS 1) to ``$share/{group}/{prefix}/+/explain/job``,
 so the broker hands each camera's job to one worker of the group. Jobs wait in a bounded
 queue (a full one answers ``busy``) for the one explain thread. Each answer goes to the
 job's Response Topic with its Correlation Data (the camera's daemon, which answers the
@@ -14,7 +14,7 @@ publishing the job again.
 It announces itself retained on ``{prefix}/workers/{id}`` (bundles, backend, queue, counts,
 rates; refreshed every ``announce_interval_s`` and expiring after three of them) and keeps
 ``{prefix}/workers/{id}/availability`` ``online`` (its last will says ``offline``). Topics
-and payloads: daemon.fleet.messages.
+and payloads: daemon.contract.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from daemon.bundle import BundleError, load_bundle
+from daemon import contract
 from daemon.config import ConfigError, WorkerConfig, load_config
+from daemon.contract import JobMessage, MessageError, PrefixTopics
+from daemon.explain.backends import BackendError
 from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse
-from daemon.fleet import messages
 from daemon.fleet.dispatcher import bundle_identity
-from daemon.fleet.messages import JobMessage, MessageError
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
 from daemon.stats import percentiles
@@ -56,8 +58,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the worker until SIGTERM/SIGINT; 2 for a config, bundle or MQTT settings error."""
-    from daemon.app import install_stop_handlers, setup_logging
+    """Run the worker until SIGTERM/SIGINT; 2 for a config, bundle, backend or MQTT settings error."""
+    from daemon.app import install_signal_handlers, setup_logging
 
     try:
         cfg = load_config(args.config, WorkerConfig)
@@ -66,15 +68,18 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(args.log_level or cfg.log_level)
     stop = threading.Event()
-    install_stop_handlers(stop)
+    install_signal_handlers(stop, [])
     try:
-        worker = FleetWorker(cfg)
+        worker = FleetWorker(cfg, instance=str(Path(args.config).resolve()))
     except (BundleError, MqttSetupError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     notifier = SystemdNotifier.from_environment()
     try:
         worker.run(stop, notifier)
+    except BackendError as exc:  # the configured backend cannot run here (no graph, no TensorFlow)
+        log.error("%s", exc)
+        return EXIT_CONFIG
     finally:
         notifier.close()
     return 0
@@ -93,21 +98,24 @@ class _Queued:
 class FleetWorker:
     """Explains the fleet's jobs with its bundles' explainers, one job at a time."""
 
-    def __init__(self, cfg: WorkerConfig):
+    def __init__(self, cfg: WorkerConfig, instance: str = ""):
+        """``instance`` (the config file's path) tells this worker's MQTT client id from another's on the box."""
         self.cfg = cfg
         self.id = cfg.worker_id()
         self.prefix = cfg.mqtt.topic_prefix
+        self.topics = PrefixTopics(self.prefix)
         self.bundles: dict[str, tuple[str, str]] = {}  # manifest sha256 -> (model name, folder)
         for path in cfg.bundle_paths():
             load_bundle(path)  # refuses a bundle whose files do not match their hashes
             name, sha256 = bundle_identity(path)
             self.bundles[sha256] = (name, str(path))
-        self.publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.client_id or f"explaincam-worker-{self.id}",
-                                       messages.worker_availability_topic(self.prefix, self.id),
+        self.publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(f"worker-{self.id}", instance),
+                                       self.topics.worker_availability(self.id),
                                        session_expiry_s=cfg.session_expiry_s)
-        self.announce_topic = messages.worker_topic(self.prefix, self.id)
+        self.announce_topic = self.topics.worker(self.id)
         self._jobs: queue.Queue[_Queued] = queue.Queue(maxsize=cfg.queue_size)
         self._explainers: dict[tuple[str, str | None], object] = {}
+        self._backends: dict[str, str] = {}  # manifest sha256 -> backend name ("litert" | "tensorflow")
         self.counts = {"jobs_done": 0, "jobs_failed": 0, "jobs_refused": 0}
         self._finished: deque[float] = deque()
         self._explain_ms: deque[float] = deque(maxlen=200)
@@ -126,10 +134,12 @@ class FleetWorker:
         notifier.status("loading the bundles")
         for sha256, (name, path) in self.bundles.items():
             started = time.perf_counter()
-            self._warm_up(self._explainer(sha256, None))
-            log.info("bundle %s (%s, manifest sha256 %s…) loaded and warmed up in %.1f s", name, path,
-                     sha256[:12], time.perf_counter() - started)
-        self.publisher.subscribe(messages.job_subscription(self.cfg.group, self.prefix), self._on_job, qos=1,
+            explainer = self._explainer(sha256, None)
+            self._backends[sha256] = explainer.backend.name
+            self._warm_up(explainer)
+            log.info("bundle %s (%s, manifest sha256 %s…) loaded on %s and warmed up in %.1f s", name, path,
+                     sha256[:12], explainer.backend.name, time.perf_counter() - started)
+        self.publisher.subscribe(self.topics.explain_jobs(self.cfg.group), self._on_job, qos=1,
                                  with_topic=True)
         self.publisher.start()
         explain_thread = threading.Thread(target=self._explain_loop, args=(stop,), name="fleet-explain", daemon=True)
@@ -140,20 +150,22 @@ class FleetWorker:
         while not stop.is_set():
             self._announce()
             stop.wait(self.cfg.announce_interval_s)
-        self.publisher.publish(self.announce_topic, json.dumps({"id": self.id, "state": messages.OFFLINE}),
+        self.publisher.publish(self.announce_topic, json.dumps({"id": self.id, "state": contract.OFFLINE}),
                                qos=1, retain=True)
         notifier.stopping()
         self.publisher.stop(timeout=1.0)
         log.info("worker %r stopped after %d jobs", self.id, self.counts["jobs_done"])
 
     def _explainer(self, sha256: str, gradcam_layer: str | None):
-        """The explainer of a bundle (and Grad-CAM layer), loaded on first use (TensorFlow)."""
+        """The explainer of a bundle (and Grad-CAM layer) on the configured backend, loaded on first use
+        as the local explainer process loads it (BackendError when that backend cannot run here)."""
         key = (sha256, gradcam_layer)
         if key not in self._explainers:
             from daemon.explain.worker import WorkerSettings, _load
 
             settings = WorkerSettings(bundle_path=self.bundles[sha256][1], threads=self.cfg.threads,
-                                      gradcam_layer=gradcam_layer, options=ExplainOptions(batch_size=self.cfg.batch_size))
+                                      gradcam_layer=gradcam_layer, backend=self.cfg.backend,
+                                      options=ExplainOptions(batch_size=self.cfg.batch_size))
             self._explainers[key] = _load(settings)
         return self._explainers[key]
 
@@ -170,7 +182,7 @@ class FleetWorker:
     # --- announcements -----------------------------------------------------------------
 
     def announcement(self) -> dict:
-        """The retained announcement: bundles, backend, queue, counts and rates."""
+        """The retained announcement: bundles (each with its backend), backend(s), queue, counts and rates."""
         now = time.monotonic()
         with self._lock:
             while self._finished and now - self._finished[0] > RATE_WINDOW_S:
@@ -178,9 +190,11 @@ class FleetWorker:
             rate = len(self._finished) * 60.0 / min(RATE_WINDOW_S, max(now - self._started, 1.0))
             explain_ms = percentiles(list(self._explain_ms))
             counts = dict(self.counts)
-        return {"id": self.id, "state": messages.ONLINE, "group": self.cfg.group,
-                "bundles": [{"name": name, "sha256": sha} for sha, (name, _) in self.bundles.items()],
-                "backend": "tensorflow", "queue_depth": self._jobs.qsize(), "queue_size": self.cfg.queue_size,
+        backends = sorted(set(self._backends.values()))
+        return {"id": self.id, "state": contract.ONLINE, "group": self.cfg.group,
+                "bundles": [{"name": name, "sha256": sha, "backend": self._backends.get(sha)}
+                            for sha, (name, _) in self.bundles.items()],
+                "backend": ",".join(backends) or None, "queue_depth": self._jobs.qsize(), "queue_size": self.cfg.queue_size,
                 **counts, "jobs_per_min": round(rate, 2), "explain_ms": explain_ms,
                 "uptime_s": round(now - self._started, 1)}
 
@@ -195,12 +209,12 @@ class FleetWorker:
         """Queue a job, or answer at once: ``bad_job``, ``unknown_bundle`` or ``busy``."""
         received = time.monotonic()
         camera = topic.split("/")[-3] if topic.count("/") >= 3 else "?"
-        response_topic = getattr(properties, "ResponseTopic", None) or messages.result_topic(self.prefix, camera)
+        response_topic = getattr(properties, "ResponseTopic", None) or contract.CameraTopics.for_camera(self.prefix, camera).explain_result
         correlation = getattr(properties, "CorrelationData", None)
         try:
             job = JobMessage.decode(payload)
         except MessageError as exc:
-            job_id = messages.job_id_of(payload)
+            job_id = contract.job_id_of(payload)
             log.warning("job %s from %s refused: %s", job_id, camera, exc)
             if job_id is not None:
                 self._answer(job_id, 1, response_topic, correlation,
@@ -225,8 +239,8 @@ class FleetWorker:
                 job.request_id, "busy", f"worker {self.id} has {self.cfg.queue_size} jobs waiting",
                 job.frame_id, job.caption))
             return
-        self.publisher.publish(response_topic, messages.encode_progress(job.job_id, job.attempt, self.id,
-                                                                        messages.QUEUED, ahead),
+        self.publisher.publish(response_topic, contract.encode_progress(job.job_id, job.attempt, self.id,
+                                                                        contract.QUEUED, ahead),
                                qos=1, correlation_data=correlation)
         log.info("job %s (request %r of %s, try %d) queued: %d words, %s", job.job_id, job.request_id, job.camera,
                  job.attempt, len(job.indices), ", ".join(job.methods))
@@ -240,7 +254,7 @@ class FleetWorker:
 
     def _answer(self, job_id: str, attempt: int, topic: str, correlation, response: dict, grid: bytes | None) -> None:
         """Publish a result to the job's Response Topic with its Correlation Data."""
-        self.publisher.publish(topic, messages.encode_result(job_id, attempt, self.id, response, grid), qos=1,
+        self.publisher.publish(topic, contract.encode_result(job_id, attempt, self.id, response, grid), qos=1,
                                correlation_data=correlation)
 
     # --- the explain thread --------------------------------------------------------------
@@ -268,8 +282,8 @@ class FleetWorker:
         job = queued.job
         started = time.monotonic()
         log.info("job %s (request %r of %s) started", job.job_id, job.request_id, job.camera)
-        self.publisher.publish(queued.response_topic, messages.encode_progress(job.job_id, job.attempt, self.id,
-                                                                               messages.STARTED),
+        self.publisher.publish(queued.response_topic, contract.encode_progress(job.job_id, job.attempt, self.id,
+                                                                               contract.STARTED),
                                qos=1, correlation_data=queued.correlation_data)
         try:
             explainer = self._explainer(job.bundle_sha256, job.options["gradcam_layer"])

@@ -45,7 +45,7 @@ def test_a_moment_map_captioner_survives_save_and_load(tmp_path):
 @pytest.mark.parametrize("pooling", ["moments", "moments_max"])
 def test_the_explainer_cuts_a_branching_head_at_the_moment_map(pooling):
     from convert.model import build_captioner, build_encoder
-    from daemon.explain.base import SplitCaptioner
+    from daemon.explain.backends.tensorflow import SplitCaptioner
 
     captioner = build_captioner(build_encoder(input_size=64, stride=16, minimalistic=True, pooling=pooling),
                                 vocab_size=12)

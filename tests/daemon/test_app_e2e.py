@@ -18,10 +18,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from convert.scenes import scene_at
+from daemon.contract import CameraTopics
 from tests.conftest import (AVAILABILITY, CAMERA, CAPTION, PREFIX, REPO, SHIPPED_BUNDLE, SOURCE, START_TIMEOUT,
                             STATS, daemon_config, wait_until)
 
-SNAPSHOT = f"{PREFIX}/{CAMERA}/snapshot"
+SNAPSHOT = CameraTopics.for_camera(PREFIX, CAMERA).snapshot
 EXPLAINER_INSTALLED = importlib.util.find_spec("daemon.explain.service") is not None
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from convert.scenes import scene_at
-from daemon.capture import CameraTopics, CaptionLoop, frame_change, thumbnail
+from daemon.capture import CaptionLoop, frame_change, thumbnail
+from daemon.contract import CameraTopics
 from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.demo import free_port

@@ -10,7 +10,7 @@ from convert.scenes import COLOURS, PLURALS, SHAPES, scene_at
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain import ace
-from daemon.explain.heatmap import decode_png, encode_png
+from daemon.explain.heatmap import decode_png
 
 HELD_OUT_SEED = 6161  # not the bank's discovery stream (5050) nor training (1)
 
@@ -128,12 +128,12 @@ def test_concept_map_gives_each_pixel_its_best_fitting_concept():
 
 @pytest.fixture(scope="module")
 def shipped():
-    """(Explainer, ConceptBank, ConceptExplainer) of the shipped bundle."""
+    """(Explainer, ConceptBank, ConceptExplainer) of the shipped bundle on the TensorFlow backend."""
     from daemon.explain.explainer import Explainer
 
-    explainer = Explainer(load_bundle(DEFAULT_BUNDLE))
-    bank = ace.ConceptBank.load(explainer.bundle.file("concepts"))
-    return explainer, bank, ace.ConceptExplainer(explainer, bank)
+    explainer = Explainer(load_bundle(DEFAULT_BUNDLE), backend="tensorflow")
+    concepts = explainer.concepts()
+    return explainer, concepts.bank, concepts
 
 
 def test_shipped_bank_has_a_pure_concept_for_every_colour_and_shape(shipped):
@@ -143,7 +143,7 @@ def test_shipped_bank_has_a_pure_concept_for_every_colour_and_shape(shipped):
     report = {kind: round(purity.get(kind, (0.0, -1))[0], 2) for kind in (*COLOURS, *SHAPES)}
     print("purity per word:", report)
     assert all(share > 0.7 for share in report.values()), report
-    assert bank.layer == bottleneck_layer(explainer.model.captioner)
+    assert bank.layer == bottleneck_layer(explainer.backend.captioner) == explainer.backend.bottleneck_layer
     assert set(COLOURS) | set(SHAPES) <= set(bank.words)
     assert bank.thumbnails.shape[2:] == (ace.THUMB, ace.THUMB, 3)
 
@@ -172,10 +172,9 @@ def test_ace_explains_every_word_of_a_frame(shipped):
     removed = block["counterfactual"]["removed_concepts"]
     assert len(removed) == 1 and removed[0] in ids
     assert set(block["counterfactual"]["caption"].split()) <= set(explainer.vocab.words)
-    grid = np.zeros((2 * 214, 2 * 192, 3), np.uint8)  # a narrower two-word, one-method grid
-    picture = decode_png(ace.add_to_grid(encode_png(grid), result, bank, 192))
-    assert picture.shape == (3 * 214, 3 * 192, 3) and picture[-192:].any()
-    assert result.timings_ms["ace_ms"] > 0
+    row = ace.grid_row(result, bank, 192)  # concept map, legend, counterfactual
+    assert row.shape == (214, 3 * 192, 3) and row[-192:].any()
+    assert result.timings_ms["ace_assign_ms"] > 0
 
 
 def test_removing_the_top_concept_of_object_words_beats_random_segments(shipped):
@@ -201,6 +200,30 @@ def test_a_frame_without_concepts_still_answers(shipped):
     assert block["concepts"] == [] and block["words"][0]["ranking"] == []
     assert block["counterfactual"] == {"removed_concepts": [], "caption": ""}
     assert concept_explainer.removal_wins(result, [1, 2], [0]) == [False]
+
+
+def test_ace_is_a_method_of_the_one_answer_pipeline(shipped):
+    """ACE beside a heatmap method: its block in the response, its row in the one encoded picture."""
+    from daemon.explain.explainer import answer
+
+    explainer, bank, _ = shipped
+    scene = scene_at(HELD_OUT_SEED, 1)
+    tokens = explainer.vocab.encode(scene.caption)
+    payload, png = answer(explainer, scene.image, tokens, [0, 1], ["gradcam", "ace"], "p1", frame_id=7)
+    assert payload["id"] == "p1" and payload["status"] == "ok" and payload["frame_id"] == 7
+    assert [w["index"] for w in payload["ace"]["words"]] == [0, 1]
+    assert [set(w) for w in payload["words"]] == [{"index", "word", "gradcam"}] * 2
+    assert {"gradcam_ms", "ace_ms", "ace_tcav_ms", "float_caption_ms", "render_ms"} <= set(payload["timings_ms"])
+    picture = decode_png(png)
+    assert picture.shape == (3 * 214, 3 * 192, 3)  # two word rows (frame, gradcam), then the ACE row
+    assert picture[2 * 214 + 22:, :192].any()  # the concept map under the word rows
+
+
+def test_a_bank_of_another_layer_is_refused_with_its_layer_named(shipped):
+    explainer, bank, _ = shipped
+    other = ace.ConceptBank(**{**bank.__dict__, "layer": "expanded_conv_3"})
+    with pytest.raises(ValueError, match="expanded_conv_3.*explaincam concepts"):
+        ace.ConceptExplainer(explainer, other)
 
 
 def test_ace_is_a_known_method_of_requests():
@@ -239,7 +262,7 @@ def test_ace_over_mqtt_end_to_end(mosquitto, collect, daemon_process, tmp_path):
     assert all({r["concept"] for r in w["ranking"]} == ids for w in block["words"])
     assert set(block["counterfactual"]["removed_concepts"]) <= ids
     assert isinstance(block["counterfactual"]["caption"], str)
-    assert {"ace_ms", "ace_assign_ms", "ace_render_ms", "total_ms"} <= set(answer["timings_ms"])
+    assert {"ace_ms", "ace_assign_ms", "render_ms", "total_ms"} <= set(answer["timings_ms"])
     assert [w["index"] for w in answer["words"]] == list(range(len(words)))  # no heatmaps asked for
     snapshot = Path(config["snapshot"]["dir"])
     assert json.loads((snapshot / "explanation.json").read_text())["ace"] == block

@@ -1,4 +1,4 @@
-"""Targets and explanation methods on the shipped bundle's float model."""
+"""Targets, the TensorFlow backend and the explanation methods on the shipped bundle's float model."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 
 from convert.scenes import scene_at
 from daemon.decoder import log_softmax
-from daemon.explain.base import image_gradients
-from daemon.explain.registry import METHODS, ExplainOptions
-from daemon.explain.targets import CaptionLogProb, teacher_tokens, word_targets
+from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
 from tests.conftest import SHIPPED_BUNDLE
 
 HELD_OUT_SEED = 8181  # neither training (1), calibration (4242) nor the converter's report (4343)
@@ -19,7 +18,7 @@ HELD_OUT_SEED = 8181  # neither training (1), calibration (4242) nor the convert
 def explainer():
     from daemon.explain.explainer import Explainer
 
-    return Explainer(SHIPPED_BUNDLE, ExplainOptions(smoothgrad_samples=4, ig_steps=8))
+    return Explainer(SHIPPED_BUNDLE, ExplainOptions(smoothgrad_samples=4, ig_steps=8), backend="tensorflow")
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,9 @@ def test_split_model_equals_the_captioner(explainer):
     scene = scene_at(HELD_OUT_SEED, 0)
     tokens = teacher_tokens(explainer.vocab.start, explainer.vocab.encode(scene.caption))
     x = explainer.prepare(scene.image)[None]
-    expected = explainer.model.captioner([x, np.array([tokens], np.int32)], training=False).numpy()
-    assert np.abs(explainer.model.logits(x, tokens) - expected).max() < 1e-4
+    backend = explainer.backend
+    expected = backend.captioner([x, np.array([tokens], np.int32)], training=False).numpy()
+    assert np.abs(backend.logits(x, tokens) - expected).max() < 1e-4
 
 
 def test_teacher_forced_logprobs_equal_the_numpy_step_decoder(explainer):
@@ -49,40 +49,51 @@ def test_teacher_forced_logprobs_equal_the_numpy_step_decoder(explainer):
         published = captioner.caption(image).tokens
         teacher = teacher_tokens(explainer.vocab.start, published)
         x = explainer.prepare(image)
-        logits = explainer.model.logits(x[None], teacher)[0]
-        keras_logp = np.array([float(t(logits)) for t in word_targets(published, range(len(published)))])
-        numpy_logits = explainer.decoder.teacher_forced_logits(explainer.model.features(x[None])[0], teacher)
+        model_logp = word_logprobs(explainer.backend.logits(x[None], teacher), teacher)[0]
+        numpy_logits = explainer.decoder.teacher_forced_logits(explainer.backend.features(x[None])[0], teacher)
         numpy_logp = log_softmax(numpy_logits)[np.arange(len(published)), published]
-        assert np.abs(keras_logp - numpy_logp).max() < 1e-4
-        assert float(CaptionLogProb(published)(logits)) == pytest.approx(keras_logp.sum(), abs=1e-4)
-        assert np.allclose(explainer.word_logprobs(x[None], published)[0], keras_logp, atol=1e-4)
+        assert np.abs(model_logp - numpy_logp).max() < 1e-4
+        assert np.allclose(explainer.word_logprobs(x[None], published)[0], model_logp, atol=1e-4)
 
 
-class WordLogit:
-    """The colour word's pre-softmax score: unlike its log-probability (about -1e-9 on this
-    confident model) it moves measurably in float32 under a small step."""
-
-    def __init__(self, index, token):
-        self.index, self.token = index, token
-
-    def __call__(self, logits):
-        return logits[self.index][self.token]
-
-
-def test_image_gradient_matches_a_finite_difference(explainer, single_object_scene):
-    scene = single_object_scene
+def test_the_backends_scores_are_the_weighted_word_logprobs(explainer):
+    """A word target scores its word's log-probability, the caption target their sum (the Backend convention)."""
+    scene = scene_at(HELD_OUT_SEED, 3)
     tokens = explainer.vocab.encode(scene.caption)
     teacher = teacher_tokens(explainer.vocab.start, tokens)
     x = explainer.prepare(scene.image)
-    g = image_gradients(explainer.model, x[None], teacher, [WordLogit(2, tokens[2])])[0]
+    logp = word_logprobs(explainer.backend.logits(x[None], teacher), teacher)[0]
+    targets = [WordLogProb(0), WordLogProb(len(tokens) - 1), CaptionLogProb()]
+    weights = weight_rows(targets, len(tokens))
+    assert weights[0].tolist() == [1.0] + [0.0] * (len(tokens) - 1) and weights[2].tolist() == [1.0] * len(tokens)
+    images = np.repeat(x[None], 3, 0)
+    _, scores = explainer.backend.image_gradients(images, teacher, weights)
+    acts, grads, layer_scores = explainer.backend.layer_gradients(images, teacher, weights)
+    expected = [logp[0], logp[-1], logp.sum()]
+    assert np.allclose(scores, expected, atol=1e-4) and np.allclose(layer_scores, expected, atol=1e-4)
+    assert acts.shape == grads.shape and acts.shape[0] == 3
+
+
+def test_image_gradient_matches_a_finite_difference(explainer, single_object_scene):
+    """The gradient of the colour word's log-probability, checked along its own direction.
+
+    The model is so sure of its words that their log-probabilities barely move in float32:
+    on a dimmed copy of the frame it is less sure, and a step of a few grey levels shows.
+    """
+    scene = single_object_scene
+    tokens = explainer.vocab.encode(scene.caption)
+    teacher = teacher_tokens(explainer.vocab.start, tokens)
+    x = explainer.prepare(scene.image) * 0.3 + 90
+    weights = weight_rows([WordLogProb(2)], len(tokens))
+    g = explainer.backend.image_gradients(x[None], teacher, weights)[0][0]
     direction = g / np.linalg.norm(g)
-    eps = 1.0
-    logits = explainer.model.logits(np.stack([x + eps * direction, x - eps * direction]), teacher)
-    up, down = logits[:, 2, tokens[2]]
-    assert (up - down) / (2 * eps) == pytest.approx(np.linalg.norm(g), rel=0.1)
+    eps = 2.0
+    logp = word_logprobs(explainer.backend.logits(np.stack([x + eps * direction, x - eps * direction]), teacher),
+                         teacher)
+    assert (logp[0, 2] - logp[1, 2]) / (2 * eps) == pytest.approx(np.linalg.norm(g), rel=0.1)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(MAP_METHODS))
 def test_each_method_gives_a_finite_map_per_word(explainer, method):
     scene = scene_at(HELD_OUT_SEED, 1)
     tokens = explainer.vocab.encode(scene.caption)
@@ -133,13 +144,13 @@ def test_cam_methods_point_at_the_object_of_simple_single_object_scenes(explaine
         explanation = explainer.explain(scene.image, explainer.vocab.encode(scene.caption), named, list(hits))
         mask = scene.mask(named[0])
         for method in hits:
-            hits[method] += [bool(mask[y, x]) for x, y in explanation.peaks[method]]
+            hits[method] += [p is not None and bool(mask[p[1], p[0]]) for p in explanation.peaks[method]]
     assert len(scenes) == 8
     assert all(hits["gradcampp"]), hits
     assert np.mean(hits["gradcam"]) >= 0.35, hits
 
 
-def test_word_records_and_grid(explainer):
+def test_word_records_and_picture(explainer):
     scene = scene_at(HELD_OUT_SEED, 2)
     tokens = explainer.vocab.encode(scene.caption)
     explanation = explainer.explain(scene.image, tokens, None, ["gradcam", "saliency"])
@@ -147,4 +158,61 @@ def test_word_records_and_grid(explainer):
     assert [r["index"] for r in records] == list(range(len(tokens)))
     assert set(records[0]) == {"index", "word", "gradcam", "saliency"}
     assert isinstance(records[0]["gradcam"]["heatmap"], str) and len(records[0]["gradcam"]["peak"]) == 2
-    assert explanation.grid_png(scene.image)[:8] == b"\x89PNG\r\n\x1a\n"
+    assert explanation.picture().shape == (len(tokens) * 214, 3 * 192, 3)
+
+
+def test_an_all_zero_map_reports_no_peak():
+    from daemon.explain import heatmap
+
+    assert heatmap.peak(np.zeros((224, 224), np.float32)) is None
+    assert heatmap.peak(heatmap.to_image_map(np.full((7, 7), 3.0), (224, 224))) is None  # flat: nothing stands out
+    spot = np.zeros((224, 224), np.float32)
+    spot[100:110, 30:40] = 1.0
+    x, y = heatmap.peak(spot)
+    assert 30 <= x < 40 and 100 <= y < 110
+
+
+def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
+    """What a word whose probability is 1 in float32 gets (its gradients are all zero)."""
+    from daemon.explain import heatmap
+    from daemon.explain.base import MethodResult
+    from daemon.explain.explainer import Explanation
+
+    image = scene_at(HELD_OUT_SEED, 0).image
+    spot = np.zeros((224, 224), np.float32)
+    spot[10:20, 10:20] = 1.0
+    maps = [np.zeros((224, 224), np.float32), spot]
+    explanation = Explanation(image, [0, 1], ["a", "b"],
+                              {"saliency": MethodResult(maps=maps, peaks=[heatmap.peak(m) for m in maps])})
+    records = explanation.word_records()
+    assert records[0]["saliency"]["peak"] is None and records[1]["saliency"]["peak"] is not None
+    picture = explanation.picture()
+    unmarked = heatmap.labelled(heatmap.overlay(image, maps[0]), "a / saliency", 192)
+    assert np.array_equal(picture[:214, 192:384], unmarked)  # no peak marker drawn
+
+
+@pytest.mark.slow
+def test_integrated_gradients_meets_completeness_at_the_default_steps():
+    """Median |sum of attributions - score change| / |score change| <= 5% over every word of
+    held-out scenes (a fresh seed), at the default ``ig_steps``, on the default backend."""
+    from daemon.explain.explainer import Explainer
+
+    explainer = Explainer(SHIPPED_BUNDLE)
+    assert explainer.options.ig_steps == ExplainOptions().ig_steps
+    errors = []
+    for i in range(4):
+        scene = scene_at(9696, i)
+        tokens = explainer.vocab.encode(scene.caption)
+        result = explainer.explain(scene.image, tokens, None, ["integrated_gradients"]).results["integrated_gradients"]
+        errors += [f["completeness_error"] for f in result.word_fields if f["completeness_error"] is not None]
+    print(f"IG completeness error over {len(errors)} words: median {np.median(errors):.4f}, max {max(errors):.3f}")
+    assert len(errors) >= 8
+    assert np.median(errors) <= 0.05
+
+
+def test_completeness_error_is_relative_to_the_score_change():
+    from daemon.explain.integrated_gradients import completeness_error
+
+    assert completeness_error(0.9, 1.0) == pytest.approx(0.1)
+    assert completeness_error(-2.2, -2.0) == pytest.approx(0.1)
+    assert completeness_error(0.3, 0.0) is None  # the score did not change: no relative error

@@ -16,12 +16,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.bundle import load_bundle
+from daemon.contract import CameraTopics
+from daemon.explain.backends import choose_backend
 from daemon.explain.heatmap import decode_png, heatmap_from_base64
 from tests.conftest import (CAMERA, CAPTION, PREFIX, REPO, REQUEST, RESPONSE, START_TIMEOUT, child_pids,
                             daemon_config, wait_until)
 
-IMAGE = f"{PREFIX}/{CAMERA}/explain/image"
-EXPLAIN_TIMEOUT = 180  # TensorFlow import + model load + explanation, niced, on a busy box
+IMAGE = CameraTopics.for_camera(PREFIX, CAMERA).explain_image
+IMAGE_INFO = CameraTopics.for_camera(PREFIX, CAMERA).explain_image_info
+EXPLAIN_TIMEOUT = 180  # backend load (TensorFlow: import + model) + explanation, niced, on a busy box
 FAST = {"idle_exit_s": 120, "smoothgrad_samples": 2, "ig_steps": 4, "threads": 1}
 
 
@@ -70,7 +74,7 @@ def test_latest_frame_explained_over_mqtt5_with_correlation_and_the_request_cli(
                                                                                  daemon_process, tmp_path):
     config = daemon_config(tmp_path, mosquitto.port, explain=FAST)
     daemon = daemon_process(config)
-    watcher = collect(mosquitto.port, CAPTION, RESPONSE, IMAGE)
+    watcher = collect(mosquitto.port, CAPTION, RESPONSE, IMAGE, IMAGE_INFO)
     watcher.wait_for(CAPTION, timeout=START_TIMEOUT)
     requester = Requester(mosquitto.port, "test/replies/e2e")
     try:
@@ -100,14 +104,20 @@ def test_latest_frame_explained_over_mqtt5_with_correlation_and_the_request_cli(
             assert 0 <= x < 224 and 0 <= y < 224
     assert {"gradcam_ms", "saliency_ms", "queue_ms", "total_ms", "load_ms"} <= set(answer["timings_ms"])
     assert not [m for m in watcher.on(RESPONSE) if m.json()["id"] == "e2e-1"]  # it went to the Response Topic
-    grid = watcher.wait_for(IMAGE, timeout=10)
+    grid = watcher.wait_for(IMAGE, timeout=10, since=sent)  # not the placeholder published at start
     assert decode_png(grid.payload).shape[2] == 3
+    info = watcher.wait_for(IMAGE_INFO, lambda m: not m.json()["placeholder"], timeout=10).json()
+    assert (info["request_id"], info["frame_id"]) == ("e2e-1", answer["frame_id"])
+    assert info["methods"] == ["gradcam", "saliency"] and info["made_at"]
     snapshot = Path(config["snapshot"]["dir"])
     assert json.loads((snapshot / "explanation.json").read_text())["id"] == "e2e-1"
     assert decode_png((snapshot / "explanation.png").read_bytes()).ndim == 3
-    # the capture process stays free of TensorFlow; the explainer is its child process
+    # the capture process stays free of TensorFlow; the explainer child loads it only on the TensorFlow backend
     assert not loaded_tensorflow(daemon.process.pid)
-    assert any(loaded_tensorflow(child) for child in child_pids(daemon.process.pid))
+    children = child_pids(daemon.process.pid)
+    assert children
+    on_tensorflow = choose_backend(load_bundle(config["model"]["bundle"])) == "tensorflow"
+    assert any(loaded_tensorflow(child) for child in children) == on_tensorflow
 
     out = tmp_path / "cli"
     cli = subprocess.run([sys.executable, "-m", "daemon.cli", "request", "--host", "127.0.0.1",

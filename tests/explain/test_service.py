@@ -1,4 +1,4 @@
-"""ExplainService with a real spawn explainer process: queueing, busy, idle exit, crash recovery."""
+"""ExplainService with a real spawn explainer process: queueing, busy, idle exit, crash and stuck recovery."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ import pytest
 from convert.scenes import scene_at
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
+from daemon.contract import CameraTopics
 from daemon.explain.heatmap import decode_png
+from daemon.explain import service as service_module
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
 from tests.conftest import SHIPPED_BUNDLE, wait_until
 
 EXPLAIN_TIMEOUT = 180
+TOPICS = CameraTopics.for_camera("explaincam", "cam")
 
 
 class Published:
@@ -37,7 +40,8 @@ class Published:
         def find():
             with self.lock:
                 for topic, payload, _, correlation in self.messages:
-                    if topic != "image" and json.loads(payload)["id"] == request_id:
+                    if topic not in (TOPICS.explain_image, TOPICS.explain_image_info) \
+                            and json.loads(payload)["id"] == request_id:
                         return json.loads(payload), topic, correlation
             return None
         return wait_until(find, timeout, message=f"the answer to {request_id!r}")
@@ -54,25 +58,29 @@ def frames():
     return cache
 
 
-def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
+def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeypatch):
+    monkeypatch.setattr(service_module, "STUCK_S", 3.0)
     published = Published()
     config = ExplainConfig(idle_exit_s=3, queue_size=1, smoothgrad_samples=2, ig_steps=256, threads=1)
     service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snap",
-                             publish=published, topics={"response": "response", "image": "image"},
+                             publish=published, topics=TOPICS,
                              frame_cache=frames, model_name="test-model")
     try:
         # the first request starts the process; the queue holds one, so the next is busy at once
         service.handle_request(b'{"id": "one", "frame": 101, "methods": ["gradcam"]}', "reply/one", b"c1")
         service.handle_request(b'{"id": "two", "methods": ["gradcam"]}')
         busy, topic, _ = published.answer("two", timeout=1)
-        assert (busy["status"], busy["error"]["code"], topic) == ("busy", "busy", "response")
+        assert (busy["status"], busy["error"]["code"], topic) == ("busy", "busy", TOPICS.explain_response)
         one, topic, correlation = published.answer("one")
         assert (one["status"], topic, correlation) == ("ok", "reply/one", b"c1")
         assert one["frame_id"] == 101 and one["caption"] == frames.get(101).caption.caption
-        image = next(p for t, p, retain, _ in published.messages if t == "image" and retain)
+        image = next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image and retain)
         assert decode_png(image).ndim == 3
+        info = json.loads(next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image_info))
+        assert (info["request_id"], info["frame_id"], info["methods"]) == ("one", 101, ["gradcam"])
         snapshot = json.loads((tmp_path / "snap" / "explanation.json").read_text())
         assert snapshot["id"] == "one" and snapshot["model"] == "test-model"
+        assert snapshot["made_at"] == info["made_at"]  # restored with the picture when the daemon restarts
 
         # idle: the process ends by itself, and the next request starts it again
         wait_until(lambda: service.worker_pid is None, 30, message="the idle explainer to exit")
@@ -89,6 +97,13 @@ def test_queue_busy_idle_exit_and_crash_recovery(frames, tmp_path):
         assert "crashed" in four["error"]["message"]
         service.handle_request(b'{"id": "five", "words": [0], "methods": ["gradcam"]}')
         assert published.answer("five")[0]["status"] == "ok"
+
+        # a stuck explainer (stopped, say) that leaves a job untaken is killed and replaced
+        stuck = service.worker_pid
+        os.kill(stuck, signal.SIGSTOP)
+        service.handle_request(b'{"id": "six", "words": [0], "methods": ["gradcam"]}')
+        assert published.answer("six")[0]["status"] == "ok"
+        assert service.worker_pid not in (None, stuck)
     finally:
         service.stop()
     assert service.worker_pid is None

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.explain.requests import ERROR_CODES, MAX_ID_LENGTH
-from daemon.explain.registry import CONCEPT_METHODS, METHODS
+from daemon.explain.registry import METHODS
 from tests.conftest import CAPTION, RESPONSE, START_TIMEOUT, daemon_config, wait_until
 from tests.faults.probes import NODELAY, Requester, figures, live_captions
 
@@ -29,7 +29,7 @@ TOPICS = 150
 MAX_REQUEST_BYTES = 16384  # the config default, stated here so the sizes below straddle it
 ANSWER_TIMEOUT = 10.0
 FIELDS = ("id", "frame", "methods", "words")
-KNOWN_METHODS = [*METHODS, *CONCEPT_METHODS]
+KNOWN_METHODS = list(METHODS)
 RESPONSE_KEYS = {"id", "status", "frame_id", "caption", "float_caption", "words", "timings_ms", "error"}
 FUZZ = settings(max_examples=PAYLOADS, derandomize=True, database=None, deadline=None, print_blob=False,
                 suppress_health_check=list(HealthCheck))

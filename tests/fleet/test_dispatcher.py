@@ -24,9 +24,9 @@ from daemon.config import ExplainConfig, MqttConfig
 from daemon.explain.heatmap import decode_png, encode_png
 from daemon.explain.requests import response
 from daemon.explain.service import ExplainService
-from daemon.fleet import messages
+from daemon import contract
+from daemon.contract import CameraTopics, JobMessage, PrefixTopics
 from daemon.fleet.dispatcher import RemoteDispatcher
-from daemon.fleet.messages import JobMessage
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.mqtt import MqttPublisher
 from tests.conftest import PREFIX, SHIPPED_BUNDLE, wait_until
@@ -55,7 +55,7 @@ class FakeWorker:
         self._lock = threading.Lock()
         ready = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="fake-worker", protocol=paho.MQTTv5)
-        self.client.on_connect = lambda c, *a: c.subscribe(messages.job_subscription("explainers", PREFIX), 1)
+        self.client.on_connect = lambda c, *a: c.subscribe(PrefixTopics(PREFIX).explain_jobs("explainers"), 1)
         self.client.on_subscribe = lambda *a: ready.set()
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
@@ -77,7 +77,7 @@ class FakeWorker:
         properties = Properties(PacketTypes.PUBLISH)
         properties.CorrelationData = message.properties.CorrelationData
         self.client.publish(message.properties.ResponseTopic,
-                            messages.encode_result(job.job_id, job.attempt, "fake", result, grid), qos=1,
+                            contract.encode_result(job.job_id, job.attempt, "fake", result, grid), qos=1,
                             properties=properties).wait_for_publish(5)
 
     def announce(self, online: bool = True) -> None:
@@ -85,9 +85,9 @@ class FakeWorker:
         announcement = {"id": "fake", "state": "online", "bundles": [{"name": "scenes-mnv3s", "sha256": MANIFEST_SHA}]}
         properties = Properties(PacketTypes.PUBLISH)
         properties.MessageExpiryInterval = 60
-        self.client.publish(messages.worker_topic(PREFIX, "fake"), json.dumps(announcement), 1, True,
+        self.client.publish(PrefixTopics(PREFIX).worker("fake"), json.dumps(announcement), 1, True,
                             properties=properties).wait_for_publish(5)
-        self.client.publish(messages.worker_availability_topic(PREFIX, "fake"), "online" if online else "offline",
+        self.client.publish(PrefixTopics(PREFIX).worker_availability("fake"), "online" if online else "offline",
                             1, True).wait_for_publish(5)
 
     def close(self):
@@ -101,14 +101,13 @@ def fleet_service(mosquitto, frames, tmp_path):
     made = []
 
     def make(mode="remote", **remote):
+        topics = CameraTopics.for_camera(PREFIX, CAMERA)
         publisher = MqttPublisher(MqttConfig(host="127.0.0.1", port=mosquitto.port), f"daemon-{len(made)}",
-                                  f"{PREFIX}/{CAMERA}/availability")
+                                  topics.availability)
         config = ExplainConfig(mode=mode, remote=remote, threads=1, idle_exit_s=60)
-        dispatcher = RemoteDispatcher(config, PREFIX, CAMERA, SHIPPED_BUNDLE, publisher.publish, publisher.subscribe)
+        dispatcher = RemoteDispatcher(config, topics, SHIPPED_BUNDLE, publisher.publish, publisher.subscribe)
         service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snapshot",
-                                 publish=publisher.publish,
-                                 topics={"response": f"{PREFIX}/{CAMERA}/explain/response",
-                                         "image": f"{PREFIX}/{CAMERA}/explain/image"},
+                                 publish=publisher.publish, topics=topics,
                                  frame_cache=frames, model_name="scenes-mnv3s", remote=dispatcher)
         publisher.start()
         assert publisher.wait_connected(5)
@@ -134,7 +133,8 @@ def replies(collector, correlation: bytes) -> list[dict]:
 
 
 def test_a_job_carries_the_cached_frame_and_the_first_answer_wins(mosquitto, collect, fleet_service, frames, tmp_path):
-    requester = collect(mosquitto.port, REPLY, f"{PREFIX}/{CAMERA}/explain/image")
+    topics = CameraTopics.for_camera(PREFIX, CAMERA)
+    requester = collect(mosquitto.port, REPLY, topics.explain_image, topics.explain_image_info)
     worker = FakeWorker(mosquitto.port)
     try:
         service = fleet_service(retry_s=30)
@@ -147,8 +147,8 @@ def test_a_job_carries_the_cached_frame_and_the_first_answer_wins(mosquitto, col
         assert job.tokens == list(cached.caption.tokens) and job.caption == cached.caption.caption
         assert (job.indices, job.methods, job.attempt) == ([0, 1], ["gradcam"], 1)
         assert (job.bundle_name, job.bundle_sha256) == ("scenes-mnv3s", MANIFEST_SHA)
-        assert job.options == {"smoothgrad_samples": 16, "ig_steps": 32, "gradcam_layer": None}
-        assert message.properties.ResponseTopic == messages.result_topic(PREFIX, CAMERA)
+        assert job.options == {"smoothgrad_samples": 16, "ig_steps": 64, "gradcam_layer": None}
+        assert message.properties.ResponseTopic == CameraTopics(PREFIX, CAMERA).explain_result
         assert message.properties.CorrelationData == job.job_id.encode()
         assert 29 <= message.properties.MessageExpiryInterval <= 30
         assert message.qos == 1
@@ -164,9 +164,12 @@ def test_a_job_carries_the_cached_frame_and_the_first_answer_wins(mosquitto, col
         assert (answer["id"], answer["status"], answer["worker"]) == ("r1", "ok", "fake")
         assert answer["timings_ms"]["tries"] == 1 and answer["timings_ms"]["total_ms"] > 0
         assert service.remote.counts["duplicates"] == 1
-        image = requester.wait_for(f"{PREFIX}/{CAMERA}/explain/image", timeout=5)
+        image = requester.wait_for(topics.explain_image, timeout=5)
         assert (decode_png(image.payload) == cached.image).all()
-        assert json.loads((tmp_path / "snapshot" / "explanation.json").read_text())["id"] == "r1"
+        info = requester.wait_for(topics.explain_image_info, timeout=5).json()  # as for a local explanation
+        assert (info["placeholder"], info["request_id"], info["frame_id"]) == (False, "r1", 100)
+        record = json.loads((tmp_path / "snapshot" / "explanation.json").read_text())
+        assert (record["id"], record["worker"], record["made_at"]) == ("r1", "fake", info["made_at"])
     finally:
         worker.close()
 
@@ -216,18 +219,18 @@ def test_auto_uses_announced_workers_and_says_timeout_when_they_are_silent(mosqu
 
 
 def test_auto_without_a_worker_falls_back_to_the_local_explainer(mosquitto, collect, fleet_service):
-    requester = collect(mosquitto.port, REPLY, messages.job_topic(PREFIX, CAMERA))
+    requester = collect(mosquitto.port, REPLY, CameraTopics(PREFIX, CAMERA).explain_job)
     service = fleet_service(mode="auto", retry_s=1)
     request(service, "r4", b"c4")
     answer = wait_until(lambda: replies(requester, b"c4"), 180, message="the local answer")[0]
     assert (answer["id"], answer["status"]) == ("r4", "ok")
     assert "worker" not in answer and "gradcam" in answer["words"][0]
-    assert not requester.on(messages.job_topic(PREFIX, CAMERA))  # no job went to the fleet
+    assert not requester.on(CameraTopics(PREFIX, CAMERA).explain_job)  # no job went to the fleet
 
 
 def test_a_worker_session_kept_by_session_expiry_gets_the_jobs_sent_while_it_was_away(mosquitto):
     config = MqttConfig(host="127.0.0.1", port=mosquitto.port)
-    subscription = messages.job_subscription("explainers", PREFIX)
+    subscription = PrefixTopics(PREFIX).explain_jobs("explainers")
     first = MqttPublisher(config, "worker-session", "test/w/availability", session_expiry_s=60)
     first.subscribe(subscription, lambda *a: None, qos=1, with_topic=True)
     first.start()
@@ -237,7 +240,7 @@ def test_a_worker_session_kept_by_session_expiry_gets_the_jobs_sent_while_it_was
     sender = MqttPublisher(config, "camera-session", "test/c/availability")
     sender.start()
     assert sender.wait_connected(5)
-    sender.publish(messages.job_topic(PREFIX, CAMERA), b'{"job": 1}', qos=1, message_expiry_s=30)
+    sender.publish(CameraTopics(PREFIX, CAMERA).explain_job, b'{"job": 1}', qos=1, message_expiry_s=30)
     time.sleep(0.5)
     received = []
     again = MqttPublisher(config, "worker-session", "test/w/availability", session_expiry_s=60)
@@ -246,7 +249,7 @@ def test_a_worker_session_kept_by_session_expiry_gets_the_jobs_sent_while_it_was
     again.start()
     try:
         wait_until(lambda: received, 5, message="the job queued in the session")
-        assert received == [(b'{"job": 1}', messages.job_topic(PREFIX, CAMERA))]
+        assert received == [(b'{"job": 1}', CameraTopics(PREFIX, CAMERA).explain_job)]
     finally:
         again.stop()
         sender.stop()
@@ -264,7 +267,7 @@ def test_a_job_a_live_worker_holds_waits_for_its_queue_and_goes_again_when_the_w
         properties = Properties(PacketTypes.PUBLISH)
         properties.CorrelationData = message.properties.CorrelationData
         worker.client.publish(message.properties.ResponseTopic,
-                              messages.encode_progress(job.job_id, 1, "fake", messages.QUEUED, ahead=2), 1,
+                              contract.encode_progress(job.job_id, 1, "fake", contract.QUEUED, ahead=2), 1,
                               properties=properties).wait_for_publish(5)
         time.sleep(2.0)  # past retry_s, within retry_s per job ahead and its own
         assert len(worker.jobs) == 1 and not replies(requester, b"c5")
@@ -272,5 +275,23 @@ def test_a_job_a_live_worker_holds_waits_for_its_queue_and_goes_again_when_the_w
         worker.announce(online=False)  # the broker publishes its last will
         second, _ = worker.job(2, timeout=3)
         assert second.attempt == 2 and time.monotonic() - killed < 1.0
+    finally:
+        worker.close()
+
+
+def test_jobs_waiting_for_the_fleet_are_answered_shutting_down_when_the_daemon_stops(mosquitto, collect,
+                                                                                   fleet_service):
+    requester = collect(mosquitto.port, REPLY)
+    worker = FakeWorker(mosquitto.port)
+    try:
+        service = fleet_service(retry_s=30)
+        request(service, "r6", b"c6")
+        worker.job(1)
+        service.stop()
+        answer = wait_until(lambda: replies(requester, b"c6"), 5, message="the shutting_down answer")[0]
+        assert (answer["id"], answer["status"], answer["error"]["code"]) == ("r6", "error", "shutting_down")
+        request(service, "r7", b"c7")  # a request racing the shutdown
+        answer = wait_until(lambda: replies(requester, b"c7"), 5, message="the second answer")[0]
+        assert answer["error"]["code"] == "shutting_down" and len(worker.jobs) == 1
     finally:
         worker.close()

@@ -12,8 +12,8 @@ import pytest
 
 from daemon.demo import LocalBroker, free_port
 from daemon.explain.heatmap import heatmap_from_base64
-from daemon.fleet import messages
-from daemon.fleet.messages import JobMessage, ProgressMessage, ResultMessage, read_answer
+from daemon import contract
+from daemon.contract import CameraTopics, JobMessage, PrefixTopics, ProgressMessage, ResultMessage, read_answer
 from tests.conftest import PREFIX, START_TIMEOUT, DaemonProcess, MessageCollector, daemon_config, wait_until
 from tests.fleet.conftest import Requester, WorkerProcess, worker_config
 
@@ -42,7 +42,7 @@ def fleet(tmp_path_factory):
         for camera in CAMERAS:
             watcher.wait_for(f"{PREFIX}/{camera}/caption", timeout=START_TIMEOUT)
         for w in WORKERS:
-            watcher.wait_for(messages.worker_topic(PREFIX, w), lambda m: m.payload and m.json()["state"] == "online",
+            watcher.wait_for(PrefixTopics(PREFIX).worker(w), lambda m: m.payload and m.json()["state"] == "online",
                              timeout=WORKER_START_TIMEOUT)
         yield broker, daemons, workers, watcher
     finally:
@@ -62,8 +62,10 @@ def local_explainer():
     from tests.conftest import SHIPPED_BUNDLE
 
     defaults = ExplainConfig()
-    return _load(WorkerSettings(bundle_path=str(SHIPPED_BUNDLE), threads=1, options=ExplainOptions(
-        batch_size=defaults.batch_size, smoothgrad_samples=defaults.smoothgrad_samples, ig_steps=defaults.ig_steps)))
+    return _load(WorkerSettings(bundle_path=str(SHIPPED_BUNDLE), threads=1, backend=defaults.backend,
+                                options=ExplainOptions(batch_size=defaults.batch_size,
+                                                       smoothgrad_samples=defaults.smoothgrad_samples,
+                                                       ig_steps=defaults.ig_steps)))
 
 
 def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet, local_explainer):
@@ -93,7 +95,7 @@ def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet,
         notes = {(n.job_id, n.progress) for n in answers_and_notes if isinstance(n, ProgressMessage)}
         assert len(jobs) == len(sent) and len({j.job_id for j in jobs}) == len(sent)  # published once each
         assert sorted(r.job_id for r in results) == sorted(j.job_id for j in jobs)  # explained once each
-        assert notes == {(j.job_id, p) for j in jobs for p in (messages.QUEUED, messages.STARTED)}
+        assert notes == {(j.job_id, p) for j in jobs for p in (contract.QUEUED, contract.STARTED)}
         for job in jobs:
             answer = answers[job.request_id.encode()]
             assert job.camera == sent[job.request_id.encode()] and answer["frame_id"] == job.frame_id
@@ -133,10 +135,10 @@ def test_a_job_for_a_bundle_the_workers_do_not_hold_is_refused_naming_it(fleet):
     client.loop_start()
     try:
         properties = Properties(PacketTypes.PUBLISH)
-        properties.ResponseTopic = messages.result_topic(PREFIX, "cam9")
+        properties.ResponseTopic = CameraTopics(PREFIX, "cam9").explain_result
         properties.CorrelationData = b"foreign-1"
-        client.publish(messages.job_topic(PREFIX, "cam9"), job.encode(), 1, properties=properties).wait_for_publish(5)
-        result = read_answer(watcher.wait_for(messages.result_topic(PREFIX, "cam9"), timeout=10).payload)
+        client.publish(CameraTopics(PREFIX, "cam9").explain_job, job.encode(), 1, properties=properties).wait_for_publish(5)
+        result = read_answer(watcher.wait_for(CameraTopics(PREFIX, "cam9").explain_result, timeout=10).payload)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -170,7 +172,7 @@ def test_a_worker_killed_mid_job_leaves_the_request_to_the_other(fleet):
     assert answered - sent <= RETRY_S + job_s + 3.0, (answered - sent, job_s)
     assert answered - killed <= RETRY_S + job_s + 3.0
     # the broker published the victim's last will
-    watcher.wait_for(messages.worker_availability_topic(PREFIX, victim.id), lambda m: m.payload == b"offline",
+    watcher.wait_for(PrefixTopics(PREFIX).worker_availability(victim.id), lambda m: m.payload == b"offline",
                      timeout=15)
     cam2 = daemons[CAMERAS.index("cam2")]  # it did not wait for retry_s: the last will told it
     assert f"its worker {victim.id} went offline; published again (try 2 of 3)" in cam2.log()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from daemon.config import ConfigError, WorkerConfig, parse_config
-from daemon.fleet.messages import JobMessage, MessageError, ResultMessage, encode_result, job_id_of
+from daemon.contract import JobMessage, MessageError, ResultMessage, encode_result, job_id_of
 from daemon.mqtt import topic_filter
 from tests.conftest import REPO
 

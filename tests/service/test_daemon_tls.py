@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.contract import CameraTopics
 from tests.conftest import daemon_config, wait_until
 from tests.service.conftest import PASSWORD, USER
 from tests.service.tls_broker import Subscriber
@@ -75,7 +76,7 @@ def tls_daemon_config(tmp_path: Path, broker, pki, password: str) -> dict:
 def test_daemon_connects_with_tls_and_password(tmp_path, tls_broker, tls_pki, daemon_process, notify_socket):
     config = tls_daemon_config(tmp_path, tls_broker, tls_pki, PASSWORD)
     prefix = config["mqtt"]["topic_prefix"]
-    availability = f"{prefix}/availability"
+    availability = CameraTopics.for_camera(prefix, config["camera"]["name"]).availability
     subscriber = Subscriber(tls_broker.port, availability, ca=tls_pki.ca_cert, user=USER, password=PASSWORD)
     online = lambda: any(m.payload == b"online" for m in subscriber.on(availability))  # noqa: E731
     try:

@@ -11,6 +11,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from daemon.contract import CameraTopics
 from daemon.discovery import EXPLAIN_REQUEST, discovery_messages, handles_birth, removal_messages
 from tests.conftest import daemon_config, wait_until
 from tests.service.tls_broker import Subscriber
@@ -31,7 +32,7 @@ def messages(camera: str = CAMERA, **kwargs) -> list[tuple[str, dict]]:
 
 
 def by_key(camera: str = CAMERA) -> dict[str, dict]:
-    """Payloads by the last level before /config (caption, snapshot, explain, explanation)."""
+    """Payloads by the last level before /config (caption, snapshot, explain, explanation, source)."""
     return {topic.split("/")[-2]: payload for topic, payload in messages(camera)}
 
 
@@ -42,7 +43,7 @@ def test_every_message_has_its_components_required_fields():
         missing = (COMMON | REQUIRED[component]) - payload.keys()
         assert not missing, f"{topic} lacks {missing}"
         assert payload["default_entity_id"] == f"{component}.{payload['unique_id']}"
-        assert payload["availability_topic"] == f"{PREFIX}/availability"
+        assert payload["availability_topic"] == f"{PREFIX}/{CAMERA}/availability"  # this camera's own
         assert (payload["payload_available"], payload["payload_not_available"]) == ("online", "offline")
         json.dumps(payload)  # publishable as JSON
 
@@ -57,16 +58,25 @@ def test_device_and_origin_blocks():
 
 
 def test_unique_ids_are_unique_across_entities_and_cameras():
-    ids = [payload["unique_id"] for camera in ("cam", "garden") for _, payload in messages(camera)]
-    topics = [topic for camera in ("cam", "garden") for topic, _ in messages(camera)]
-    assert len(ids) == len(set(ids)) == 8
-    assert len(topics) == len(set(topics)) == 8
+    ids = [payload["unique_id"] for camera in ("cam", "cam2") for _, payload in messages(camera)]
+    topics = [topic for camera in ("cam", "cam2") for topic, _ in messages(camera)]
+    assert len(ids) == len(set(ids)) == 10
+    assert len(topics) == len(set(topics)) == 10
+
+
+def test_two_cameras_share_no_topic_that_home_assistant_reads():
+    """Availability, states, attributes, pictures and commands of cam and cam2 are apart."""
+    def used(camera):
+        return {value for _, payload in messages(camera) for key, value in payload.items() if key.endswith("_topic")}
+    assert used("cam").isdisjoint(used("cam2"))
 
 
 def test_topics_match_the_mqtt_contract():
     entities = by_key()
     base = f"{PREFIX}/{CAMERA}"
-    assert entities["caption"]["state_topic"] == entities["caption"]["json_attributes_topic"] == f"{base}/caption"
+    assert CameraTopics.for_camera(PREFIX, CAMERA).caption_state == f"{base}/caption/state"
+    # the sensor reads the caption/state topic (published on change), not the per-frame caption
+    assert entities["caption"]["state_topic"] == entities["caption"]["json_attributes_topic"] == f"{base}/caption/state"
     assert entities["caption"]["value_template"] == "{{ value_json.caption[:255] }}"
     assert (entities["snapshot"]["image_topic"], entities["snapshot"]["content_type"]) == (f"{base}/snapshot", "image/jpeg")
     assert entities["explain"]["command_topic"] == f"{base}/explain/request"
@@ -74,7 +84,20 @@ def test_topics_match_the_mqtt_contract():
         "id": "ha-button", "frame": "latest", "methods": ["gradcam", "saliency"], "words": "all"}
     assert (entities["explanation"]["image_topic"], entities["explanation"]["content_type"]) == (
         f"{base}/explain/image", "image/png")
+    assert entities["explanation"]["json_attributes_topic"] == f"{base}/explain/image/info"  # made_at
+    assert entities["source"]["state_topic"] == f"{base}/source"
     assert all("url_topic" not in payload for payload in entities.values())  # exclusive with image_topic
+
+
+def test_icons_categories_and_configuration_url():
+    entities = by_key()
+    assert all(payload["icon"].startswith("mdi:") for payload in entities.values())
+    assert entities["source"]["entity_category"] == "diagnostic"
+    assert all("entity_category" not in entities[key] for key in ("caption", "snapshot", "explain", "explanation"))
+    assert all("configuration_url" not in payload["device"] for payload in entities.values())  # none by default
+    url = "http://box.local/explaincam/cam/"
+    for _, payload in messages(configuration_url=url):
+        assert payload["device"]["configuration_url"] == url
 
 
 def test_discovery_prefix_is_configurable():
@@ -90,7 +113,7 @@ def test_removal_messages_empty_every_config_topic():
     ("homeassistant/status", b"online", True),
     ("homeassistant/status", "online\n", True),
     ("homeassistant/status", b"offline", False),
-    ("explaincam/availability", b"online", False),
+    ("explaincam/cam/availability", b"online", False),
     ("ha/status", b"online", False),
 ])
 def test_handles_birth(topic, payload, expected):
@@ -115,7 +138,7 @@ def test_messages_are_retained_by_a_real_broker_and_removed_again(plain_broker):
         publish_all(publisher, messages())
         # Home Assistant subscribes later and still gets every config, retained and intact.
         late = Subscriber(plain_broker.port, "homeassistant/#")
-        got = late.wait_for(4)
+        got = late.wait_for(5)
         late.close()
         assert sorted((m.topic, json.loads(m.payload)) for m in got) == sorted(messages())
         assert all(m.retain for m in got)
@@ -151,7 +174,7 @@ def test_birth_message_triggers_a_resend_through_the_broker(plain_broker):
         assert subscribed.wait(5)
         home_assistant.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
         assert resent.wait(5)
-        configs = [m for m in home_assistant.wait_for(4) if m.payload]
+        configs = [m for m in home_assistant.wait_for(5) if m.payload]
         assert {m.topic for m in configs} == {topic for topic, _ in messages()}
     finally:
         home_assistant.close()
@@ -162,7 +185,7 @@ def test_birth_message_triggers_a_resend_through_the_broker(plain_broker):
 
 def test_daemon_announces_itself_and_again_when_home_assistant_restarts(mosquitto, collect, daemon_process,
                                                                        tmp_path):
-    """`explaincam run` publishes the four entities retained, and re-sends them on HA's birth."""
+    """`explaincam run` publishes the five entities retained, and re-sends them on HA's birth."""
     import time
 
     cfg = daemon_config(tmp_path, mosquitto.port)

@@ -7,6 +7,7 @@ hash-checked bundle, so the test needs neither the trained model nor pip (``--sk
 
 from __future__ import annotations
 
+import json
 import shutil
 import stat
 import subprocess
@@ -27,6 +28,9 @@ EXPECTED_FILES = {
     "etc/explaincam/mqtt-password",
     "etc/sysusers.d/explaincam.conf",
     "etc/systemd/system/explaincam.service",
+    "etc/systemd/system/explaincam@.service",
+    "etc/systemd/system/explaincam.service.d/tensorflow.conf",  # the test bundle has no explainer graph
+    "etc/systemd/system/explaincam@.service.d/tensorflow.conf",
 }
 
 
@@ -36,7 +40,7 @@ def source(tmp_path) -> Path:
     src = tmp_path / "source"
     (src / "systemd").mkdir(parents=True)
     shutil.copy(REPO / "config.yaml", src / "config.yaml")
-    for name in ("explaincam.service", "explaincam.sysusers"):
+    for name in ("explaincam.service", "explaincam@.service", "explaincam.sysusers"):
         shutil.copy(REPO / "systemd" / name, src / "systemd" / name)
     shutil.copy(REPO / "README.md", src / "README.md")
     bundle = src / "models" / Path(yaml.safe_load((src / "config.yaml").read_text())["model"]["bundle"]).name
@@ -105,7 +109,7 @@ def test_second_run_changes_nothing(tmp_path, source, capsys):
     out = capsys.readouterr().out
     assert {p: (root / p).stat().st_mtime_ns for p in files_under(root)} == before
     assert "wrote" not in out and "updated" not in out
-    assert out.count("unchanged") == 6  # bundle, README, config, state, sysusers, unit
+    assert out.count("unchanged") == 9  # bundle, README, config, state, sysusers, unit, template unit, 2 TensorFlow drop-ins
 
 
 def test_edited_config_is_kept_and_the_default_goes_to_config_yaml_new(tmp_path, source, capsys):
@@ -185,6 +189,63 @@ def test_corrupt_bundle_is_refused_before_anything_is_written(tmp_path, source, 
     assert not root.exists() or files_under(root) == set()
 
 
+def test_a_bundle_with_an_explainer_graph_gets_no_tensorflow_drop_in(tmp_path, source, capsys):
+    """The unit's own memory limits fit the LiteRT explainer; the TensorFlow drop-in goes once the graph is there."""
+    root = tmp_path / "root"
+    drop_in = root / "etc/systemd/system/explaincam.service.d/tensorflow.conf"
+    assert install(root, source) == 0 and "MemoryMax=1G" in drop_in.read_text()
+    bundle = next((source / "models").iterdir())
+    (bundle / "explainer_float.tflite").write_bytes(b"graph")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["explainer"] = "explainer_float.tflite"
+    manifest["explainer"] = {"file": "explainer_float.tflite", "gradcam_layer": "moment_map"}
+    write_manifest(bundle, manifest)
+    assert install(root, source) == 0
+    assert not drop_in.exists() and not drop_in.parent.exists()
+    assert "MemoryMax=" in (root / "etc/systemd/system/explaincam.service").read_text()
+
+
 def test_purge_needs_uninstall(tmp_path, source, capsys):
     assert install(tmp_path / "root", source, "--purge") == 1
     assert "--purge only goes with --uninstall" in capsys.readouterr().err
+
+
+def test_a_camera_of_several_gets_its_own_config_and_the_template_unit(tmp_path, source, capsys):
+    root = tmp_path / "root"
+    assert install(root, source, "--camera", "cam2") == 0
+    out = capsys.readouterr().out
+    print(out)
+    shared = EXPECTED_FILES - {"etc/explaincam/config.yaml"}
+    assert files_under(root) == shared | {"etc/explaincam/cam2.yaml"} | bundle_files(source)
+    template = (root / "etc/systemd/system/explaincam@.service").read_text()
+    assert f"ExecStart={PREFIX}/venv/bin/explaincam run -c /etc/explaincam/%i.yaml" in template
+    assert "StateDirectory=explaincam/%i" in template.splitlines()
+    config = yaml.safe_load((root / "etc/explaincam/cam2.yaml").read_text())
+    assert (config["camera"]["name"], config["snapshot"]["dir"]) == ("cam2", "/var/lib/explaincam/cam2")
+    assert config["model"]["bundle"].startswith(f"{PREFIX}/models/")
+    source_lines = (source / "config.yaml").read_text().splitlines()
+    changed = [line for line in (root / "etc/explaincam/cam2.yaml").read_text().splitlines()
+               if line not in source_lines]
+    assert len(changed) == 3  # bundle, camera name, snapshot dir; comments kept
+
+    # a second camera beside it; each one's edits are kept apart
+    assert install(root, source, "--camera", "garden") == 0
+    garden = root / "etc/explaincam/garden.yaml"
+    garden.write_text(garden.read_text().replace("fps: 2.0", "fps: 1.0"))
+    capsys.readouterr()
+    assert install(root, source, "--camera", "cam2") == 0 and install(root, source, "--camera", "garden") == 0
+    out = capsys.readouterr().out
+    assert f"kept       {garden}" in out and "unchanged  " + str(root / "etc/explaincam/cam2.yaml") in out
+
+    # uninstalling one camera leaves the other and the shared install
+    (root / "var/lib/explaincam/cam2").mkdir(parents=True)
+    assert install(root, source, "--uninstall", "--camera", "cam2", "--purge") == 0
+    assert not (root / "etc/explaincam/cam2.yaml").exists() and not (root / "var/lib/explaincam/cam2").exists()
+    assert garden.exists() and (root / "etc/systemd/system/explaincam@.service").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b", "config", "two words", ""])
+def test_bad_camera_names_are_refused(tmp_path, source, capsys, name):
+    assert install(tmp_path / "root", source, "--camera", name) == 1
+    assert "--camera" in capsys.readouterr().err
+    assert not (tmp_path / "root").exists()

@@ -21,6 +21,7 @@ from tests.service.sandbox import unit_directives
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "explaincam.service"
+TEMPLATE = REPO / "systemd" / "explaincam@.service"  # explaincam@NAME: one daemon per camera
 MAX_EXPOSURE = 2.0
 
 
@@ -72,3 +73,39 @@ def test_unit_keeps_what_the_daemon_needs():
     assert d["SystemCallFilter"][-1] == "setpriority" and one["SystemCallErrorNumber"] == "EPERM"
     # LiteRT's XNNPACK reads /proc/cpuinfo on ARM.
     assert one.get("ProcSubset", "all") == "all"
+
+
+def test_template_unit_passes_systemd_analyze_verify_as_an_instance(tmp_path):
+    prefix = tmp_path / "explaincam"
+    program = prefix / "venv" / "bin" / "explaincam"
+    program.parent.mkdir(parents=True)
+    program.symlink_to(shutil.which("explaincam", path=str(Path(sys.executable).parent)) or sys.executable)
+    (tmp_path / TEMPLATE.name).write_text(render_unit(TEMPLATE.read_text(), str(prefix)))
+
+    # an instance path loads the template beside it
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "explaincam@cam2.service")],
+                            capture_output=True, text=True)
+    print(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "explaincam@" not in result.stdout + result.stderr
+
+
+def test_template_unit_security_exposure_is_at_most_2(tmp_path):
+    instance = tmp_path / "explaincam@cam2.service"
+    instance.write_text(TEMPLATE.read_text())
+    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(instance)],
+                            capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for explaincam@cam2\.service: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    print(f"systemd-analyze security exposure of the template: {match.group(1)}")
+    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+
+
+def test_template_unit_is_the_single_unit_but_for_the_instance_lines():
+    """Both units stay hardened alike: the template differs only where it names the camera."""
+    single, template = unit_directives(UNIT), unit_directives(TEMPLATE)
+    differing = {key for key in single.keys() | template.keys() if single.get(key) != template.get(key)}
+    assert differing == {"Description", "ExecStart", "StateDirectory"}
+    assert template["ExecStart"] == ["/opt/explaincam/venv/bin/explaincam run -c /etc/explaincam/%i.yaml"]
+    assert template["StateDirectory"] == ["explaincam/%i"]  # a snapshot folder per camera
+    assert "%i" in template["Description"][0]
