@@ -87,7 +87,8 @@ class _Requester:
         properties.CorrelationData = request["id"].encode()
         with self._cond:
             self.sent[request["id"].encode()] = time.monotonic()
-        self.client.publish(CameraTopics.for_camera(PREFIX, camera).explain_request, json.dumps(request), qos=1, properties=properties)
+        self.client.publish(CameraTopics.for_camera(PREFIX, camera).explain_request, json.dumps(request), qos=1,
+                            properties=properties)
 
     def outstanding(self) -> int:
         """Requests sent and not answered yet."""

@@ -1,7 +1,8 @@
 """``explaincam worker -c worker.yaml``: an explainer worker of a fleet.
 
 It loads its bundles' explainers (the same answer pipeline as the camera daemon's local
-explainer process, on the backend of ``backend``: LiteRT or TensorFlow), then subscribes (MQTT 5, QoS 1) to ``$share/{group}/{prefix}/+/explain/job``,
+explainer process, on the backend of ``backend``: LiteRT or TensorFlow), then subscribes
+(MQTT 5, QoS 1) to ``$share/{group}/{prefix}/+/explain/job``,
 so the broker hands each camera's job to one worker of the group. Jobs wait in a bounded
 queue (a full one answers ``busy``) for the one explain thread. Each answer goes to the
 job's Response Topic with its Correlation Data (the camera's daemon, which answers the
@@ -209,7 +210,8 @@ class FleetWorker:
         """Queue a job, or answer at once: ``bad_job``, ``unknown_bundle`` or ``busy``."""
         received = time.monotonic()
         camera = topic.split("/")[-3] if topic.count("/") >= 3 else "?"
-        response_topic = getattr(properties, "ResponseTopic", None) or contract.CameraTopics.for_camera(self.prefix, camera).explain_result
+        response_topic = (getattr(properties, "ResponseTopic", None)
+                          or contract.CameraTopics.for_camera(self.prefix, camera).explain_result)
         correlation = getattr(properties, "CorrelationData", None)
         try:
             job = JobMessage.decode(payload)
