@@ -23,6 +23,7 @@ import numpy as np
 
 import keras
 
+from convert.feature_stats import new_bundle_feature_stats
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
@@ -135,8 +136,11 @@ def _special(manifest: dict) -> dict:
 def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, name: str,
                  max_length: int, encoder_name: str, extra: dict | None = None,
                  calibration: list[np.ndarray], report_images: list[np.ndarray],
-                 report_references: list[str] | None, verbose: bool = True) -> dict:
-    """Quantize, export and hash everything into the bundle folder ``out``; return the report."""
+                 report_references: list[str] | None, verbose: bool = True, explainer: bool = True) -> dict:
+    """Quantize, export and hash everything into the bundle folder ``out``; return the report.
+
+    ``explainer``: also export the LiteRT explainer graph (``convert.explainer_export``).
+    """
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -184,12 +188,27 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
     report["sizes_bytes"] = {f: (tmp / f).stat().st_size for f in files.values() if f != "report.json"}
     report["encoder_params"] = int(encoder.count_params())
     report["decoder_params"] = int(sum(v.size for v in decoder_weights(captioner).values()))
+    report["feature_stats"] = new_bundle_feature_stats(tmp, files, calibration)  # out-of-distribution warning
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(tmp, manifest)
+    if explainer:
+        _add_explainer(tmp, captioner, verbose)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     return report
+
+
+def _add_explainer(bundle_dir: Path, captioner: keras.Model, verbose: bool) -> None:
+    """Export the LiteRT explainer graph into the bundle; a graph that cannot be exported leaves it without one."""
+    from convert.explainer_export import ExportError, add_to_bundle
+
+    if verbose:
+        print("exporting the explainer graph (explainer_float.tflite) ...", flush=True)
+    try:
+        add_to_bundle(bundle_dir, captioner=captioner)
+    except ExportError as exc:
+        print(f"warning: {exc}", flush=True)
 
 
 def calibration_images(size: int, count: int, image_dir: str | None) -> list[np.ndarray]:
@@ -215,7 +234,7 @@ def report_set(size: int, count: int, image_dir: str | None) -> tuple[list[np.nd
 
 def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = None,
                     calibration_count: int = 300, report_count: int = 200,
-                    image_dir: str | None = None, verbose: bool = True) -> dict:
+                    image_dir: str | None = None, verbose: bool = True, explainer: bool = True) -> dict:
     """Make a bundle from an ``explaincam train`` folder."""
     model_dir = Path(model_dir)
     for required in ("captioner.keras", "vocab.txt", "train.json"):
@@ -232,7 +251,7 @@ def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = N
             "encoder", "weights", "pooling", "backbone_stride", "minimalistic", "background_penalty",
             "object_density", "training_images", "epochs", "source", "keras_backend", "seconds")}},
         calibration=calibration_images(size, calibration_count, image_dir),
-        report_images=images, report_references=refs, verbose=verbose)
+        report_images=images, report_references=refs, verbose=verbose, explainer=explainer)
 
 
 def _h5_layer_weights(path: Path) -> tuple[list[tuple[str, list[np.ndarray]]], dict]:
@@ -338,7 +357,7 @@ def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | 
                  weights: str | None = None, input_size: int | None = None, name: str | None = None,
                  max_length: int | None = None,
                  calibration_count: int = 300, report_count: int = 50, image_dir: str | None = None,
-                 verbose: bool = True) -> dict:
+                 verbose: bool = True, explainer: bool = True) -> dict:
     """Make a bundle from a seed-format model."""
     vocab_path = Path(vocab_path)
     if not vocab_path.is_file():
@@ -355,7 +374,7 @@ def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | 
         encoder_name=encoder_name, extra={"seed": {"decoder": Path(decoder_path).name, "prefix_length": max_prefix,
                                                    "weights": weights}},
         calibration=calibration_images(size, calibration_count, image_dir),
-        report_images=images, report_references=None, verbose=verbose)
+        report_images=images, report_references=None, verbose=verbose, explainer=explainer)
 
 
 def configure(parser) -> None:
@@ -375,6 +394,8 @@ def configure(parser) -> None:
     parser.add_argument("--images", default=None,
                         help="folder of your own images for int8 calibration (default: generated scenes)")
     parser.add_argument("--calibration", type=int, default=300, help="calibration images")
+    parser.add_argument("--no-explainer", action="store_true",
+                        help="skip the LiteRT explainer graph (add it later with explaincam export-explainer)")
     parser.add_argument("--quiet", action="store_true")
 
 
@@ -388,10 +409,11 @@ def main(args) -> int:
             report = convert_seed(args.encoder, args.decoder, args.vocab, args.out, args.weights,
                                   args.input_size, args.name, args.max_length, args.calibration,
                                   image_dir=args.images,
-                                  verbose=not args.quiet)
+                                  verbose=not args.quiet, explainer=not args.no_explainer)
         elif args.model:
             report = convert_trained(args.model, args.out, args.name, args.calibration,
-                                     image_dir=args.images, verbose=not args.quiet)
+                                     image_dir=args.images, verbose=not args.quiet,
+                                     explainer=not args.no_explainer)
         else:
             raise ConvertError("give --model DIR (a training folder) or --from-seed")
     except ConvertError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.decoder import StepDecoder
 from daemon.encoder import EncoderError, TFLiteEncoder
+from daemon.familiarity import IMAGE_STATISTICS_DIM, Familiarity, FeatureStats, frame_descriptor
 from daemon.vocab import Vocabulary
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "scenes-mnv3s"
@@ -34,6 +35,7 @@ class CaptionResult:
     words: list[str]
     score: float
     timings: dict = field(default_factory=dict)
+    familiarity: Familiarity | None = None  # None when the bundle has no feature_stats.npz
 
 
 def resize_for_encoder(frame: np.ndarray, size: int) -> np.ndarray:
@@ -84,6 +86,11 @@ class Captioner:
         if self.encoder.input_shape[1:] != (bundle.input_size, bundle.input_size, 3):
             raise BundleError(f"{bundle.path}: {bundle.file('encoder_int8').name} takes images of shape "
                               f"{self.encoder.input_shape[1:]}, the manifest says {bundle.input_size} px RGB")
+        self.feature_stats = _read(bundle, "feature_stats", FeatureStats.load) if bundle.has("feature_stats") else None
+        if self.feature_stats is not None and \
+                self.feature_stats.mean.shape[0] != self.encoder.feature_dim + IMAGE_STATISTICS_DIM:
+            raise BundleError(f"{bundle.path}: {bundle.file('feature_stats').name} does not fit "
+                              f"the encoder's {self.encoder.feature_dim} features")
         self.beam_width = beam_width
         self.input_size = bundle.input_size
 
@@ -104,15 +111,20 @@ class Captioner:
         return self.decoder.beam(features, self.bundle.max_length, width)
 
     def caption(self, frame: np.ndarray, beam_width: int | None = None) -> CaptionResult:
-        """Caption one RGB frame, timing the encoder and the decoder."""
+        """Caption one RGB frame, timing the encoder, the decoder and the familiarity check."""
         t0 = time.perf_counter()
-        features = self.encode(frame)
+        frame = resize_for_encoder(frame, self.input_size)
+        features = self.encoder.encode(frame)
         t1 = time.perf_counter()
         decoded = self.decode(features, beam_width)
         t2 = time.perf_counter()
         words = [self.vocab.words[t - 1] for t in decoded.tokens]
-        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4),
-                             {"encoder_ms": round((t1 - t0) * 1e3, 2), "decoder_ms": round((t2 - t1) * 1e3, 2)})
+        timings = {"encoder_ms": round((t1 - t0) * 1e3, 2), "decoder_ms": round((t2 - t1) * 1e3, 2)}
+        familiarity = None
+        if self.feature_stats is not None:
+            familiarity = self.feature_stats.judge(frame_descriptor(frame, features))
+            timings["familiarity_ms"] = round((time.perf_counter() - t2) * 1e3, 2)
+        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4), timings, familiarity)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +152,9 @@ def main(args: argparse.Namespace) -> int:
             failed += 1
             continue
         result = captioner.caption(frame)
-        print(json.dumps({"file": path, "caption": result.caption, "tokens": result.tokens,
-                          "score": result.score, "encoder_ms": result.timings["encoder_ms"],
-                          "decode_ms": result.timings["decoder_ms"]}), flush=True)
+        record = {"file": path, "caption": result.caption, "tokens": result.tokens, "score": result.score,
+                  "encoder_ms": result.timings["encoder_ms"], "decode_ms": result.timings["decoder_ms"]}
+        if result.familiarity is not None:
+            record.update(result.familiarity.to_json())
+        print(json.dumps(record), flush=True)
     return 1 if failed else 0

@@ -115,7 +115,8 @@ class CaptionLoop:
         self.cache.put(cached)
         message = caption_message(self.frame_id, frame.ts, result.caption, result.tokens, result.score,
                                   {"grab_ms": frame.grab_ms, **result.timings, "total_ms": total_ms},
-                                  self.model_name, frame.ground_truth)
+                                  self.model_name, frame.ground_truth,
+                                  result.familiarity.to_json() if result.familiarity is not None else None)
         self.publisher.publish(self.topics.caption, json.dumps(message), retain=True)
         if result.caption != self.last_caption:  # the state topic hears of changes only (Home Assistant's recorder)
             self.publisher.publish(self.topics.caption_state, json.dumps(

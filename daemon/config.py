@@ -369,7 +369,7 @@ class ConfigError(Exception):
 
     def __init__(self, filename: str, problems: list[ConfigProblem]):
         self.filename = filename
-        self.problems = problems
+        self.problems = sorted(problems, key=lambda p: (p.line == 0, p.line))  # in file order, unknown lines last
         super().__init__("\n".join(p.format(filename) for p in problems))
 
 
@@ -508,13 +508,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print each problem as ``file:line: key.path: message``; exit 1 if there are any."""
+    """Print each problem as ``file:line: key.path: message`` in file order, then check that the model
+    bundle is there and whole (hashes); exit 1 if anything is wrong."""
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem.format(exc.filename), file=sys.stderr)
         print(f"{exc.filename}: {len(exc.problems)} error(s)", file=sys.stderr)
+        return 1
+    from daemon.bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(cfg.model.bundle_path())
+    except BundleError as exc:
+        line = _line_of(("model", "bundle"), _line_index(yaml.compose(Path(args.config).read_text(),
+                                                                      Loader=yaml.SafeLoader)))
+        print(ConfigProblem("model.bundle", line, str(exc)).format(args.config), file=sys.stderr)
         return 1
     print(f"{args.config}: OK (camera {cfg.camera.name!r}, source {cfg.camera.source.type}, "
           f"broker {cfg.mqtt.host}:{cfg.mqtt.port}, bundle {cfg.model.bundle})")

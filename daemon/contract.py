@@ -198,10 +198,11 @@ def parse_iso_time(text: str) -> float:
 
 
 def caption_message(frame_id: int, ts: float, caption: str, tokens: list[int], score: float, timings: dict,
-                    model: str, ground_truth: str | None = None) -> dict:
-    """The JSON published on ``caption`` for every captioned frame (volatile: ids, score, timings)."""
+                    model: str, ground_truth: str | None = None, familiarity: dict | None = None) -> dict:
+    """The JSON published on ``caption`` for every captioned frame (volatile: ids, score, timings);
+    ``familiarity``: the frame's ``familiarity`` and ``out_of_distribution`` (daemon.familiarity)."""
     message = {"frame_id": frame_id, "ts": round(ts, 3), "caption": caption, "tokens": tokens, "score": score,
-               "timings": timings, "model": model}
+               "timings": timings, "model": model, **(familiarity or {})}
     if ground_truth is not None:
         message["ground_truth"] = ground_truth
     return message

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-_INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+EDGE_INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+_INTERPRETER_MODULES = (*EDGE_INTERPRETER_MODULES, "tensorflow.lite")
 
 
 class EncoderError(Exception):
     """The encoder model cannot be loaded or run."""
 
 
-def interpreter_class():
-    """The first TFLite ``Interpreter`` class that imports; raise EncoderError if none does."""
-    for name in _INTERPRETER_MODULES:
+def interpreter_class(modules: tuple[str, ...] = _INTERPRETER_MODULES):
+    """The first TFLite ``Interpreter`` class of ``modules`` that imports; raise EncoderError if none does."""
+    for name in modules:
         try:
             return importlib.import_module(name).Interpreter
         except ImportError:

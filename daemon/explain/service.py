@@ -5,8 +5,8 @@ request against the frame cache, answers errors and ``busy`` at once, and otherw
 a job to the explainer process (``worker.serve``, started lazily with ``spawn``, niced,
 gone after ``idle_exit_s`` without work and started again by the next request). A result
 thread publishes each answer to the request's MQTT 5 Response Topic with its Correlation
-Data (else to the default response topic), writes ``explanation.png`` and
-``explanation.json`` atomically to the snapshot folder and publishes the PNG retained on
+Data (else to the default response topic), writes ``explanation.png``,
+``explanation.jpg`` (the frame) and ``explanation.json`` atomically to the snapshot folder and publishes the PNG retained on
 the explain image topic, with its info (``made_at``) beside it.
 
 Every explainer process gets channels of its own. When one dies (the OOM killer picks the
@@ -43,7 +43,7 @@ from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.snapshot import atomic_write
+from daemon.snapshot import atomic_write, encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
 
@@ -61,6 +61,7 @@ class _Pending:
     received: float
     job: Job | None = None
     started: float | None = None
+    image: object = None  # the frame explained (RGB uint8), for the snapshot page
 
 
 @dataclass
@@ -155,6 +156,7 @@ class ExplainService:
                 return ErrorResponse(request.id, "frame_not_cached",
                                      f"frame {request.frame} is not (or no longer) cached; {held}")
         caption = frame.caption
+        reply.image = frame.image
         indices = check_words(request, caption.words, frame.frame_id, caption.caption)
         if isinstance(indices, ErrorResponse):
             return indices
@@ -252,7 +254,8 @@ class ExplainService:
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
         self.publish(self.topics.explain_image, grid, qos=1, retain=True)
-        self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"]))
+        self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"], ts=round(time.time(), 3)),
+                             reply.image)
         self._reply(payload, reply, text)
 
     def _check_stuck(self, worker: _Worker) -> None:
@@ -303,8 +306,9 @@ class ExplainService:
                                       f"the explainer process could not start ({_exit_reason(code)})").payload(),
                         reply)
 
-    def _write_snapshot(self, grid: bytes, record: dict) -> None:
-        """explanation.png and explanation.json (the response plus the model name), atomically.
+    def _write_snapshot(self, grid: bytes, record: dict, image) -> None:
+        """explanation.png, explanation.jpg (the frame) and explanation.json (the response plus the
+        model name and when it was made), atomically; the page reads the JSON last, so it is written last.
 
         A failure is logged, not raised.
         """
@@ -313,6 +317,8 @@ class ExplainService:
         try:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.snapshot_dir / "explanation.png", grid)
+            if image is not None:
+                atomic_write(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
             atomic_write(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
         except OSError as exc:
             self._write_problem.failed(exc)

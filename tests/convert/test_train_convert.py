@@ -78,7 +78,8 @@ def test_training_on_flickr30k_layout(tmp_path):
 def test_bundle_has_every_file_and_a_report(tiny_bundle):
     bundle = load_bundle(tiny_bundle / "bundle")
     m = bundle.manifest
-    for name in ("captioner.keras", "encoder_int8.tflite", "decoder.npz", "vocab.txt", "report.json"):
+    for name in ("captioner.keras", "encoder_int8.tflite", "decoder.npz", "vocab.txt", "report.json",
+                 "explainer_float.tflite"):
         assert (tiny_bundle / "bundle" / name).is_file()
         assert len(m["sha256"][name]) == 64
     assert m["input"]["size"] == 64 and m["special_tokens"]["start"] == "startseq"

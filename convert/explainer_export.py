@@ -1,0 +1,443 @@
+"""``explaincam export-explainer``: the explainer's gradient graphs as a float32 LiteRT file.
+
+Explanations need gradients of word log-probabilities; TensorFlow computes them here, once,
+at conversion, and ``explainer_float.tflite`` carries them to the box, where the LiteRT
+backend (``daemon.explain.backends.litert``) runs them without TensorFlow. The file has one
+signature per entry point of the backend contract, at a fixed batch B and token length T
+(the bundle's ``max_length`` + 1: the start token and up to ``max_length`` words):
+
+- ``logits``: images (B, H, W, 3) float 0..255, tokens (B, T) int32 -> logits (B, T, V);
+- ``layer_gradients``: + weights (B, T-1) -> activations and gradients of the Grad-CAM
+  layer (B, h, w, C), scores (B,);
+- ``image_gradients``: -> gradients (B, H, W, 3), scores (B,);
+- ``bottleneck_activations``: images -> activations of the ACE bottleneck (B, h', w', C');
+- ``bottleneck_gradients``: -> activations, gradients of the bottleneck, scores.
+
+The score of row i is sum_t weights[i, t] * log_softmax(logits[i, t])[tokens[i, t + 1]].
+
+Three things stand between the captioner and a TFLITE_BUILTINS-only graph, and the export
+copy deals with each while keeping the weights:
+
+- the LSTM runs as a ``while`` loop, which has no convertible gradient: the copy unrolls
+  it to T steps (same cell, same mask semantics);
+- some gradient ops have no builtin (``ReluGrad``, ``Relu6Grad``, ``SigmoidGrad``,
+  ``TanhGrad``, ``DepthwiseConv2dNativeBackpropInput``): the forward ops get gradients
+  written with builtins instead (a multiply by a mask or by the derivative from the
+  output; the input gradient of a depthwise convolution as a depthwise convolution of the
+  zero-stuffed upstream gradient with the spatially flipped kernel);
+- slicing the logits would bring ``StridedSliceGrad``: the score picks words with a one-hot.
+
+A graph that still holds an op without a builtin is not written; ``ExportError`` names the
+ops, and the bundle keeps working on the TensorFlow backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+import keras
+
+from daemon.bundle import BundleError, load_bundle, write_manifest
+from daemon.explain.backends.tensorflow import SplitCaptioner
+from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
+
+EXPLAINER_FILE = "explainer_float.tflite"
+DEFAULT_BATCH = 8
+SIGNATURES = ("logits", "layer_gradients", "image_gradients", "bottleneck_activations", "bottleneck_gradients")
+
+
+class ExportError(Exception):
+    """The explainer graph cannot be exported op-clean; the message names the ops."""
+
+
+# ------------------------------------------------------------- gradients with builtins only
+
+def _relu_grad(op, grad):
+    return grad * tf.cast(op.outputs[0] > 0, grad.dtype)
+
+
+def _relu6_grad(op, grad):
+    y = op.outputs[0]
+    return grad * tf.cast(tf.logical_and(y > 0, y < 6), grad.dtype)
+
+
+def _sigmoid_grad(op, grad):
+    y = op.outputs[0]
+    return grad * y * (1 - y)
+
+
+def _tanh_grad(op, grad):
+    y = op.outputs[0]
+    return grad * (1 - y * y)
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> int:
+    """Rows (or columns) of zeros SAME padding adds before the input."""
+    out = -(-size // stride)
+    return max((out - 1) * stride + kernel - size, 0) // 2
+
+
+def _stuff(grad, stride: int, axis: int):
+    """``grad`` with stride - 1 zeros after every element along ``axis`` (1 or 2), the last trimmed."""
+    if stride == 1:
+        return grad
+    stacked = tf.stack([grad] + [tf.zeros_like(grad)] * (stride - 1), axis=axis + 1)
+    shape = grad.shape.as_list()
+    shape[axis] *= stride
+    stuffed = tf.reshape(stacked, shape)
+    keep = [slice(None)] * 4
+    keep[axis] = slice(0, shape[axis] - (stride - 1))
+    return stuffed[tuple(keep)]
+
+
+def _depthwise_grad(op, grad):
+    """Input gradient of a depthwise convolution as a depthwise convolution (builtins only).
+
+    Per spatial axis with kernel K, stride s and p rows of padding before, the input
+    gradient is the correlation of the upstream gradient, zero-stuffed to stride 1 and
+    padded with K - 1 - p zeros before, with the flipped kernel. Dilated or NCHW
+    convolutions keep TensorFlow's own gradient (and the export names its op).
+    """
+    x, kernel = op.inputs
+    strides = op.get_attr("strides")
+    dilations = op.get_attr("dilations")
+    padding = op.get_attr("padding").decode()
+    fmt = op.get_attr("data_format").decode()
+    shape = x.shape.as_list()
+    if fmt != "NHWC" or list(dilations) != [1, 1, 1, 1] or padding not in ("SAME", "VALID") \
+            or None in shape:
+        from tensorflow.python.ops import nn_grad
+
+        return nn_grad._DepthwiseConv2dNativeGrad(op, grad)
+    kh, kw, channels, multiplier = kernel.shape.as_list()
+    g = grad
+    pads = [[0, 0]]
+    for axis, k in ((1, kh), (2, kw)):
+        s = strides[axis]
+        g = _stuff(g, s, axis)
+        before = _same_padding(shape[axis], k, s) if padding == "SAME" else 0
+        lead = k - 1 - before
+        trail = shape[axis] + k - 1 - g.shape[axis] - lead
+        pads.append([lead, trail])
+    pads.append([0, 0])
+    g = tf.pad(g, pads)
+    flipped = tf.reverse(kernel, axis=[0, 1])
+    flipped = tf.reshape(flipped, [kh, kw, channels * multiplier, 1])
+    dx = tf.nn.depthwise_conv2d(g, flipped, [1, 1, 1, 1], "VALID")
+    if multiplier > 1:
+        dx = tf.reduce_sum(tf.reshape(dx, shape[:3] + [channels, multiplier]), axis=-1)
+    return dx, None
+
+
+_OVERRIDES = {
+    "Relu": ("ExplaincamBuiltinRelu", _relu_grad),
+    "Relu6": ("ExplaincamBuiltinRelu6", _relu6_grad),
+    "Sigmoid": ("ExplaincamBuiltinSigmoid", _sigmoid_grad),
+    "Tanh": ("ExplaincamBuiltinTanh", _tanh_grad),
+    "DepthwiseConv2dNative": ("ExplaincamBuiltinDepthwise", _depthwise_grad),
+}
+for _name, _fn in _OVERRIDES.values():
+    tf.RegisterGradient(_name)(_fn)
+GRADIENT_OVERRIDES = {op: name for op, (name, _) in _OVERRIDES.items()}
+
+
+# ------------------------------------------------------------------ the unrolled decoder
+
+class UnrolledDecoder:
+    """The captioner's decoder (features, tokens) -> logits with its LSTM unrolled to T steps.
+
+    Same layers and weights as ``convert.model.build_captioner``'s; the LSTM keeps Keras'
+    mask semantics (a padding token 0 carries the state over and repeats the last output,
+    or outputs zeros with ``zero_output_for_mask``).
+    """
+
+    def __init__(self, captioner: keras.Model):
+        self.feat_dense = captioner.get_layer("feat_dense")
+        self.embedding = captioner.get_layer("embedding")
+        self.lstm = captioner.get_layer("lstm")
+        self.merge_dense = captioner.get_layer("merge_dense")
+        self.logits = captioner.get_layer("logits")
+        cell = getattr(self.lstm, "cell", self.lstm)
+        self.cell = cell
+        self.units = int(cell.units)
+        self.zero_output_for_mask = bool(getattr(self.lstm, "zero_output_for_mask", False))
+        if getattr(self.lstm, "go_backwards", False) or getattr(self.lstm, "stateful", False):
+            raise ExportError("the decoder's LSTM runs backwards or statefully; the export expects the "
+                              "causal LSTM of convert.model.build_captioner")
+
+    def __call__(self, features, tokens):
+        """Logits (B, T, V) of the encoder features (B, F) and token rows (B, T)."""
+        f = self.feat_dense(features)
+        e = self.embedding(tokens)
+        kernel, recurrent, bias = (tf.convert_to_tensor(w) for w in (
+            self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias))
+        mask = tf.cast(tf.not_equal(tokens, 0), tf.float32)
+        batch = tokens.shape[0]
+        h = tf.zeros([batch, self.units])
+        c = tf.zeros([batch, self.units])
+        outputs = []
+        xs = tf.unstack(e, axis=1)
+        ms = tf.unstack(mask[:, :, None], axis=1)
+        for x, m in zip(xs, ms):
+            z = tf.matmul(x, kernel) + tf.matmul(h, recurrent) + bias
+            zi, zf, zc, zo = tf.split(z, 4, axis=1)
+            i = self.cell.recurrent_activation(zi)
+            fg = self.cell.recurrent_activation(zf)
+            c_new = fg * c + i * self.cell.activation(zc)
+            o = self.cell.recurrent_activation(zo)
+            h_new = o * self.cell.activation(c_new)
+            h = m * h_new + (1 - m) * h
+            c = m * c_new + (1 - m) * c
+            outputs.append(m * h_new if self.zero_output_for_mask else h)
+        s = tf.stack(outputs, axis=1)
+        merged = self.merge_dense(s + tf.expand_dims(f, 1))  # no slice: its gradient has no builtin
+        return self.logits(merged)
+
+
+# --------------------------------------------------------------------- the entry points
+
+def word_scores(logits, tokens, weights):
+    """Per row: sum_t weights[t] * log_softmax(logits[t])[tokens[t + 1]] (no slicing of the logits)."""
+    vocab = logits.shape[-1]
+    targets = tf.concat([tokens[:, 1:], tf.zeros_like(tokens[:, :1])], axis=1)
+    w = tf.concat([weights, tf.zeros_like(weights[:, :1])], axis=1)
+    picked = tf.reduce_sum(tf.nn.log_softmax(logits, axis=-1) * tf.one_hot(targets, vocab), axis=-1)
+    return tf.reduce_sum(picked * w, axis=1)
+
+
+class ExplainerGraphs(tf.Module):
+    """The five entry points over one captioner, traced at a fixed batch and token length."""
+
+    def __init__(self, captioner: keras.Model, gradcam_layer: str, bottleneck_layer: str,
+                 batch: int, tokens: int, signatures: tuple[str, ...] = SIGNATURES):
+        super().__init__()
+        unknown = [name for name in signatures if name not in SIGNATURES]
+        if unknown:
+            raise ValueError(f"unknown explainer signatures {unknown}; known: {', '.join(SIGNATURES)}")
+        self.signatures_exported = tuple(signatures)
+        self.captioner = captioner
+        self.gradcam = SplitCaptioner(captioner, gradcam_layer)
+        self.bottleneck = SplitCaptioner(captioner, bottleneck_layer)
+        self.decoder = UnrolledDecoder(captioner)
+        size = tuple(int(d) for d in captioner.inputs[0].shape[1:3])
+        images = tf.TensorSpec([batch, *size, 3], tf.float32, name="images")
+        token_rows = tf.TensorSpec([batch, tokens], tf.int32, name="tokens")
+        weights = tf.TensorSpec([batch, tokens - 1], tf.float32, name="weights")
+        self.functions = {
+            "logits": tf.function(self._logits, input_signature=[images, token_rows]),
+            "layer_gradients": tf.function(self._layer_gradients, input_signature=[images, token_rows, weights]),
+            "image_gradients": tf.function(self._image_gradients, input_signature=[images, token_rows, weights]),
+            "bottleneck_activations": tf.function(self._bottleneck_activations, input_signature=[images]),
+            "bottleneck_gradients": tf.function(self._bottleneck_gradients,
+                                                input_signature=[images, token_rows, weights]),
+        }
+
+    @staticmethod
+    def _overrides():
+        return tf.compat.v1.get_default_graph().gradient_override_map(GRADIENT_OVERRIDES)
+
+    def _logits(self, images, tokens):
+        _, features = self.gradcam.encode(images)
+        return {"logits": self.decoder(features, tokens)}
+
+    def _split_gradients(self, split: SplitCaptioner, images, tokens, weights):
+        with self._overrides():
+            acts, features = split.encode(images)
+            scores = word_scores(self.decoder(features, tokens), tokens, weights)
+        (grads,) = tf.gradients(scores, [acts])
+        return {"activations": acts, "gradients": grads, "scores": scores}
+
+    def _layer_gradients(self, images, tokens, weights):
+        return self._split_gradients(self.gradcam, images, tokens, weights)
+
+    def _bottleneck_gradients(self, images, tokens, weights):
+        return self._split_gradients(self.bottleneck, images, tokens, weights)
+
+    def _image_gradients(self, images, tokens, weights):
+        with self._overrides():
+            _, features = self.gradcam.encode(images)
+            scores = word_scores(self.decoder(features, tokens), tokens, weights)
+        (grads,) = tf.gradients(scores, [images])
+        return {"gradients": grads, "scores": scores}
+
+    def _bottleneck_activations(self, images):
+        acts, _ = self.bottleneck.encode(images)
+        return {"activations": acts}
+
+    def concrete_functions(self) -> list:
+        """The traced functions of the exported signatures, in their order."""
+        return [self.functions[name].get_concrete_function() for name in self.signatures_exported]
+
+
+# ------------------------------------------------------------------------- conversion
+
+_UNSUPPORTED = re.compile(r"'(?:tf|tfl)\.(\w+)' op is neither a custom op nor a flex op")
+
+
+def operator_names(model: bytes) -> list[str]:
+    """Every operator code of a .tflite flatbuffer: builtin names, or 'CUSTOM:<code>' for custom ops."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    flat = schema.Model.GetRootAsModel(model, 0)
+    out = []
+    for k in range(flat.OperatorCodesLength()):
+        code = flat.OperatorCodes(k)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            out.append(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
+        else:
+            out.append(names.get(builtin, str(builtin)))
+    return out
+
+
+class _FrozenGraphs(tf.Module):
+    """The entry points with every variable folded into constants, ready to save without variables.
+
+    The converter would otherwise keep the batch-norm statistics as resource variables
+    (VAR_HANDLE/READ_VARIABLE and a per-call RSQRT in the file).
+    """
+
+    def __init__(self, graphs: ExplainerGraphs):
+        super().__init__()
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        self.entry_points = {}
+        self.names = graphs.signatures_exported
+        for name, function in zip(self.names, graphs.concrete_functions()):
+            frozen = convert_variables_to_constants_v2(function)
+            outputs = sorted(function.structured_outputs)  # the frozen function's flat output order
+            specs = function.structured_input_signature[0]
+            call = tf.function(self._caller(frozen, outputs), input_signature=list(specs))
+            self.entry_points[name] = call.get_concrete_function()
+
+    @staticmethod
+    def _caller(frozen, outputs):
+        def call(*inputs):
+            return dict(zip(outputs, frozen(*inputs)))
+        return call
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send the process's stderr (the converter's MLIR diagnostics, which its exception repeats) to a file."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def convert_graphs(graphs: ExplainerGraphs) -> bytes:
+    """The float32 TFLITE_BUILTINS-only flatbuffer of the entry points; ExportError naming the ops otherwise."""
+    frozen = _FrozenGraphs(graphs)
+    with tempfile.TemporaryDirectory(prefix="explainer-export-") as tmp:
+        # the gradients are ops of the traced graphs already; nothing needs tracing again
+        tf.saved_model.save(frozen, tmp, signatures=frozen.entry_points,
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(frozen.names))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.allow_custom_ops = False
+        try:
+            with _stderr_to(Path(tmp) / "converter.log"):
+                model = converter.convert()
+        except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
+            ops = sorted(set(_UNSUPPORTED.findall(str(exc))))
+            if ops:
+                raise ExportError(f"the explainer graph needs ops with no TFLite builtin: {', '.join(ops)}") from None
+            lines = str(exc).strip().splitlines()
+            raise ExportError("the explainer graph does not convert to TFLite builtins: "
+                              + (lines[-1] if lines else type(exc).__name__)) from None
+    custom = sorted({name for name in operator_names(model) if name.startswith("CUSTOM")})
+    if custom:
+        raise ExportError(f"the explainer graph needs ops with no TFLite builtin: {', '.join(custom)}")
+    return model
+
+
+# ---------------------------------------------------------------------------- bundles
+
+def explainer_layers(bundle, captioner: keras.Model) -> tuple[str, str]:
+    """(Grad-CAM layer, ACE bottleneck layer) of a bundle: the manifest's, the concept bank's or the default."""
+    from convert.concepts import bottleneck_layer
+
+    bottleneck = None
+    if bundle.has("concepts"):
+        with np.load(bundle.file("concepts"), allow_pickle=False) as bank:
+            bottleneck = str(bank["layer"])
+    return bundle.manifest["gradcam_layer"], bottleneck or bottleneck_layer(captioner)
+
+
+def export_explainer(captioner: keras.Model, out: str | Path, gradcam_layer: str, bottleneck_layer: str,
+                     tokens: int, batch: int = DEFAULT_BATCH) -> dict:
+    """Write the explainer graph of a captioner to ``out`` (atomically); its manifest entry.
+
+    Raises ExportError naming the ops when the graph has ops without a TFLite builtin.
+    """
+    out = Path(out)
+    started = time.perf_counter()
+    model = convert_graphs(ExplainerGraphs(captioner, gradcam_layer, bottleneck_layer, batch, tokens))
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(model)
+    tmp.replace(out)
+    return {"file": out.name, "batch": int(batch), "tokens": int(tokens), "gradcam_layer": gradcam_layer,
+            "bottleneck_layer": bottleneck_layer, "signatures": list(SIGNATURES),
+            "export_seconds": round(time.perf_counter() - started, 1), "bytes": len(model)}
+
+
+def add_to_bundle(bundle_dir: str | Path, batch: int = DEFAULT_BATCH, captioner: keras.Model | None = None) -> dict:
+    """Export a bundle's explainer graph into it and record it in the (re-hashed) manifest.
+
+    On ExportError the bundle is left as it was (no explainer file, the TensorFlow backend serves it).
+    """
+    bundle = load_bundle(bundle_dir)
+    if not bundle.has("captioner"):
+        raise ExportError(f"{bundle.path} has no captioner.keras to export the explainer graph from")
+    if captioner is None:
+        captioner = keras.models.load_model(bundle.file("captioner"), compile=False)
+    gradcam_layer, bottleneck_layer = explainer_layers(bundle, captioner)
+    try:
+        entry = export_explainer(captioner, bundle.path / EXPLAINER_FILE, gradcam_layer, bottleneck_layer,
+                                 tokens=bundle.max_length + 1, batch=batch)
+    except ExportError as exc:
+        raise ExportError(f"{bundle.path}: {exc}; the bundle is unchanged and explains with the "
+                          "TensorFlow backend") from None
+    manifest = dict(bundle.manifest)
+    manifest["files"] = dict(manifest["files"], explainer=EXPLAINER_FILE)
+    manifest["explainer"] = {k: v for k, v in entry.items() if k not in ("export_seconds", "bytes")}
+    write_manifest(bundle.path, manifest)
+    return entry
+
+
+def configure(parser) -> None:
+    """Arguments of ``explaincam export-explainer``."""
+    parser.add_argument("--bundle", required=True, help="bundle folder to add explainer_float.tflite to")
+    parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                        help=f"rows per call the graph takes (default {DEFAULT_BATCH}; memory grows with it)")
+
+
+def main(args) -> int:
+    """Export the graph into the bundle and print its manifest entry."""
+    if args.batch < 1:
+        print("error: --batch must be at least 1")
+        return 2
+    try:
+        entry = add_to_bundle(args.bundle, args.batch)
+    except (ExportError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(entry, indent=2))
+    return 0
