@@ -170,6 +170,7 @@ def test_a_job_carries_the_cached_frame_and_the_first_answer_wins(mosquitto, col
         assert (info["placeholder"], info["request_id"], info["frame_id"]) == (False, "r1", 100)
         record = json.loads((tmp_path / "snapshot" / "explanation.json").read_text())
         assert (record["id"], record["worker"], record["made_at"]) == ("r1", "fake", info["made_at"])
+        assert (tmp_path / "snapshot" / "explanation.jpg").stat().st_size > 0  # the frame, for the snapshot page
     finally:
         worker.close()
 
