@@ -46,7 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.config import MqttConfig
+from daemon.config import MqttConnectionConfig
 from daemon.contract import OFFLINE, ONLINE
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class MqttSetupError(Exception):
     """The MQTT settings cannot be used (unreadable password file, missing variable, TLS files)."""
 
 
-def read_password(config: MqttConfig) -> str | None:
+def read_password(config: MqttConnectionConfig) -> str | None:
     """The password from ``password_file`` or ``password_env`` (None when neither is set)."""
     if config.password_file is not None:
         try:
@@ -132,7 +132,8 @@ class OutgoingMessage:
 class MqttPublisher:
     """A resilient MQTT connection: availability, retained state, bounded outgoing queue, subscriptions."""
 
-    def __init__(self, config: MqttConfig, client_id: str, availability_topic: str, session_expiry_s: int = 0):
+    def __init__(self, config: MqttConnectionConfig, client_id: str, availability_topic: str,
+                 session_expiry_s: int = 0):
         self.config = config
         self.client_id = client_id
         # MQTT 5: > 0 keeps this client's session (subscriptions, queued QoS 1 messages) that long

@@ -74,6 +74,14 @@ def test_worker_config_shares_the_daemons_mqtt_rules_and_needs_mqtt5():
         parse_config("group: a/b\n", model=WorkerConfig)
 
 
+def test_workers_get_client_ids_of_their_own():
+    cfg = parse_config("id: w1\n", model=WorkerConfig)
+    first, second = (cfg.mqtt.resolved_client_id("worker-w1", f"/etc/explaincam/{n}.yaml") for n in ("a", "b"))
+    assert first.startswith("explaincam-") and "-worker-w1-" in first and first != second
+    assert first == cfg.mqtt.resolved_client_id("worker-w1", "/etc/explaincam/a.yaml")  # the same after a restart
+    assert parse_config("mqtt: {client_id: mine}\n", model=WorkerConfig).mqtt.resolved_client_id("worker-x") == "mine"
+
+
 def test_the_worker_command_refuses_a_bad_config_with_exit_status_2(tmp_path):
     config = tmp_path / "worker.yaml"
     config.write_text("bundles: []\n")
