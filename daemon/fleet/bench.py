@@ -33,7 +33,7 @@ from daemon.contract import ONLINE, CameraTopics, PrefixTopics
 from daemon.stats import percentiles
 
 PREFIX = "explaincam"
-START_TIMEOUT_S = 300.0  # TensorFlow import, model load and warm-up of M workers at once
+START_TIMEOUT_S = 300.0  # backend load (TensorFlow import on that backend) and warm-up of M workers at once
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--in-flight", type=int, default=2,
                         help="requests kept outstanding per worker (default 2; each camera queues 4 at most)")
     parser.add_argument("--methods", default="gradcam", help="methods of each request (default gradcam)")
-    parser.add_argument("--threads", type=int, default=1, help="TensorFlow threads per worker (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="explainer backend threads per worker (default 1)")
     parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped one)")
     parser.add_argument("--fps", type=float, default=2.0, help="scenes per second of each camera (default 2)")
 

@@ -20,7 +20,7 @@ from tests.fleet.conftest import Requester, WorkerProcess, worker_config
 CAMERAS = ("cam1", "cam2", "cam3")
 WORKERS = ("w1", "w2")
 RETRY_S = 45  # longer than one job takes on this busy box (load 10+): no retry unless a worker dies
-WORKER_START_TIMEOUT = 180  # TensorFlow import, model load and warm-up, two at once on 2 cores
+WORKER_START_TIMEOUT = 180  # backend and model load and warm-up, two at once on 2 cores
 
 
 @pytest.fixture(scope="module")

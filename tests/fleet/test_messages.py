@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from daemon.bundle import write_manifest
 from daemon.config import ConfigError, WorkerConfig, parse_config
 from daemon.contract import JobMessage, MessageError, ResultMessage, encode_result, job_id_of
 from daemon.mqtt import topic_filter
-from tests.conftest import REPO
+from tests.conftest import REPO, SHIPPED_BUNDLE
 
 
 def a_job(**changes) -> JobMessage:
@@ -88,6 +90,20 @@ def test_the_worker_command_refuses_a_bad_config_with_exit_status_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "daemon.cli", "worker", "-c", str(config)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and f"{config}:1: bundles:" in result.stderr, result.stderr
+
+
+def test_a_worker_whose_backend_cannot_run_exits_2_saying_what_to_do(tmp_path):
+    bundle = tmp_path / "graphless"  # the shipped bundle as a converter without the graph export leaves it
+    shutil.copytree(SHIPPED_BUNDLE, bundle, ignore=shutil.ignore_patterns("explainer_float.tflite"))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["files"]["explainer"]
+    write_manifest(bundle, {k: v for k, v in manifest.items() if k not in ("sha256", "explainer")})
+    config = tmp_path / "worker.yaml"
+    config.write_text(f"id: w1\nbackend: litert\nbundles: [{bundle}]\nmqtt: {{port: 1}}\n")
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", "worker", "-c", str(config)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "explain backend litert" in result.stderr and "explaincam export-explainer" in result.stderr
 
 
 def test_subscriptions_match_by_their_topic_filter():
