@@ -182,7 +182,7 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     notifier.status("loading the model")
     bundle_path = cfg.model.bundle_path()
     try:
-        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width)
+        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style)
     except (BundleError, EncoderError) as exc:
         log.error("cannot load the model: %s", exc)
         notifier.status(f"cannot load the model: {exc}")

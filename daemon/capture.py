@@ -16,7 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from daemon.captioner import Captioner, resize_for_encoder
+from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption_state_message, source_message
 from daemon.framecache import CachedFrame, FrameCache
@@ -101,7 +101,7 @@ class CaptionLoop:
         if threshold > 0 and self._last_thumbnail is not None and frame_change(thumb, self._last_thumbnail) < threshold:
             self.stats.record_skip()
             return None
-        image = resize_for_encoder(frame.image, self.captioner.input_size)
+        image = self.captioner.resize(frame.image)
         try:
             result = self.captioner.caption(image)
         except Exception:

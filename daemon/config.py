@@ -42,6 +42,9 @@ class ModelConfig(StrictModel):
         "then in the explaincam install folder"))
     threads: int = Field(2, ge=1, le=16, description="threads of the int8 encoder (LiteRT)")
     beam_width: int = Field(1, ge=1, le=8, description="1 = greedy decoding, more = beam search of that width")
+    beam_style: Literal["ours", "seed"] = Field("ours", description=(
+        "beam search: ours (log-probabilities, stops at the end token) or seed (the seed project's: "
+        "sum of raw probabilities, run to max length, cut at endseq; for comparing with its captions)"))
 
     def bundle_path(self) -> Path:
         """The bundle folder, resolved against the current directory, then the install folder."""
