@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "feature-stats": ("convert.feature_stats", "store a bundle's statistics for the out-of-distribution warning"),
     "bench": ("convert.bench", "measure speed and memory, side by side with the seed-style pipeline"),
     "install-service": ("daemon.service", "install (or --uninstall) the systemd service"),
+    "worker": ("daemon.fleet.worker", "explain the jobs of a fleet's cameras (MQTT 5 shared subscription)"),
+    "fleet-bench": ("daemon.fleet.bench", "measure a fleet on a private broker: N camera daemons, 1..M workers"),
 }
 
 

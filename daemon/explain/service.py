@@ -15,6 +15,10 @@ idle explainer first), is killed while explaining, or leaves waiting jobs untake
 with fresh channels takes the waiting ones; the daemon goes on. At shutdown pending
 requests are answered ``shutting_down`` and the process is terminated; the process also
 ends itself within a second when the daemon is gone (``worker.serve``).
+
+With ``explain.mode`` remote (or auto while a worker is present) an accepted request goes to
+a fleet's workers instead (``remote``, a ``daemon.fleet.dispatcher.RemoteDispatcher``); their
+answers are published by the same ``_deliver`` as a local one.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class ExplainService:
     """Answers explain requests of the capture process with a separate explainer process."""
 
     def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: CameraTopics,
-                 frame_cache, model_name: str | None = None):
+                 frame_cache, model_name: str | None = None, remote=None):
         self.config = config
         self.publish = publish
         self.topics = topics
@@ -106,6 +110,10 @@ class ExplainService:
         self._write_problem = RecurringProblem(log, f"write the explanation files in {self.snapshot_dir}")
         self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
         self._thread.start()
+        # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
+        self.remote = remote
+        if remote is not None:
+            remote.start(reply=self._reply, deliver=self._deliver)
 
     @property
     def worker_pid(self) -> int | None:
@@ -154,6 +162,8 @@ class ExplainService:
             return indices
         job = Job(next(self._keys), request.id, frame.frame_id, frame.image, caption.caption,
                   list(caption.tokens), indices, list(request.methods))
+        if self.remote is not None and self.remote.takes():
+            return self.remote.submit(job, reply)
         with self._lock:
             if self._stopping.is_set():
                 return ErrorResponse(request.id, "shutting_down", "the daemon is shutting down; ask again later")
@@ -234,6 +244,12 @@ class ExplainService:
         started = reply.started or now
         payload["timings_ms"].update(queue_ms=round((started - reply.received) * 1e3, 1),
                                      total_ms=round((now - reply.received) * 1e3, 1))
+        self._deliver(payload, grid, reply)
+        log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
+
+    def _deliver(self, payload: dict, grid: bytes, reply: _Pending) -> None:
+        """Publish a finished explanation, local or a fleet worker's: the image and its info (retained),
+        the snapshot files, the answer."""
         text = json.dumps(payload)
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
@@ -241,7 +257,6 @@ class ExplainService:
         self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"], ts=round(time.time(), 3)),
                              reply.image)
         self._reply(payload, reply, text)
-        log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
 
     def _check_stuck(self, worker: _Worker) -> None:
         """Kill an explainer process that has left waiting jobs untaken for STUCK_S (SIGSTOP, say)."""
@@ -329,7 +344,10 @@ class ExplainService:
         """Answer every pending request ``shutting_down``, end the explainer process and the result thread.
 
         The explainer has nothing to save: it is terminated at once (killed after ``timeout`` s).
+        Requests waiting for a fleet's workers are answered ``shutting_down`` too.
         """
+        if self.remote is not None:
+            self.remote.stop()
         with self._lock:
             self._stopping.set()
             worker, self._worker = self._worker, None

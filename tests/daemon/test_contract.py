@@ -14,7 +14,7 @@ from daemon.contract import (CameraTopics, PrefixTopics, caption_state_message, 
 
 TOPICS = CameraTopics.for_camera("explaincam", "cam")
 CAMERA_TOPICS = ("availability", "caption", "caption_state", "snapshot", "source", "explain_request",
-                 "explain_response", "explain_image", "explain_image_info")
+                 "explain_response", "explain_image", "explain_image_info", "explain_job", "explain_result")
 
 
 class Published(list):
@@ -36,6 +36,22 @@ def test_every_camera_topic_is_under_its_own_camera_and_distinct():
     assert TOPICS.availability == "explaincam/cam/availability"
     assert TOPICS.private_response("client-1") == "explaincam/cam/explain/response/client-1"
     assert PrefixTopics("explaincam").stats == "explaincam/stats"
+
+
+def test_fleet_topics_a_worker_subscribes_to_match_every_cameras_jobs():
+    import paho.mqtt.client as paho
+
+    from daemon.mqtt import topic_filter
+
+    fleet = PrefixTopics("explaincam")
+    jobs = fleet.explain_jobs("explainers")
+    assert jobs.startswith("$share/explainers/")
+    assert paho.topic_matches_sub(topic_filter(jobs), TOPICS.explain_job)
+    assert not paho.topic_matches_sub(topic_filter(jobs), TOPICS.explain_result)
+    assert not paho.topic_matches_sub(topic_filter(jobs), PrefixTopics("other").worker("w1"))
+    assert fleet.worker_availability("w1") == f"{fleet.worker('w1')}/availability"
+    for topic in (fleet.worker("w1"), fleet.worker_availability("w1")):
+        assert paho.topic_matches_sub(fleet.workers, topic)
 
 
 def test_payloads():
