@@ -24,7 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.contract import DEFAULT_PREFIX, CameraTopics, explain_request
+from daemon.contract import CameraTopics, explain_request
 from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 

@@ -13,16 +13,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
 import paho.mqtt.publish as publish
 import pytest
 
-from tests.conftest import CAPTION, REQUEST, START_TIMEOUT, daemon_config, wait_until
+from tests.conftest import REQUEST, START_TIMEOUT, daemon_config, wait_until
 
-EXPLAIN_TIMEOUT = 180  # TensorFlow import + model load + explanation, niced, on a busy box
+EXPLAIN_TIMEOUT = 180  # backend load + explanation, niced, on a busy box
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]

@@ -158,7 +158,7 @@ def test_a_worker_killed_mid_job_leaves_the_request_to_the_other(fleet):
         sent = time.monotonic()
         # smoothgrad of every word: seconds on LiteRT (gradcam takes well under one), so the kill lands mid-job
         requester.send("cam2", {"id": "kill-1", "methods": ["smoothgrad"]}, b"kill-1")
-        started = f"(request 'kill-1' of cam2) started"
+        started = "(request 'kill-1' of cam2) started"
         victim = wait_until(lambda: next((w for w in workers if started in w.log()), None), 60,
                             message="a worker to start the job")
         victim.kill(signal.SIGKILL)

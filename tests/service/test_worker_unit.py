@@ -3,40 +3,21 @@ worker needs (tests/service/test_unit.py explains how the unit is verified off /
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from daemon.service import render_unit
 from tests.service.sandbox import unit_directives
+from tests.service.unit_checks import MAX_EXPOSURE, exposure, verify_output
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "explaincam-worker.service"
-MAX_EXPOSURE = 2.0
 
 
 def test_worker_unit_passes_systemd_analyze_verify(tmp_path):
-    prefix = tmp_path / "explaincam"
-    program = prefix / "venv" / "bin" / "explaincam"
-    program.parent.mkdir(parents=True)
-    program.symlink_to(shutil.which("explaincam", path=str(Path(sys.executable).parent)) or sys.executable)
-    unit = tmp_path / "explaincam-worker.service"
-    unit.write_text(render_unit(UNIT.read_text(), str(prefix)))
-
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "explaincam-worker.service:" not in result.stdout + result.stderr
+    assert "explaincam-worker.service:" not in verify_output(UNIT, tmp_path)
 
 
 def test_worker_unit_security_exposure_is_at_most_2():
-    result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
-                            capture_output=True, text=True)
-    match = re.search(r"Overall exposure level for explaincam-worker\.service: (\d+\.\d+)", result.stdout)
-    assert match, result.stdout + result.stderr
-    print(f"systemd-analyze security exposure: {match.group(1)}")
-    assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
+    assert exposure(UNIT) <= MAX_EXPOSURE
 
 
 def test_worker_unit_keeps_what_the_worker_needs():
