@@ -9,13 +9,23 @@ Two inputs:
 The bundle gets a full-integer int8 encoder (uint8 input, int8 ops only, calibrated on
 generated scenes or the user's images), the decoder weights for the numpy step decoder,
 the full-precision sequence-form ``captioner.keras``, the vocabulary, hashes and a report
-of what was measured: float vs int8 caption agreement, sizes, latency.
+of what was measured: float vs int8 caption agreement, feature cosine, sizes, latency,
+the calibration used, and a health verdict (``health``): a bundle whose int8 features
+point elsewhere than the float ones (cosine below HEALTH_MIN_COSINE) or whose int8
+captions mostly differ from the float ones (agreement below HEALTH_MIN_AGREEMENT) is
+flagged ``broken`` (a random or wrong encoder gives cosine ~0.7, agreement ~0.1; a sound
+one 0.95+ and 0.5+).
+
+A seed model was trained on images that Keras' ``load_img`` resized with PIL nearest
+neighbour, so its bundle records ``input.resize: nearest`` and everything that feeds its
+encoder resizes that way (``daemon.captioner.resize_for_encoder``).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +33,11 @@ import numpy as np
 
 import keras
 
+from convert.feature_stats import new_bundle_feature_stats
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
+from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
 from convert.scenes import scene_at
 from daemon.bundle import load_bundle, write_manifest
 from daemon.decoder import StepDecoder
@@ -34,6 +46,10 @@ from daemon.vocab import Vocabulary
 
 CALIBRATION_SEED = 4242  # scenes used to calibrate int8 ranges; training uses seed 1
 REPORT_SEED = 4343  # scenes the converter's own report is measured on
+DEFAULT_CALIBRATION = 100  # int8 calibration images: ranges settle by ~100; EfficientNetV2L takes ~6 s each on 2 cores
+SEED_RESIZE = "nearest"  # the seed's Keras load_img(target_size=...) resizes with PIL nearest neighbour
+HEALTH_MIN_COSINE = 0.9  # mean int8/float feature cosine below this: the int8 encoder is broken
+HEALTH_MIN_AGREEMENT = 0.25  # int8/float greedy caption agreement below this: broken
 
 
 class ConvertError(Exception):
@@ -65,16 +81,16 @@ def default_gradcam_layer(captioner: keras.Model, pretrained: bool = True) -> st
     return backbone.layers[-1].name
 
 
-def image_folder_batches(folder: str | Path, size: int, limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` readable images of a folder, RGB at ``size``, for calibration."""
-    from convert.datasets import load_image
+def image_folder_batches(folder: str | Path, size: int, limit: int, resize: str = "area") -> list[np.ndarray]:
+    """Up to ``limit`` readable images of a folder, RGB at ``size`` (resized by ``resize``), for calibration."""
+    from daemon.captioner import read_rgb, resize_for_encoder
 
     paths = sorted(p for p in Path(folder).rglob("*")
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
     images = []
     for path in paths:
         try:
-            images.append(load_image(path, size))
+            images.append(resize_for_encoder(read_rgb(path), size, resize))
         except ValueError:
             continue
         if len(images) >= limit:
@@ -135,31 +151,68 @@ def _special(manifest: dict) -> dict:
 def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, name: str,
                  max_length: int, encoder_name: str, extra: dict | None = None,
                  calibration: list[np.ndarray], report_images: list[np.ndarray],
-                 report_references: list[str] | None, verbose: bool = True, explainer: bool = True) -> dict:
+                 report_references: list[str] | None, resize: str = "area",
+                 calibration_source: str = "generated scenes", verbose: bool = True, explainer: bool = True) -> dict:
     """Quantize, export and hash everything into the bundle folder ``out``; return the report.
 
     ``explainer``: also export the LiteRT explainer graph (``convert.explainer_export``).
+    The bundle is assembled in ``out.partial``, which is removed if anything fails (or the
+    user interrupts), and renamed to ``out`` at the end.
     """
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    try:
+        report = _assemble(tmp, captioner, vocab, name=name, max_length=max_length, encoder_name=encoder_name,
+                           extra=extra, calibration=calibration, report_images=report_images,
+                           report_references=report_references, resize=resize,
+                           calibration_source=calibration_source, verbose=verbose, explainer=explainer)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return report
+
+
+def health(report: dict) -> dict:
+    """The bundle's health verdict from its measured int8/float cosine and agreement."""
+    problems = []
+    if report["feature_cosine_mean"] < HEALTH_MIN_COSINE:
+        problems.append(f"int8/float feature cosine {report['feature_cosine_mean']} < {HEALTH_MIN_COSINE}")
+    if report["int8_float_agreement"] < HEALTH_MIN_AGREEMENT:
+        problems.append(f"int8/float caption agreement {report['int8_float_agreement']} < {HEALTH_MIN_AGREEMENT}")
+    return {"status": "broken" if problems else "ok", "problems": problems,
+            "thresholds": {"feature_cosine_mean": HEALTH_MIN_COSINE, "int8_float_agreement": HEALTH_MIN_AGREEMENT}}
+
+
+def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str, max_length: int,
+              encoder_name: str, extra: dict | None, calibration: list[np.ndarray], report_images: list[np.ndarray],
+              report_references: list[str] | None, resize: str, calibration_source: str, verbose: bool,
+              explainer: bool) -> dict:
+    """Write every bundle file into ``tmp`` (see write_bundle) and return the report."""
     encoder = captioner.get_layer("encoder")
     size = int(encoder.input_shape[1])
 
     started = time.time()
     if verbose:
         print(f"quantizing the encoder to int8 on {len(calibration)} calibration images ...", flush=True)
-    calibration_progress = Progress("calibrating", verbose)
+    calibration_started = []
 
-    def representative():
+    def representative():  # called once the encoder is exported: the ETA counts calibration only
+        calibration_started.append(time.time())
+        calibration_progress = Progress("calibrating", verbose)
         for i, image in enumerate(calibration):
-            calibration_progress(i + 1, len(calibration))
             yield image
+            calibration_progress(i + 1, len(calibration))
+        calibration_started.append(time.time())
 
     (tmp / "encoder_int8.tflite").write_bytes(to_int8_tflite(encoder, representative))
     quantize_s = time.time() - started
+    calibration_s = calibration_started[-1] - calibration_started[0]
     np.savez(tmp / "decoder.npz", **decoder_weights(captioner))
     captioner.save(tmp / "captioner.keras")
     vocab.save(tmp / "vocab.txt")
@@ -169,31 +222,36 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
         "model_name": name,
         "encoder": encoder_name,
         "input": {"size": size, "color": "RGB", "dtype": "uint8", "range": [0, 255],
-                  "resize": "area", "preprocessing": preprocessing_mode(encoder_name),
+                  "resize": resize, "preprocessing": preprocessing_mode(encoder_name),
                   "preprocessing_inside_model": True},
         "special_tokens": {"start": vocab.start_word, "end": vocab.end_word, "pad_id": 0},
         "max_length": int(max_length),
         "vocab_size": len(vocab),
         "feature_dim": int(encoder.output_shape[-1]),
         "gradcam_layer": default_gradcam_layer(captioner, pretrained=any(
-            isinstance(section, dict) and section.get("weights") for section in (extra or {}).values())),
+            isinstance(section, dict) and section.get("weights") not in (None, "none")
+            for section in (extra or {}).values())),
         "files": files,
         **(extra or {}),
     }
     (tmp / "report.json").write_text("{}")
     write_manifest(tmp, manifest)
     report = measure(tmp, encoder, report_images, report_references, Progress("measuring int8 vs float", verbose))
+    report["health"] = health(report)
     report["quantize_seconds"] = round(quantize_s, 1)
+    report["calibration"] = {"images": len(calibration), "source": calibration_source, "resize": resize,
+                             "seconds": round(calibration_s, 1),
+                             "images_per_second": round(len(calibration) / max(calibration_s, 1e-9), 3)}
     report["sizes_bytes"] = {f: (tmp / f).stat().st_size for f in files.values() if f != "report.json"}
     report["encoder_params"] = int(encoder.count_params())
     report["decoder_params"] = int(sum(v.size for v in decoder_weights(captioner).values()))
+    report["feature_stats"] = new_bundle_feature_stats(tmp, files, calibration)  # out-of-distribution warning
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(tmp, manifest)
     if explainer:
         _add_explainer(tmp, captioner, verbose)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if verbose and report["health"]["status"] != "ok":
+        print(f"warning: this bundle looks broken: {'; '.join(report['health']['problems'])}", file=sys.stderr)
     return report
 
 
@@ -209,29 +267,30 @@ def _add_explainer(bundle_dir: Path, captioner: keras.Model, verbose: bool) -> N
         print(f"warning: {exc}", flush=True)
 
 
-def calibration_images(size: int, count: int, image_dir: str | None) -> list[np.ndarray]:
+def calibration_images(size: int, count: int, image_dir: str | None, resize: str = "area") -> list[np.ndarray]:
     """Calibration images: the user's folder if given, else generated scenes."""
     if image_dir:
-        return image_folder_batches(image_dir, size, count)
-    return [_resized(scene_at(CALIBRATION_SEED, i).image, size) for i in range(count)]
+        return image_folder_batches(image_dir, size, count, resize)
+    return [_resized(scene_at(CALIBRATION_SEED, i).image, size, resize) for i in range(count)]
 
 
-def _resized(image: np.ndarray, size: int) -> np.ndarray:
+def _resized(image: np.ndarray, size: int, resize: str = "area") -> np.ndarray:
     from daemon.captioner import resize_for_encoder
 
-    return resize_for_encoder(image, size)
+    return resize_for_encoder(image, size, resize)
 
 
-def report_set(size: int, count: int, image_dir: str | None) -> tuple[list[np.ndarray], list[str] | None]:
+def report_set(size: int, count: int, image_dir: str | None,
+               resize: str = "area") -> tuple[list[np.ndarray], list[str] | None]:
     """Images (and reference captions when known) the converter's report is measured on."""
     if image_dir:
-        return image_folder_batches(image_dir, size, count), None
+        return image_folder_batches(image_dir, size, count, resize), None
     scenes = [scene_at(REPORT_SEED, i) for i in range(count)]
-    return [_resized(s.image, size) for s in scenes], [s.caption for s in scenes]
+    return [_resized(s.image, size, resize) for s in scenes], [s.caption for s in scenes]
 
 
 def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = None,
-                    calibration_count: int = 300, report_count: int = 200,
+                    calibration_count: int = DEFAULT_CALIBRATION, report_count: int = 200,
                     image_dir: str | None = None, verbose: bool = True, explainer: bool = True) -> dict:
     """Make a bundle from an ``explaincam train`` folder."""
     model_dir = Path(model_dir)
@@ -249,6 +308,7 @@ def convert_trained(model_dir: str | Path, out: str | Path, name: str | None = N
             "encoder", "weights", "pooling", "backbone_stride", "minimalistic", "background_penalty",
             "object_density", "training_images", "epochs", "source", "keras_backend", "seconds")}},
         calibration=calibration_images(size, calibration_count, image_dir),
+        calibration_source=image_dir or "generated scenes",
         report_images=images, report_references=refs, verbose=verbose, explainer=explainer)
 
 
@@ -261,15 +321,8 @@ def _h5_layer_weights(path: Path) -> tuple[list[tuple[str, list[np.ndarray]]], d
     import h5py
 
     with h5py.File(path, "r") as fh:
-        group = fh["model_weights"] if "model_weights" in fh else fh
         config = json.loads(fh.attrs.get("model_config", "{}") or "{}")
-        layers = []
-        for name in group.attrs.get("layer_names", []):
-            name = name.decode() if isinstance(name, bytes) else name
-            g = group[name]
-            names = [n.decode() if isinstance(n, bytes) else n for n in g.attrs.get("weight_names", [])]
-            layers.append((name, [np.asarray(g[n]) for n in names]))
-    return layers, config
+    return legacy_h5_layers(path), config
 
 
 def _keras_layer_weights(path: Path) -> tuple[list[tuple[str, list[np.ndarray]]], dict]:
@@ -332,7 +385,10 @@ def seed_captioner(encoder_name: str, decoder_path: str | Path, vocab: Vocabular
     Returns the captioner and the seed's prefix length (None if the file does not say).
     """
     seed = seed_decoder_weights(decoder_path, len(vocab))
-    encoder = build_encoder(encoder_name, input_size or _default_size(encoder_name), weights, pooling="avg")
+    try:
+        encoder = build_encoder(encoder_name, input_size or _default_size(encoder_name), weights, pooling="avg")
+    except WeightsError as exc:
+        raise ConvertError(str(exc)) from None
     if int(encoder.output_shape[-1]) != seed["feature_dim"]:
         raise ConvertError(f"{encoder_name} gives {encoder.output_shape[-1]} features but the decoder "
                            f"expects {seed['feature_dim']}")
@@ -354,9 +410,19 @@ def _default_size(encoder_name: str) -> int:
 def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | Path, out: str | Path,
                  weights: str | None = None, input_size: int | None = None, name: str | None = None,
                  max_length: int | None = None,
-                 calibration_count: int = 300, report_count: int = 50, image_dir: str | None = None,
-                 verbose: bool = True, explainer: bool = True) -> dict:
-    """Make a bundle from a seed-format model."""
+                 calibration_count: int = DEFAULT_CALIBRATION, report_count: int = 50, image_dir: str | None = None,
+                 allow_random_encoder: bool = False, verbose: bool = True,
+                 explainer: bool = True) -> dict:
+    """Make a bundle from a seed-format model.
+
+    A seed decoder only captions the features it was trained on, so the encoder needs its
+    trained weights (``imagenet`` or a local file); random ones (``none``) are refused
+    unless ``allow_random_encoder`` (pipeline tests, timing).
+    """
+    if not is_pretrained(weights) and not (weights == "none" and allow_random_encoder):
+        raise ConvertError("a seed decoder needs the encoder weights it was trained with: give --weights imagenet "
+                           "or --weights PATH (a local Keras weights file); --weights none "
+                           "--allow-random-encoder builds a random encoder that captions nonsense (for tests)")
     vocab_path = Path(vocab_path)
     if not vocab_path.is_file():
         raise ConvertError(f"vocabulary {vocab_path} does not exist")
@@ -366,12 +432,13 @@ def convert_seed(encoder_name: str, decoder_path: str | Path, vocab_path: str | 
     if not max_prefix:
         raise ConvertError("the decoder file does not record its prefix length: give --max-length")
     size = int(captioner.get_layer("encoder").input_shape[1])
-    images, _ = report_set(size, report_count, image_dir)
+    images, _ = report_set(size, report_count, image_dir, SEED_RESIZE)
     return write_bundle(
         out, captioner, vocab, name=name or Path(out).name, max_length=max_prefix - 1,
         encoder_name=encoder_name, extra={"seed": {"decoder": Path(decoder_path).name, "prefix_length": max_prefix,
-                                                   "weights": weights}},
-        calibration=calibration_images(size, calibration_count, image_dir),
+                                                   "weights": describe(weights)}},
+        calibration=calibration_images(size, calibration_count, image_dir, SEED_RESIZE),
+        calibration_source=image_dir or "generated scenes", resize=SEED_RESIZE,
         report_images=images, report_references=None, verbose=verbose, explainer=explainer)
 
 
@@ -384,14 +451,19 @@ def configure(parser) -> None:
     parser.add_argument("--encoder", help="keras.applications encoder name (with --from-seed)")
     parser.add_argument("--decoder", help="seed decoder .h5/.keras (with --from-seed)")
     parser.add_argument("--vocab", help="seed vocab.txt (with --from-seed)")
-    parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
-                        help="encoder weights for --from-seed (imagenet needs internet)")
+    parser.add_argument("--weights", default=None, metavar="imagenet|none|PATH",
+                        help="encoder weights for --from-seed (required): imagenet (downloads, or reads "
+                             "~/.keras/models/<file>), a local Keras .h5/.weights.h5 file, or none (random, "
+                             "only with --allow-random-encoder)")
+    parser.add_argument("--allow-random-encoder", action="store_true",
+                        help="with --weights none: convert a random encoder anyway (pipeline tests, timing)")
     parser.add_argument("--input-size", type=int, default=None, help="encoder input size (with --from-seed)")
     parser.add_argument("--max-length", type=int, default=None,
                         help="seed prefix length (with --from-seed; default: read from the decoder file)")
     parser.add_argument("--images", default=None,
                         help="folder of your own images for int8 calibration (default: generated scenes)")
-    parser.add_argument("--calibration", type=int, default=300, help="calibration images")
+    parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION,
+                        help=f"int8 calibration images (default {DEFAULT_CALIBRATION})")
     parser.add_argument("--no-explainer", action="store_true",
                         help="skip the LiteRT explainer graph (add it later with explaincam export-explainer)")
     parser.add_argument("--quiet", action="store_true")
@@ -406,7 +478,7 @@ def main(args) -> int:
                 raise ConvertError(f"--from-seed needs {', '.join(missing)}")
             report = convert_seed(args.encoder, args.decoder, args.vocab, args.out, args.weights,
                                   args.input_size, args.name, args.max_length, args.calibration,
-                                  image_dir=args.images,
+                                  image_dir=args.images, allow_random_encoder=args.allow_random_encoder,
                                   verbose=not args.quiet, explainer=not args.no_explainer)
         elif args.model:
             report = convert_trained(args.model, args.out, args.name, args.calibration,
@@ -414,7 +486,7 @@ def main(args) -> int:
                                      explainer=not args.no_explainer)
         else:
             raise ConvertError("give --model DIR (a training folder) or --from-seed")
-    except ConvertError as exc:
+    except (ConvertError, WeightsError) as exc:
         print(f"error: {exc}")
         return 2
     print(json.dumps(report, indent=2))

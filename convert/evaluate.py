@@ -1,9 +1,13 @@
-"""``explaincam evaluate``: caption metrics of a bundle on a scenes folder, and with
-``--explanations`` the faithfulness of every explanation method.
+"""``explaincam evaluate``: caption metrics of a bundle on a scenes folder or a
+Flickr-style folder (``--dataset``), and with ``--explanations`` (scenes) the faithfulness
+of every explanation method.
 
-Captions: ``exact_match`` (int8 greedy caption == ground truth), ``bleu4`` (corpus BLEU-4
-with brevity penalty), ``int8_float_agreement`` (int8 vs float-encoder features, same numpy
-decoder) and counts.
+Captions: ``caption_scores`` (pycocoevalcap's BLEU-1..4, ROUGE-L, CIDEr and, with Java,
+METEOR, against all reference captions of each image; see convert.captionscore), for
+scenes also ``exact_match`` (int8 greedy caption == ground truth) and ``bleu4`` (the
+same as ``caption_scores.bleu4``), ``int8_float_agreement`` (int8 vs float-encoder
+features, same numpy decoder), ``bundle_health`` (the converter's verdict in
+report.json, re-checked with this run's agreement; see convert.bundle.health) and counts.
 
 Explanations (methods explain the *ground-truth* caption, teacher-forced, so that word
 positions line up with the scene's object records): for every object word (a word in some
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from convert import faithfulness as ff
+from convert.captionscore import coco_scores
 from convert.progress import Progress
 from convert.scenes import COLOURS, PLURALS, SHAPES, objects_mask, read_scenes
 from daemon.explain.backends import BACKEND_CHOICES
@@ -42,24 +47,6 @@ from daemon.explain.registry import MAP_METHODS, ExplainOptions
 DELETION_STEPS = 20
 ACE_WORDS = {*COLOURS, *SHAPES, *PLURALS.values()}  # ace_removal_win_rate: the objects' colour and shape words
 DECODER_HEAD = ("logits", "merge_dense", "lstm", "embedding", "feat_dense")
-
-
-def corpus_bleu(references: list[list[str]], hypotheses: list[list[str]], max_n: int = 4) -> float:
-    """Corpus BLEU (Papineni et al., 2002): clipped n-gram precisions up to ``max_n``, brevity penalty, one reference each."""
-    matches, totals = np.zeros(max_n), np.zeros(max_n)
-    ref_len = hyp_len = 0
-    for ref, hyp in zip(references, hypotheses):
-        ref_len += len(ref)
-        hyp_len += len(hyp)
-        for n in range(1, max_n + 1):
-            hyp_grams = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
-            ref_grams = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-            matches[n - 1] += sum(min(c, ref_grams[g]) for g, c in hyp_grams.items())
-            totals[n - 1] += max(len(hyp) - n + 1, 0)
-    if hyp_len == 0 or np.any(totals == 0) or np.any(matches == 0):
-        return 0.0
-    brevity = 1.0 if hyp_len > ref_len else float(np.exp(1 - ref_len / hyp_len))
-    return float(brevity * np.exp(np.mean(np.log(matches / totals))))
 
 
 def _glorot(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -202,7 +189,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
              randomization_limit: int | None = None, options: ExplainOptions | None = None,
              seed: int = 0, gradcam_layer: str | None = None, progress=None, backend: str = "auto") -> dict:
     """All metrics of a bundle on a scenes folder, as a JSON-ready dict; explanations on ``backend``."""
-    from daemon.captioner import Captioner, read_rgb, resize_for_encoder
+    from daemon.captioner import Captioner, read_rgb
     from daemon.explain.explainer import Explainer
 
     records = read_scenes(scenes_dir)[:limit] if limit else read_scenes(scenes_dir)
@@ -218,7 +205,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     ace_wins: list[bool] = []
     concepts = explainer.concepts() if explanations and explainer.bundle.has("concepts") else None
     for n, record in enumerate(records):
-        image = resize_for_encoder(read_rgb(record["path"]), captioner.input_size)
+        image = captioner.resize(read_rgb(record["path"]))
         result = captioner.caption(image)
         float_tokens = explainer.float_caption(image)
         truth = record["caption"].split()
@@ -246,10 +233,14 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
         "bundle": str(bundle_path), "scenes": str(scenes_dir),
         "exact_match": round(exact / count, 4) if count else None,
         "exact_match_float": round(exact_float / count, 4) if count else None,
-        "bleu4": round(corpus_bleu(references, hypotheses), 4),
         "int8_float_agreement": round(agree / count, 4) if count else None,
         "counts": {"scenes": count},
     }
+    if count:
+        report["caption_scores"] = coco_scores({str(i): [" ".join(r)] for i, r in enumerate(references)},
+                                               {str(i): " ".join(h) for i, h in enumerate(hypotheses)})
+        report["bleu4"] = report["caption_scores"]["bleu4"]
+        report["bundle_health"] = bundle_health(captioner.bundle, report["int8_float_agreement"])
     if explanations:
         report.update(totals.report())
         cascade = randomization_test(explainer, kept, methods, seed, Progress("randomization test", bool(progress)))
@@ -266,11 +257,63 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     return report
 
 
+def bundle_health(bundle, agreement: float | None) -> dict:
+    """The converter's health verdict (report.json), with this evaluation's int8/float agreement checked too."""
+    from convert.bundle import HEALTH_MIN_AGREEMENT, health
+
+    verdict = {"status": "unknown", "problems": [], "thresholds": {}}
+    if bundle.has("report"):
+        try:
+            stored = json.loads(bundle.file("report").read_text())
+            verdict = stored.get("health") or health(stored)
+        except (OSError, ValueError, KeyError):
+            pass
+    verdict = json.loads(json.dumps(verdict))  # a copy
+    if agreement is not None and agreement < HEALTH_MIN_AGREEMENT:
+        verdict["problems"].append(f"int8/float caption agreement on this set {agreement} < {HEALTH_MIN_AGREEMENT}")
+        verdict["status"] = "broken"
+    return verdict
+
+
+def evaluate_dataset(bundle_path: str | Path, folder: str | Path, limit: int | None = None,
+                     progress=None) -> dict:
+    """Caption scores of a bundle on a Flickr8k/Flickr30k-style folder, against all references."""
+    from convert.datasets import IMAGE_FOLDERS, read_flickr_captions
+    from daemon.captioner import Captioner, read_rgb
+    from daemon.explain.explainer import Explainer
+
+    folder = Path(folder)
+    by_image = read_flickr_captions(folder)
+    image_dir = next((folder / d for d in IMAGE_FOLDERS if (folder / d).is_dir()), folder)
+    names = sorted(by_image)[:limit] if limit else sorted(by_image)
+    captioner = Captioner.from_path(bundle_path, threads=2)
+    explainer = Explainer(captioner.bundle)
+    hypotheses, agree = {}, 0
+    for n, name in enumerate(names):
+        image = captioner.resize(read_rgb(image_dir / name))
+        result = captioner.caption(image)
+        hypotheses[name] = result.caption
+        agree += explainer.float_caption(image) == result.tokens
+        if progress:
+            progress(n + 1, len(names))
+    agreement = round(agree / len(names), 4) if names else None
+    return {"bundle": str(bundle_path), "dataset": str(folder),
+            "caption_scores": coco_scores({name: by_image[name] for name in names}, hypotheses),
+            "int8_float_agreement": agreement,
+            "bundle_health": bundle_health(captioner.bundle, agreement),
+            "counts": {"images": len(names), "references": sum(len(by_image[name]) for name in names)},
+            "examples": [{"image": name, "caption": hypotheses[name], "references": by_image[name]}
+                         for name in names[:5]]}
+
+
 def configure(parser) -> None:
     """Arguments of ``explaincam evaluate``."""
     defaults = ExplainOptions()
     parser.add_argument("--bundle", required=True, help="model bundle folder")
-    parser.add_argument("--scenes", required=True, help="folder written by `explaincam scenes`")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scenes", help="folder written by `explaincam scenes`")
+    source.add_argument("--dataset", help="Flickr8k/Flickr30k-style folder (captions.txt, Flickr8k.token.txt or "
+                                          "results.csv + images): caption scores against all references")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N scenes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--explanations", action="store_true",
@@ -292,8 +335,17 @@ def configure(parser) -> None:
 
 def _print_table(report: dict) -> None:
     """A readable version of the report."""
-    print(f"scenes: {report['counts']['scenes']}  exact match: {report['exact_match']}  "
-          f"BLEU-4: {report['bleu4']}  int8/float agreement: {report['int8_float_agreement']}")
+    scores = report.get("caption_scores", {})
+    health = report.get("bundle_health", {})
+    if "scenes" in report["counts"]:
+        print(f"scenes: {report['counts']['scenes']}  exact match: {report['exact_match']}  "
+              f"int8/float agreement: {report['int8_float_agreement']}")
+    else:
+        print(f"images: {report['counts']['images']} ({report['counts']['references']} references)  "
+              f"int8/float agreement: {report['int8_float_agreement']}")
+    print("  ".join(f"{k}: {v}" for k, v in scores.items() if k != "notes"))
+    if health.get("status") == "broken":
+        print(f"WARNING: the bundle looks broken: {'; '.join(health['problems'])}")
     if "pointing_game" not in report:
         return
     print(f"object words: {report['counts']['object_words']}")
@@ -313,17 +365,23 @@ def main(args) -> int:
     from daemon.bundle import BundleError
     from daemon.explain.backends import BackendError
 
-    if not Path(args.scenes, "captions.jsonl").is_file():
+    if args.dataset and args.explanations:
+        print("error: --explanations needs --scenes (object masks); a dataset gets caption scores", file=sys.stderr)
+        return 2
+    if args.scenes and not Path(args.scenes, "captions.jsonl").is_file():
         print(f"error: {args.scenes} is not a scenes folder (no captions.jsonl); "
               "make one with `explaincam scenes --out DIR`", file=sys.stderr)
         return 2
     started = time.monotonic()
     options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed)
     try:
-        report = evaluate(args.bundle, args.scenes, args.limit, args.explanations, args.methods,
-                          args.randomization_limit, options, args.seed, args.gradcam_layer,
-                          Progress("evaluating"), args.backend)
-    except (BundleError, BackendError, ValueError) as exc:
+        if args.dataset:
+            report = evaluate_dataset(args.bundle, args.dataset, args.limit, Progress("evaluating"))
+        else:
+            report = evaluate(args.bundle, args.scenes, args.limit, args.explanations, args.methods,
+                              args.randomization_limit, options, args.seed, args.gradcam_layer,
+                              Progress("evaluating"), args.backend)
+    except (BundleError, BackendError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report["seconds"] = round(time.monotonic() - started, 1)

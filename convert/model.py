@@ -19,6 +19,7 @@ import numpy as np
 import keras
 from keras import layers
 
+from convert.weights import build_backbone, is_pretrained
 from daemon.explain.layers import MomentMap
 
 # How each keras.applications family expects its 0..255 RGB input to be scaled. Families
@@ -85,8 +86,10 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     peaks fell inside the named object for 4% of words), so it is not the default.
 
     ``stride`` cuts the backbone after its last map at 1/stride of the input (default:
-    the whole backbone, 1/32). ``minimalistic`` selects the MobileNetV3 variant without
-    hard-swish, squeeze-excite and 5x5 kernels (its int8 graph runs in one XNNPACK pass).
+    the whole backbone, 1/32). ``weights`` is ``"imagenet"``, ``None``/``"none"`` (random) or
+    the path of a local Keras weights file (see convert.weights). ``minimalistic`` selects
+    the MobileNetV3 variant without hard-swish, squeeze-excite and 5x5 kernels (its int8
+    graph runs in one XNNPACK pass).
     """
     try:
         factory = getattr(keras.applications, name)
@@ -103,11 +106,11 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     options = {"minimalistic": True} if minimalistic else {}
     if minimalistic and not name.startswith("MobileNetV3"):
         raise ValueError(f"minimalistic is a MobileNetV3 option, not one of {name}")
-    backbone = factory(include_top=False, weights=weights, input_shape=(input_size, input_size, 3), **options)
+    backbone = build_backbone(factory, name, weights, input_shape=(input_size, input_size, 3), **options)
     if stride:
         backbone = _cut_backbone(backbone, stride)
     backbone.name = "backbone"
-    if weights is None:
+    if not is_pretrained(weights):
         # keras.applications uses BatchNorm momentum 0.999, tuned for long ImageNet runs. From
         # scratch in a few thousand steps the moving statistics would lag far behind the
         # weights and inference-mode features would be garbage; 0.99 keeps them current.

@@ -18,6 +18,7 @@ import keras
 from convert import datasets
 from convert.model import DEFAULT_ENCODER, build_captioner, build_encoder, preprocessing_mode
 from convert.progress import Progress
+from convert.weights import describe
 from convert.scenes import block_any, scene_vocabulary
 
 VALIDATION_SEED_OFFSET = 7919  # validation scenes come from a stream training never sees
@@ -185,7 +186,7 @@ def train(out: str | Path, encoder: str = DEFAULT_ENCODER, weights: str | None =
     vocab.save(out / "vocab.txt")
     summary = {
         "encoder": encoder,
-        "weights": weights,
+        "weights": describe(weights),
         "input_size": input_size,
         "pooling": pooling,
         "backbone_stride": stride,
@@ -210,8 +211,9 @@ def configure(parser) -> None:
     """Arguments of ``explaincam train``."""
     parser.add_argument("--out", required=True, help="training output folder (captioner.keras, vocab.txt, train.json)")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="keras.applications model name")
-    parser.add_argument("--weights", default=None, choices=[None, "imagenet"],
-                        help="initial encoder weights: none (from scratch) or imagenet (needs internet)")
+    parser.add_argument("--weights", default="none", metavar="imagenet|none|PATH",
+                        help="initial encoder weights: none (from scratch, default), imagenet (downloads, or "
+                             "reads ~/.keras/models/<file>) or a local Keras .h5/.weights.h5 file")
     parser.add_argument("--pooling", default="moments", choices=["moments", "moments_max", "avg", "spatial"],
                         help="encoder head: moments (mean + x/y moments per channel, keeps where things are), "
                              "moments_max (the same, also max-pooled), avg (the seed's global average "

@@ -182,7 +182,7 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     notifier.status("loading the model")
     bundle_path = cfg.model.bundle_path()
     try:
-        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width)
+        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style)
     except (BundleError, EncoderError) as exc:
         log.error("cannot load the model: %s", exc)
         notifier.status(f"cannot load the model: {exc}")
@@ -207,12 +207,17 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     if _explain_service_available():
         try:
             service_module = importlib.import_module("daemon.explain.service")
+            remote = None
+            if cfg.explain.mode != "local":  # a fleet's workers explain (daemon/fleet/)
+                from daemon.fleet.dispatcher import RemoteDispatcher
+
+                remote = RemoteDispatcher(cfg.explain, topics, bundle_path, publisher.publish, publisher.subscribe)
             explain_service = service_module.ExplainService(
                 config=cfg.explain, bundle_path=bundle_path,
                 snapshot_dir=cfg.snapshot.dir if cfg.snapshot.enabled else None,
                 publish=publisher.publish,
                 topics=topics,
-                frame_cache=cache, model_name=captioner.bundle.name)
+                frame_cache=cache, model_name=captioner.bundle.name, remote=remote)
             on_second_stop.append(explain_service.kill_worker)
         except Exception:
             log.exception("the explainer could not be set up; captioning goes on without it")

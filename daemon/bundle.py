@@ -23,6 +23,7 @@ from pathlib import Path
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("encoder_int8.tflite", "decoder.npz", "vocab.txt")
+RESIZE_METHODS = ("area", "nearest")  # input.resize: how the model's training images were resized
 
 
 class BundleError(Exception):
@@ -54,6 +55,11 @@ class Bundle:
     def input_size(self) -> int:
         """Side of the square RGB input the encoder takes."""
         return int(self.manifest["input"]["size"])
+
+    @property
+    def resize(self) -> str:
+        """How frames are resized to the input: ``area`` (default) or ``nearest`` (PIL's rule, the seed's)."""
+        return self.manifest["input"].get("resize", "area")
 
     @property
     def max_length(self) -> int:
@@ -92,6 +98,9 @@ def check_manifest(manifest, manifest_path: Path) -> None:
     if not _positive_int(manifest["input"].get("size")):
         raise BundleError(f"{manifest_path}: input.size must be a positive whole number of pixels, "
                           f"not {manifest['input'].get('size')!r}")
+    if manifest["input"].get("resize", "area") not in RESIZE_METHODS:
+        raise BundleError(f"{manifest_path}: input.resize must be one of {', '.join(RESIZE_METHODS)}, "
+                          f"not {manifest['input'].get('resize')!r}")
     if not _positive_int(manifest["max_length"]):
         raise BundleError(f"{manifest_path}: max_length must be a positive whole number, "
                           f"not {manifest['max_length']!r}")

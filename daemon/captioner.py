@@ -20,9 +20,13 @@ import numpy as np
 from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.decoder import StepDecoder
 from daemon.encoder import EncoderError, TFLiteEncoder
+from daemon.familiarity import IMAGE_STATISTICS_DIM, Familiarity, FeatureStats, frame_descriptor
 from daemon.vocab import Vocabulary
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "scenes-mnv3s"
+# "ours": log-probability beam search that stops at the end token; "seed": the seed
+# project's search (summed raw probabilities, run to max length, cut at endseq)
+BEAM_STYLES = ("ours", "seed")
 
 
 @dataclass
@@ -34,16 +38,44 @@ class CaptionResult:
     words: list[str]
     score: float
     timings: dict = field(default_factory=dict)
+    familiarity: Familiarity | None = None  # None when the bundle has no feature_stats.npz
 
 
-def resize_for_encoder(frame: np.ndarray, size: int) -> np.ndarray:
-    """Square RGB uint8 image of side ``size`` (area filter when shrinking)."""
+def resize_for_encoder(frame: np.ndarray, size: int, method: str = "area") -> np.ndarray:
+    """Square RGB uint8 image of side ``size``, resized the way the bundle's model was trained.
+
+    ``method`` is the manifest's ``input.resize``: ``area`` (area filter when shrinking,
+    bilinear when enlarging) or ``nearest`` (PIL's ``Image.resize(NEAREST)``, which Keras'
+    ``load_img`` and the seed project use; see ``resize_nearest_pil``).
+    """
     if frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"expected an RGB frame (H, W, 3), got shape {frame.shape}")
     if frame.shape[:2] == (size, size):
         return np.ascontiguousarray(frame, dtype=np.uint8)
+    if method == "nearest":
+        return resize_nearest_pil(frame, size, size)
     shrinking = frame.shape[0] > size or frame.shape[1] > size
     return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def resize_nearest_pil(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize, pixel-exact with PIL's ``Image.resize(NEAREST)``.
+
+    PIL reads source pixel trunc(o_x) for output pixel x, where o_0 = scale / 2 and o_{x+1} =
+    o_x + scale, summed step by step in double precision (so at exact half-way points it
+    can pick another pixel than floor((x + 0.5) * scale)); cv2.INTER_NEAREST reads
+    floor(x * scale), a different pixel for many columns.
+    """
+    return np.ascontiguousarray(image[_pil_nearest_index(image.shape[0], height)[:, None],
+                                      _pil_nearest_index(image.shape[1], width)[None, :]], dtype=np.uint8)
+
+
+def _pil_nearest_index(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each output pixel along one axis, by PIL's running sum."""
+    scale = size_in / size_out
+    steps = np.full(size_out, scale)
+    steps[0] = scale * 0.5
+    return np.minimum(np.cumsum(steps).astype(np.int64), size_in - 1)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -69,7 +101,7 @@ def _read(bundle: Bundle, key: str, reader):
 class Captioner:
     """Captions RGB frames with a bundle's int8 encoder and the numpy step decoder."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1, beam_width: int = 1):
+    def __init__(self, bundle: Bundle, threads: int = 1, beam_width: int = 1, beam_style: str = "ours"):
         self.bundle = bundle
         tokens = bundle.manifest["special_tokens"]
         self.vocab = _read(bundle, "vocab", lambda path: Vocabulary.load(path, tokens["start"], tokens["end"]))
@@ -84,35 +116,54 @@ class Captioner:
         if self.encoder.input_shape[1:] != (bundle.input_size, bundle.input_size, 3):
             raise BundleError(f"{bundle.path}: {bundle.file('encoder_int8').name} takes images of shape "
                               f"{self.encoder.input_shape[1:]}, the manifest says {bundle.input_size} px RGB")
-        self.beam_width = beam_width
+        self.feature_stats = _read(bundle, "feature_stats", FeatureStats.load) if bundle.has("feature_stats") else None
+        if self.feature_stats is not None and \
+                self.feature_stats.mean.shape[0] != self.encoder.feature_dim + IMAGE_STATISTICS_DIM:
+            raise BundleError(f"{bundle.path}: {bundle.file('feature_stats').name} does not fit "
+                              f"the encoder's {self.encoder.feature_dim} features")
+        if beam_style not in BEAM_STYLES:
+            raise ValueError(f"beam style must be one of {', '.join(BEAM_STYLES)}, not {beam_style!r}")
+        self.beam_width, self.beam_style = beam_width, beam_style
         self.input_size = bundle.input_size
 
     @classmethod
-    def from_path(cls, path: str | Path, threads: int = 1, beam_width: int = 1) -> "Captioner":
+    def from_path(cls, path: str | Path, threads: int = 1, beam_width: int = 1,
+                  beam_style: str = "ours") -> "Captioner":
         """Load and verify a bundle folder, then build its captioner."""
-        return cls(load_bundle(path), threads, beam_width)
+        return cls(load_bundle(path), threads, beam_width, beam_style)
 
     def encode(self, frame: np.ndarray) -> np.ndarray:
         """Int8-encoder features of an RGB frame of any size."""
-        return self.encoder.encode(resize_for_encoder(frame, self.input_size))
+        return self.encoder.encode(self.resize(frame))
+
+    def resize(self, frame: np.ndarray) -> np.ndarray:
+        """The frame at the encoder's input size, resized as the bundle's model was trained."""
+        return resize_for_encoder(frame, self.input_size, self.bundle.resize)
 
     def decode(self, features: np.ndarray, beam_width: int | None = None):
-        """Decode features greedily (width 1) or with beam search."""
+        """Decode features greedily (width 1) or with beam search of the captioner's style."""
         width = self.beam_width if beam_width is None else beam_width
-        if width <= 1:
+        if width <= 1:  # the seed's greedySearch gives the same words
             return self.decoder.greedy(features, self.bundle.max_length)
+        if self.beam_style == "seed":
+            return self.decoder.beam_seed(features, self.bundle.max_length, width)
         return self.decoder.beam(features, self.bundle.max_length, width)
 
     def caption(self, frame: np.ndarray, beam_width: int | None = None) -> CaptionResult:
-        """Caption one RGB frame, timing the encoder and the decoder."""
+        """Caption one RGB frame, timing the encoder, the decoder and the familiarity check."""
         t0 = time.perf_counter()
-        features = self.encode(frame)
+        frame = self.resize(frame)
+        features = self.encoder.encode(frame)
         t1 = time.perf_counter()
         decoded = self.decode(features, beam_width)
         t2 = time.perf_counter()
         words = [self.vocab.words[t - 1] for t in decoded.tokens]
-        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4),
-                             {"encoder_ms": round((t1 - t0) * 1e3, 2), "decoder_ms": round((t2 - t1) * 1e3, 2)})
+        timings = {"encoder_ms": round((t1 - t0) * 1e3, 2), "decoder_ms": round((t2 - t1) * 1e3, 2)}
+        familiarity = None
+        if self.feature_stats is not None:
+            familiarity = self.feature_stats.judge(frame_descriptor(frame, features))
+            timings["familiarity_ms"] = round((time.perf_counter() - t2) * 1e3, 2)
+        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4), timings, familiarity)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -120,14 +171,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files to caption")
     parser.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="model bundle folder")
     parser.add_argument("--threads", type=int, default=2, help="encoder threads")
-    parser.add_argument("--beam", type=int, default=1, help="beam width (1 = greedy)")
+    parser.add_argument("--beam", type=int, default=None,
+                        help="beam width (1 = greedy; default 1, or 3 with --beam-style seed, the seed's beam_index)")
+    parser.add_argument("--beam-style", choices=BEAM_STYLES, default="ours",
+                        help="ours: log-probabilities, stops at endseq (default); seed: the seed project's "
+                             "beam search (sum of raw probabilities, run to max length, cut at endseq)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line (default)")
 
 
 def main(args: argparse.Namespace) -> int:
     """Print one JSON line per image; unreadable images are reported and skipped."""
     try:
-        captioner = Captioner.from_path(args.bundle, args.threads, args.beam)
+        width = args.beam if args.beam is not None else (3 if args.beam_style == "seed" else 1)
+        captioner = Captioner.from_path(args.bundle, args.threads, width, args.beam_style)
     except (BundleError, EncoderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,7 +196,9 @@ def main(args: argparse.Namespace) -> int:
             failed += 1
             continue
         result = captioner.caption(frame)
-        print(json.dumps({"file": path, "caption": result.caption, "tokens": result.tokens,
-                          "score": result.score, "encoder_ms": result.timings["encoder_ms"],
-                          "decode_ms": result.timings["decoder_ms"]}), flush=True)
+        record = {"file": path, "caption": result.caption, "tokens": result.tokens, "score": result.score,
+                  "encoder_ms": result.timings["encoder_ms"], "decode_ms": result.timings["decoder_ms"]}
+        if result.familiarity is not None:
+            record.update(result.familiarity.to_json())
+        print(json.dumps(record), flush=True)
     return 1 if failed else 0

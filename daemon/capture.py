@@ -16,7 +16,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from daemon.captioner import Captioner, resize_for_encoder
+from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption_state_message, source_message
 from daemon.framecache import CachedFrame, FrameCache
@@ -101,7 +101,7 @@ class CaptionLoop:
         if threshold > 0 and self._last_thumbnail is not None and frame_change(thumb, self._last_thumbnail) < threshold:
             self.stats.record_skip()
             return None
-        image = resize_for_encoder(frame.image, self.captioner.input_size)
+        image = self.captioner.resize(frame.image)
         try:
             result = self.captioner.caption(image)
         except Exception:
@@ -115,7 +115,8 @@ class CaptionLoop:
         self.cache.put(cached)
         message = caption_message(self.frame_id, frame.ts, result.caption, result.tokens, result.score,
                                   {"grab_ms": frame.grab_ms, **result.timings, "total_ms": total_ms},
-                                  self.model_name, frame.ground_truth)
+                                  self.model_name, frame.ground_truth,
+                                  result.familiarity.to_json() if result.familiarity is not None else None)
         self.publisher.publish(self.topics.caption, json.dumps(message), retain=True)
         if result.caption != self.last_caption:  # the state topic hears of changes only (Home Assistant's recorder)
             self.publisher.publish(self.topics.caption_state, json.dumps(

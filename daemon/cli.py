@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 # name -> (module, one-line help)
@@ -24,9 +25,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("convert.evaluate", "caption and explanation metrics of a bundle on a scenes folder"),
     "concepts": ("convert.concepts", "build a bundle's ACE concept bank"),
     "export-explainer": ("convert.explainer_export", "add the LiteRT gradient graph (explainer_float.tflite) to a bundle"),
+    "feature-stats": ("convert.feature_stats", "store a bundle's statistics for the out-of-distribution warning"),
     "bench": ("convert.bench", "measure speed and memory, side by side with the seed-style pipeline"),
     "install-service": ("daemon.service", "install (or --uninstall) the systemd service"),
+    "worker": ("daemon.fleet.worker", "explain the jobs of a fleet's cameras (MQTT 5 shared subscription)"),
+    "fleet-bench": ("daemon.fleet.bench", "measure a fleet on a private broker: N camera daemons, 1..M workers"),
 }
+
+
+def package_version() -> str:
+    """explaincam's installed version (pyproject.toml's), or "unknown" when run from a tree that is not installed."""
+    try:
+        return importlib.metadata.version("explaincam")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _top_level_parser() -> argparse.ArgumentParser:
@@ -36,6 +48,7 @@ def _top_level_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<16}{h}" for n, (_, h) in COMMANDS.items()),
     )
+    parser.add_argument("--version", "-V", action="store_true", help="print explaincam's version and exit")
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="see below")
     return parser
 
@@ -43,6 +56,9 @@ def _top_level_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``explaincam`` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"explaincam {package_version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = _top_level_parser()
         if not argv or argv[0] in ("-h", "--help"):

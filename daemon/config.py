@@ -42,6 +42,9 @@ class ModelConfig(StrictModel):
         "then in the explaincam install folder"))
     threads: int = Field(2, ge=1, le=16, description="threads of the int8 encoder (LiteRT)")
     beam_width: int = Field(1, ge=1, le=8, description="1 = greedy decoding, more = beam search of that width")
+    beam_style: Literal["ours", "seed"] = Field("ours", description=(
+        "beam search: ours (log-probabilities, stops at the end token) or seed (the seed project's: "
+        "sum of raw probabilities, run to max length, cut at endseq; for comparing with its captions)"))
 
     def bundle_path(self) -> Path:
         """The bundle folder, resolved against the current directory, then the install folder."""
@@ -163,15 +166,16 @@ class DiscoveryConfig(StrictModel):
         "'Visit' link; null = none"))
 
 
-class MqttConfig(StrictModel):
-    """The MQTT broker and what is published to it."""
+class MqttConnectionConfig(StrictModel):
+    """The MQTT broker and how to connect to it (the daemon's and the fleet worker's `mqtt:` section)."""
 
     host: str = Field("localhost", min_length=1, description="broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
     topic_prefix: str = Field("explaincam", pattern=r"^[^+#]+$", description="first level(s) of every topic")
     client_id: str | None = Field(None, description=(
         "MQTT client id; null = explaincam-<host name>-<camera>-<8 hex digits of this machine's id and the "
-        "snapshot folder>, so two boxes with one host name, or two daemons on one box, never share it"))
+        "snapshot folder> (a worker: explaincam-<host name>-worker-<id>-<8 hex digits of this machine's id and "
+        "its config file>), so two boxes with one host name, or two daemons on one box, never share it"))
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version: 3.1.1 or 5")
     keepalive: int = Field(30, ge=5, le=3600, description="seconds between keep-alive pings")
     username: str | None = Field(None, description="user name; null = anonymous")
@@ -182,12 +186,6 @@ class MqttConfig(StrictModel):
     reconnect_min_s: int = Field(1, ge=1, description="first wait before reconnecting to a lost broker")
     reconnect_max_s: int = Field(30, ge=1, description="longest wait between reconnect attempts")
     queue_size: int = Field(100, ge=1, description="outgoing messages held while the broker is slow or away; the oldest are dropped")
-    publish_jpeg: bool = Field(True, description="publish captioned frames as JPEGs on {prefix}/{camera}/snapshot")
-    jpeg_interval_s: float = Field(10.0, ge=0, description=(
-        "seconds between JPEGs on {prefix}/{camera}/snapshot at most (each one is a new state of Home "
-        "Assistant's snapshot image); 0 = every caption"))
-    stats_interval_s: float = Field(30.0, gt=0, description="seconds between messages on {prefix}/stats")
-    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -196,24 +194,25 @@ class MqttConfig(StrictModel):
         return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
-    def _one_password_source(self) -> "MqttConfig":
+    def _one_password_source(self) -> "MqttConnectionConfig":
         if self.password_file is not None and self.password_env is not None:
             raise ValueError("give password_file or password_env, not both")
         return self
 
-    def resolved_client_id(self, camera: str, instance: str = "") -> str:
-        """The configured client id, or ``explaincam-<host>-<camera>-<suffix>``.
+    def resolved_client_id(self, name: str, instance: str = "") -> str:
+        """The configured client id, or ``explaincam-<host>-<name>-<suffix>``.
 
-        The suffix is a hash of this machine (``machine_fingerprint``) and ``instance`` (the
-        daemon's snapshot folder): the same across restarts, different for two boxes that
-        share a host name (every fresh Raspberry Pi is ``raspberrypi``) and for two daemons
-        on one box. A broker gives a client id to one connection only: a shared one makes
-        the daemons take each other's session over again and again.
+        ``name`` is the camera (the daemon) or ``worker-<id>`` (a fleet worker). The suffix
+        is a hash of this machine (``machine_fingerprint``) and ``instance`` (the daemon's
+        snapshot folder, the worker's config file): the same across restarts, different for
+        two boxes that share a host name (every fresh Raspberry Pi is ``raspberrypi``) and
+        for two daemons or workers on one box. A broker gives a client id to one connection
+        only: a shared one makes the clients take each other's session over again and again.
         """
         if self.client_id:
             return self.client_id
         suffix = hashlib.sha256(f"{machine_fingerprint()}\0{instance}".encode()).hexdigest()[:8]
-        return f"explaincam-{socket.gethostname()}-{camera}-{suffix}"
+        return f"explaincam-{socket.gethostname()}-{name}-{suffix}"
 
 
 def machine_fingerprint() -> str:
@@ -228,6 +227,17 @@ def machine_fingerprint() -> str:
     return f"{uuid.getnode():012x}"
 
 
+class MqttConfig(MqttConnectionConfig):
+    """The MQTT broker and what the camera daemon publishes to it."""
+
+    publish_jpeg: bool = Field(True, description="publish captioned frames as JPEGs on {prefix}/{camera}/snapshot")
+    jpeg_interval_s: float = Field(10.0, ge=0, description=(
+        "seconds between JPEGs on {prefix}/{camera}/snapshot at most (each one is a new state of Home "
+        "Assistant's snapshot image); 0 = every caption"))
+    stats_interval_s: float = Field(30.0, gt=0, description="seconds between messages on {prefix}/stats")
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig, description="Home Assistant MQTT discovery")
+
+
 class SnapshotConfig(StrictModel):
     """The snapshot folder: latest.jpg, latest.json and index.html."""
 
@@ -238,9 +248,31 @@ class SnapshotConfig(StrictModel):
     width: int = Field(640, ge=64, le=4096, description="width of latest.jpg (the frame is scaled to it)")
 
 
-class ExplainConfig(StrictModel):
-    """The explainer process, started on the first request."""
+class RemoteExplainConfig(StrictModel):
+    """Explain jobs handed to the workers of a fleet (explain.mode remote or auto)."""
 
+    retry_s: float = Field(60.0, gt=0, description=(
+        "publish a job again when no worker said it holds it within this many seconds, or when its worker "
+        "holds it longer than this per job ahead of it and its own (a hung worker); longer than one "
+        "explanation takes on the slowest worker. A worker that goes offline has its jobs published "
+        "again at once"))
+    max_tries: int = Field(3, ge=1, le=20, description=(
+        "publishes of one job at most; then the requester gets error `no_worker` (no worker announced "
+        "itself) or `timeout`"))
+    worker_stale_s: float = Field(30.0, gt=0, description=(
+        "auto: a worker counts as present only if its announcement is at most this old "
+        "(workers announce every worker.announce_interval_s)"))
+
+
+class ExplainConfig(StrictModel):
+    """The explainer: a local process started on the first request, or a fleet's workers."""
+
+    mode: Literal["local", "remote", "auto"] = Field("local", description=(
+        "local = this box's explainer process; remote = jobs for the fleet's workers over MQTT "
+        "(`explaincam worker`); auto = the workers while one holding this bundle has announced itself, "
+        "else local"))
+    remote: RemoteExplainConfig = Field(default_factory=RemoteExplainConfig,
+                                        description="fleet jobs (mode remote or auto)")
     idle_exit_s: float = Field(300, gt=0, description="end the explainer process after this many idle seconds")
     queue_size: int = Field(4, ge=1, description="requests waiting at most; more are answered `busy`")
     nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
@@ -280,6 +312,47 @@ class AppConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level (stderr)")
 
 
+class WorkerConfig(StrictModel):
+    """A fleet worker (`explaincam worker -c worker.yaml`): explains the jobs of every camera on a broker."""
+
+    id: str | None = Field(None, pattern=TOPIC_LEVEL, description=(
+        "worker id, the {id} of {prefix}/workers/{id}; null = the host name"))
+    group: str = Field("explainers", pattern=TOPIC_LEVEL, description=(
+        "shared subscription group: each job goes to one worker of the group; give every worker of "
+        "a fleet the same group"))
+    bundles: list[Path] = Field(default_factory=lambda: [Path("models/scenes-mnv3s")], min_length=1, description=(
+        "model bundle folders this worker explains; a job names its bundle by the sha256 of its manifest.json"))
+    queue_size: int = Field(4, ge=1, description="jobs waiting at most; more are answered `busy` (the daemon tries another worker)")
+    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+        "what runs each bundle's float model: litert (the bundle's explainer_float.tflite, no TensorFlow), "
+        "tensorflow (captioner.keras; a GPU when TensorFlow sees one), or auto = litert when the bundle has the graph"))
+    threads: int = Field(2, ge=1, le=64, description="threads of the explainer's backend")
+    batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
+    session_expiry_s: int = Field(0, ge=0, description=(
+        "MQTT 5 session expiry: 0 = the broker forgets this worker's subscription when it disconnects; more "
+        "= jobs wait in the broker for it that long (Mosquitto also keeps handing it its share of new jobs "
+        "while it is away; the cameras re-publish those after explain.remote.retry_s)"))
+    announce_interval_s: float = Field(10.0, gt=0, description=(
+        "seconds between announcements (retained {prefix}/workers/{id}, with queue and rates)"))
+    mqtt: MqttConnectionConfig = Field(default_factory=MqttConnectionConfig, description="MQTT broker (MQTT 5)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level (stderr)")
+
+    @field_validator("mqtt")
+    @classmethod
+    def _mqtt5(cls, mqtt: MqttConnectionConfig) -> MqttConnectionConfig:
+        if mqtt.protocol != "5":
+            raise ValueError("a worker needs MQTT 5 (shared subscriptions, response topics): set protocol: 5")
+        return mqtt
+
+    def worker_id(self) -> str:
+        """The configured id, or one made from the host name."""
+        return self.id or re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())
+
+    def bundle_paths(self) -> list[Path]:
+        """The bundle folders, each resolved like model.bundle (current directory, then install folder)."""
+        return [ModelConfig(bundle=b).bundle_path() for b in self.bundles]
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
     """One error in a config file: dotted key path, 1-based line (0 = unknown) and message."""
@@ -299,7 +372,7 @@ class ConfigError(Exception):
 
     def __init__(self, filename: str, problems: list[ConfigProblem]):
         self.filename = filename
-        self.problems = problems
+        self.problems = sorted(problems, key=lambda p: (p.line == 0, p.line))  # in file order, unknown lines last
         super().__init__("\n".join(p.format(filename) for p in problems))
 
 
@@ -391,8 +464,9 @@ def _message(error: dict) -> str:
     return msg
 
 
-def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None) -> AppConfig:
-    """Validate YAML text as an AppConfig; raise ConfigError listing every problem."""
+def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None,
+                 model: type[StrictModel] = AppConfig) -> AppConfig:
+    """Validate YAML text as an AppConfig (or another ``model``); raise ConfigError listing every problem."""
     environ = dict(os.environ) if environ is None else environ
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -411,7 +485,7 @@ def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] 
     if problems:
         raise ConfigError(filename, problems)
     try:
-        return AppConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         for error in exc.errors():
             path = _data_path(error["loc"], data)
@@ -421,14 +495,14 @@ def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] 
         raise ConfigError(filename, problems) from None
 
 
-def load_config(path: str | os.PathLike) -> AppConfig:
-    """Read and validate a config file; raise ConfigError (also for a missing file)."""
+def load_config(path: str | os.PathLike, model: type[StrictModel] = AppConfig) -> AppConfig:
+    """Read and validate a config file as ``model``; raise ConfigError (also for a missing file)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(str(path), [ConfigProblem("", 0, f"cannot read the file: {exc.strerror}")]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), model=model)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -437,13 +511,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print each problem as ``file:line: key.path: message``; exit 1 if there are any."""
+    """Print each problem as ``file:line: key.path: message`` in file order, then check that the model
+    bundle is there and whole (hashes); exit 1 if anything is wrong."""
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem.format(exc.filename), file=sys.stderr)
         print(f"{exc.filename}: {len(exc.problems)} error(s)", file=sys.stderr)
+        return 1
+    from daemon.bundle import BundleError, load_bundle
+
+    try:
+        load_bundle(cfg.model.bundle_path())
+    except BundleError as exc:
+        line = _line_of(("model", "bundle"), _line_index(yaml.compose(Path(args.config).read_text(),
+                                                                      Loader=yaml.SafeLoader)))
+        print(ConfigProblem("model.bundle", line, str(exc)).format(args.config), file=sys.stderr)
         return 1
     print(f"{args.config}: OK (camera {cfg.camera.name!r}, source {cfg.camera.source.type}, "
           f"broker {cfg.mqtt.host}:{cfg.mqtt.port}, bundle {cfg.model.bundle})")

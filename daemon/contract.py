@@ -22,8 +22,39 @@ topic                                       dir  retained  payload
 ``{prefix}/{camera}/explain/image``         out  yes       PNG grid of the last explanation, or
                                                            :func:`placeholder_png` until there is one
 ``{prefix}/{camera}/explain/image/info``    out  yes       :func:`explanation_info` of that PNG
+``{prefix}/{camera}/explain/job``           out  no        :class:`JobMessage` for a fleet's workers
+                                                           (QoS 1; Response Topic = the result topic,
+                                                           Correlation Data = the job id, Message
+                                                           Expiry Interval = ``explain.remote.retry_s``)
+``{prefix}/{camera}/explain/result``        in   no        a worker's :func:`encode_progress` notes,
+                                                           then its :func:`encode_result` (QoS 1)
 ``{prefix}/stats``                          out  no        stats JSON (``daemon.stats``) with ``camera``
+``{prefix}/workers/{id}``                   wkr  yes       a fleet worker's announcement (below), with
+                                                           a Message Expiry Interval
+``{prefix}/workers/{id}/availability``      wkr  yes       ``online`` / ``offline`` (its last will)
 ==========================================  ===  ========  =========================================
+
+A fleet (``daemon.fleet``): workers (``wkr``) subscribe to ``$share/{group}/{prefix}/+/explain/job``
+(:meth:`PrefixTopics.explain_jobs`), so the broker hands each camera's job to one member of
+the group, and answer on the job's Response Topic; the daemon hears every worker on
+:attr:`PrefixTopics.workers`.
+
+Job: ``{"format": 1, "job_id", "camera", "request_id", "frame_id", "caption", "tokens",
+"words": [indices], "methods", "options": {"smoothgrad_samples", "ig_steps", "gradcam_layer"},
+"bundle": {"name", "sha256"}, "attempt", "frame_png"}``: ``options`` are the camera's
+explain settings that change the maps (so a worker's maps equal the camera's local ones),
+``tokens`` are the published caption's word tokens, ``frame_png`` the cached frame (RGB at the
+model's input size) as a lossless PNG in base64, ``bundle.sha256`` the sha256 of the bundle's
+``manifest.json`` (which holds the sha256 of every other file).
+
+Result: ``{"job_id", "attempt", "worker", "response": {explain response}, "grid_png": base64 PNG | null}``;
+the response is the one the requester gets (``status`` ok, error or busy). Before it, on the
+same topic, progress: ``{"job_id", "attempt", "worker", "progress": "queued" | "started",
+"ahead": jobs before it}``, so the daemon knows which live worker holds the job.
+
+Announcement: ``{"id", "state": "online", "group", "bundles": [{"name", "sha256"}], "backend",
+"queue_depth", "queue_size", "jobs_done", "jobs_failed", "jobs_refused", "jobs_per_min",
+"explain_ms": {"p50", "p95"}, "uptime_s"}``; ``{"id", "state": "offline"}`` when it stops.
 
 Home Assistant discovery (``daemon.discovery``) uses :func:`discovery_config_topic` and
 :func:`home_assistant_status_topic`.
@@ -31,12 +62,16 @@ Home Assistant discovery (``daemon.discovery``) uses :func:`discovery_config_top
 
 from __future__ import annotations
 
+import base64
 import datetime
+import json
 import re
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from daemon.explain.heatmap import decode_png, encode_png
 
 DEFAULT_PREFIX = "explaincam"
 ONLINE, OFFLINE = "online", "offline"
@@ -109,10 +144,21 @@ class CameraTopics:
         """What the retained explain image shows and when it was made (:func:`explanation_info`), retained."""
         return f"{self.explain_image}/info"
 
+    @property
+    def explain_job(self) -> str:
+        """This camera's explain jobs for a fleet's workers (:class:`JobMessage`)."""
+        return f"{self.base}/explain/job"
+
+    @property
+    def explain_result(self) -> str:
+        """Where workers answer this camera's jobs: the jobs' MQTT 5 Response Topic."""
+        return f"{self.base}/explain/result"
+
 
 @dataclass(frozen=True)
 class PrefixTopics:
-    """Topics shared by every daemon under one prefix: never retained."""
+    """Topics shared by every daemon under one prefix: no daemon retains anything there
+    (a fleet worker retains its own ``workers/{id}`` topics)."""
 
     prefix: str
 
@@ -120,6 +166,23 @@ class PrefixTopics:
     def stats(self) -> str:
         """Each daemon's statistics every ``mqtt.stats_interval_s`` (the payload names its ``camera``)."""
         return f"{self.prefix}/stats"
+
+    def explain_jobs(self, group: str) -> str:
+        """The MQTT 5 shared subscription of a worker group to every camera's explain jobs."""
+        return f"$share/{group}/{self.prefix}/+/explain/job"
+
+    def worker(self, worker_id: str) -> str:
+        """A fleet worker's announcement, retained (it is the only writer of its own id)."""
+        return f"{self.prefix}/workers/{worker_id}"
+
+    def worker_availability(self, worker_id: str) -> str:
+        """A fleet worker's ``online`` / ``offline`` (its last will), retained."""
+        return f"{self.worker(worker_id)}/availability"
+
+    @property
+    def workers(self) -> str:
+        """Filter of every worker's announcement and availability."""
+        return f"{self.prefix}/workers/#"
 
 
 # --- payloads ------------------------------------------------------------------------------
@@ -135,10 +198,11 @@ def parse_iso_time(text: str) -> float:
 
 
 def caption_message(frame_id: int, ts: float, caption: str, tokens: list[int], score: float, timings: dict,
-                    model: str, ground_truth: str | None = None) -> dict:
-    """The JSON published on ``caption`` for every captioned frame (volatile: ids, score, timings)."""
+                    model: str, ground_truth: str | None = None, familiarity: dict | None = None) -> dict:
+    """The JSON published on ``caption`` for every captioned frame (volatile: ids, score, timings);
+    ``familiarity``: the frame's ``familiarity`` and ``out_of_distribution`` (daemon.familiarity)."""
     message = {"frame_id": frame_id, "ts": round(ts, 3), "caption": caption, "tokens": tokens, "score": score,
-               "timings": timings, "model": model}
+               "timings": timings, "model": model, **(familiarity or {})}
     if ground_truth is not None:
         message["ground_truth"] = ground_truth
     return message
@@ -152,8 +216,10 @@ def caption_state_message(caption: str, since_ts: float, frame_id: int, model: s
 
 
 def source_message(state: dict, description: str) -> dict:
-    """The JSON published on ``source``: the source state (state, message, since, failures) and what it is."""
-    return {**state, "source": description}
+    """The JSON published on ``source``: the source state (state, message, since, failures) and what it is;
+    ``since`` (Unix s in ``state``) as :func:`iso_time`, like every time in the contract (Home Assistant
+    shows the attribute as a date, not as a ten-digit number)."""
+    return {**state, "since": iso_time(state["since"]), "source": description}
 
 
 def explain_request(request_id: str, frame: str | int = "latest", methods: list[str] | None = None,
@@ -194,6 +260,153 @@ def placeholder_png(width: int = 448, height: int = 224) -> bytes:
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
+
+
+# --- a fleet's payloads (daemon.fleet) ---------------------------------------------------------
+
+JOB_FORMAT = 1
+QUEUED, STARTED = "queued", "started"
+
+
+class MessageError(ValueError):
+    """A fleet message that cannot be read; the text says why."""
+
+
+@dataclass
+class JobMessage:
+    """One explain job as it travels to a worker."""
+
+    job_id: str
+    camera: str
+    request_id: str | int | None
+    frame_id: int
+    caption: str
+    tokens: list[int]
+    indices: list[int]
+    methods: list[str]
+    bundle_name: str
+    bundle_sha256: str
+    image: np.ndarray  # RGB uint8 at the model's input size
+    options: dict  # smoothgrad_samples, ig_steps, gradcam_layer (None = the bundle's)
+    attempt: int = 1
+
+    def encode(self) -> bytes:
+        """The job's JSON payload (the frame as a base64 PNG)."""
+        return json.dumps({
+            "format": JOB_FORMAT, "job_id": self.job_id, "camera": self.camera, "request_id": self.request_id,
+            "frame_id": self.frame_id, "caption": self.caption, "tokens": self.tokens, "words": self.indices,
+            "methods": self.methods, "options": self.options, "bundle": {"name": self.bundle_name, "sha256": self.bundle_sha256},
+            "attempt": self.attempt, "frame_png": base64.b64encode(encode_png(self.image)).decode("ascii"),
+        }).encode()
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "JobMessage":
+        """Read a job payload; MessageError naming what is wrong."""
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise MessageError(f"the job is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise MessageError("the job must be a JSON object")
+        if data.get("format") != JOB_FORMAT:
+            raise MessageError(f"job format {data.get('format')!r} is not supported (expected {JOB_FORMAT})")
+        try:
+            bundle = data["bundle"]
+            image = decode_png(base64.b64decode(data["frame_png"], validate=True))
+            job = cls(job_id=str(data["job_id"]), camera=str(data["camera"]), request_id=data.get("request_id"),
+                      frame_id=int(data["frame_id"]), caption=str(data["caption"]),
+                      tokens=[int(t) for t in data["tokens"]], indices=[int(i) for i in data["words"]],
+                      methods=[str(m) for m in data["methods"]], options=_job_options(data["options"]),
+                      bundle_name=str(bundle["name"]),
+                      bundle_sha256=str(bundle["sha256"]), image=image, attempt=int(data.get("attempt", 1)))
+        except KeyError as exc:
+            raise MessageError(f"the job lacks the field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise MessageError(f"the job has a malformed field: {exc}") from None
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise MessageError(f"the job's frame is not an RGB image (shape {image.shape})")
+        return job
+
+
+def _job_options(data) -> dict:
+    """A job's explain options, checked."""
+    layer = data["gradcam_layer"]
+    if layer is not None and not isinstance(layer, str):
+        raise TypeError(f"options.gradcam_layer must be a layer name or null, not {layer!r}")
+    samples, steps = int(data["smoothgrad_samples"]), int(data["ig_steps"])
+    if not (1 <= samples <= 256 and 2 <= steps <= 512):
+        raise ValueError(f"options out of range: smoothgrad_samples {samples}, ig_steps {steps}")
+    return {"smoothgrad_samples": samples, "ig_steps": steps, "gradcam_layer": layer}
+
+
+def job_id_of(payload: bytes) -> str | None:
+    """The job id of a job payload that may be malformed (None when there is none)."""
+    try:
+        data = json.loads(payload)
+        return str(data["job_id"]) if isinstance(data, dict) and "job_id" in data else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def encode_result(job_id: str, attempt: int, worker: str, response: dict, grid_png: bytes | None) -> bytes:
+    """A worker's result payload."""
+    grid = base64.b64encode(grid_png).decode("ascii") if grid_png is not None else None
+    return json.dumps({"job_id": job_id, "attempt": attempt, "worker": worker, "response": response,
+                       "grid_png": grid}).encode()
+
+
+def encode_progress(job_id: str, attempt: int, worker: str, progress: str, ahead: int = 0) -> bytes:
+    """A worker's progress payload: it has queued (``ahead`` jobs before it) or started a job."""
+    return json.dumps({"job_id": job_id, "attempt": attempt, "worker": worker, "progress": progress,
+                       "ahead": ahead}).encode()
+
+
+@dataclass
+class ProgressMessage:
+    """A worker holds a job: queued behind ``ahead`` others, or started."""
+
+    job_id: str
+    attempt: int
+    worker: str
+    progress: str
+    ahead: int
+
+
+@dataclass
+class ResultMessage:
+    """A worker's answer to one job."""
+
+    job_id: str
+    attempt: int
+    worker: str
+    response: dict
+    grid_png: bytes | None
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "ResultMessage":
+        """Read a result payload; MessageError naming what is wrong."""
+        try:
+            data = json.loads(payload)
+            grid = data.get("grid_png")
+            result = cls(str(data["job_id"]), int(data.get("attempt", 1)), str(data.get("worker")), data["response"],
+                         base64.b64decode(grid, validate=True) if grid is not None else None)
+        except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+            raise MessageError(f"unreadable result: {type(exc).__name__}: {exc}") from None
+        if not isinstance(result.response, dict) or "status" not in result.response:
+            raise MessageError("the result's response is not an explain response")
+        return result
+
+
+def read_answer(payload: bytes) -> ResultMessage | ProgressMessage:
+    """A worker's message on a result topic: a result or a progress note; MessageError if neither."""
+    try:
+        data = json.loads(payload)
+        if isinstance(data, dict) and data.get("progress") in (QUEUED, STARTED):
+            return ProgressMessage(str(data["job_id"]), int(data["attempt"]), str(data["worker"]),
+                                   data["progress"], int(data.get("ahead", 0)))
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise MessageError(f"unreadable progress: {type(exc).__name__}: {exc}") from None
+    return ResultMessage.decode(payload)
 
 
 # --- Home Assistant discovery topics ---------------------------------------------------------

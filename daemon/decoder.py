@@ -164,3 +164,41 @@ class StepDecoder:
             tokens, total, logps = beams[0]
             return Caption(tokens, total, logps)
         return max(finished, key=lambda f: f.score)
+
+    def beam_seed(self, features: np.ndarray, max_length: int, width: int = 3) -> Caption:
+        """The seed project's ``beam_search_predictions``, for users who compare with its captions.
+
+        Each beam is extended by its ``width`` most likely words; the ``width`` sequences
+        with the largest *sum of raw word probabilities* (not log-probabilities) are kept;
+        every beam runs to ``max_length`` words, through ``endseq`` (which is an ordinary
+        word here); the best one is cut at its first ``endseq``. Summed probabilities favour
+        sequences of many moderately likely words over a short, likely caption, and ending
+        is never scored, which is why ``beam`` (log-probabilities, stops at ``endseq``) is
+        the default. Padding and the start token (which a trained model never predicts)
+        are excluded, as in ``beam``. ``score`` is the summed log-probability of the words
+        kept and of the end token.
+        """
+        projected = self.project(features[None])
+        h = c = np.zeros((1, self.units), np.float32)
+        beams = [([], 0.0, [])]  # (tokens, summed probability, per-word log-probs)
+        last = np.array([self.start])
+        for _ in range(max_length):
+            logits, h, c = self.step(np.repeat(projected, len(beams), 0), last, h, c)
+            logp = log_softmax(logits)
+            logp[:, PAD] = logp[:, self.start] = -np.inf
+            probs = np.exp(logp)
+            candidates = []  # (summed probability, beam row, word), in the seed's order
+            for row, (_, total, _) in enumerate(beams):
+                for token in np.argsort(probs[row], kind="stable")[-width:]:
+                    candidates.append((total + float(probs[row, token]), row, int(token)))
+            candidates = sorted(candidates, key=lambda cand: cand[0])[-width:]
+            beams = [(beams[row][0] + [token], total, beams[row][2] + [float(logp[row, token])])
+                     for total, row, token in candidates]
+            rows = [row for _, row, _ in candidates]
+            h, c = h[rows], c[rows]
+            last = np.array([token for _, _, token in candidates])
+        tokens, _, logps = beams[-1]
+        if self.end in tokens:
+            cut = tokens.index(self.end)
+            return Caption(tokens[:cut], float(sum(logps[:cut + 1])), logps[:cut])
+        return Caption(tokens, float(sum(logps)), logps)

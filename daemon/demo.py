@@ -27,6 +27,8 @@ from daemon.contract import CameraTopics
 DEMO_SNAPSHOT_DIR = Path("build/snapshot")
 DEMO_BROKER_DIR = Path("build/demo-broker")
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+# above the printed captions: frame id, milliseconds from grabbing the frame to publishing its caption, caption
+CAPTION_HEADER = f"{'frame':>7}  {'total ms':>8}  caption (ground truth when it differs)"
 
 
 def find_mosquitto() -> str | None:
@@ -35,6 +37,33 @@ def find_mosquitto() -> str | None:
     if found:
         return found
     return next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None)
+
+
+def mosquitto_install_command(is_root: bool, sudo: str | None, apt_get: str | None) -> list[str] | None:
+    """The apt-get command that installs Mosquitto here: as root directly, else through sudo; None if neither works."""
+    if apt_get is None or not (is_root or sudo):
+        return None
+    command = [apt_get, "install", "-y", "-q", "mosquitto"]
+    return command if is_root else [sudo, *command]
+
+
+def install_mosquitto() -> str | None:
+    """Install Debian's Mosquitto with apt-get (sudo when not root); the broker's path, or None with the reason printed."""
+    command = mosquitto_install_command(os.geteuid() == 0, shutil.which("sudo"), shutil.which("apt-get"))
+    if command is None:
+        print("Mosquitto is not installed and cannot be installed from here (apt-get needs root or sudo).\n"
+              "Install it with:  apt-get install mosquitto   (as root)\n"
+              "or set mqtt.host/mqtt.port in the config to a broker you have.", flush=True)
+        return None
+    print(f"Mosquitto is missing; installing it: {' '.join(command)}", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(command, env=env).returncode != 0:  # stale package lists: refresh them once
+        subprocess.run([*command[:-3], "update", "-q"], env=env)
+        if subprocess.run(command, env=env).returncode != 0:
+            print(f"Installing Mosquitto failed ({' '.join(command)}); install it yourself or set "
+                  "mqtt.host/mqtt.port in the config to a broker you have.", flush=True)
+            return None
+    return find_mosquitto()
 
 
 def broker_answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -167,8 +196,9 @@ class CaptionPrinter:
             matched = truth == record["caption"]
             self.matches += matched
             mark = "  ✓" if matched else f"  ✗ (truth: {truth})"
-        print(f"frame {record['frame_id']:>5}  {record['timings']['total_ms']:>6.0f} ms  "
-              f"{record['caption']}{mark}", flush=True)
+        if record.get("out_of_distribution"):
+            mark += f"  (unfamiliar scene, familiarity {record['familiarity']:.2f})"
+        print(f"{record['frame_id']:>7}  {record['timings']['total_ms']:>8.1f}  {record['caption']}{mark}", flush=True)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -183,13 +213,13 @@ def run_demo(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "warning")
     broker = printer = None
     try:
+        binary = None
         if not broker_answers(cfg.mqtt.host, cfg.mqtt.port):
-            binary = find_mosquitto()
+            binary = find_mosquitto() or install_mosquitto()
             if binary is None:
-                print(f"No MQTT broker answers on {cfg.mqtt.host}:{cfg.mqtt.port} and Mosquitto is not installed.\n"
-                      "Install it with:  sudo apt-get install mosquitto mosquitto-clients\n"
-                      "(or set mqtt.host/mqtt.port in the config to a broker you have).")
+                print(f"No MQTT broker answers on {cfg.mqtt.host}:{cfg.mqtt.port}.")
                 return 1
+        if binary is not None and not broker_answers(cfg.mqtt.host, cfg.mqtt.port):  # the package may start one
             port = cfg.mqtt.port if not broker_answers("127.0.0.1", cfg.mqtt.port) else free_port()
             broker = LocalBroker(port, DEMO_BROKER_DIR.resolve(), binary=binary)
             broker.start()
@@ -197,7 +227,9 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"started a private Mosquitto on 127.0.0.1:{port} (log: {broker.log_file})")
         caption_topic = CameraTopics.for_camera(cfg.mqtt.topic_prefix, cfg.camera.name).caption
         print(f"captions of generated scenes, as received on {caption_topic}; "
-              f"snapshots in {cfg.snapshot.dir}; Ctrl-C to stop", flush=True)
+              f"snapshots in {cfg.snapshot.dir} (open index.html); Ctrl-C to stop\n"
+              "(total ms: from grabbing the frame to publishing its caption)", flush=True)
+        print(CAPTION_HEADER, flush=True)
         printer = CaptionPrinter(cfg.mqtt.host, cfg.mqtt.port, caption_topic)
         printer.start()
         return run_daemon(cfg)

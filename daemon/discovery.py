@@ -1,29 +1,30 @@
 """Home Assistant MQTT discovery for one camera: pure functions, no network.
 
-Five entities on one device ("explaincam <camera>"), each announced on
+Six entities on one device ("explaincam <camera>"), each announced on
 ``{discovery_prefix}/{component}/{node}/{key}/config`` (retained), topics from
 ``daemon.contract``:
 
-=========  ===========  =======================================================================
-component  key          what
-=========  ===========  =======================================================================
-sensor     caption      the caption (first 255 characters) from ``caption/state``, which is
-                        published only when the caption changes; attributes: the whole
-                        caption, since when, its first frame id, the model (all stable
-                        until the next change, so the recorder stores one row per change)
-image      snapshot     the JPEG on ``snapshot`` (at most every ``mqtt.jpeg_interval_s``)
-button     explain      publishes an explanation request for the latest frame
-image      explanation  the PNG on ``explain/image`` (a placeholder until the first
-                        explanation); attributes from ``explain/image/info``: ``made_at``
-                        (when the explanation was made; the entity's own state is when Home
-                        Assistant received the picture), request id, frame id, caption, methods
-sensor     source       diagnostic: the camera source's state (ok, retrying, ...) from ``source``
-=========  ===========  =======================================================================
-
-Each camera's entities are available while its own ``{prefix}/{camera}/availability``
-says ``online``. The MQTT client publishes :func:`discovery_messages` retained after
-connecting, again whenever :func:`handles_birth` says Home Assistant came online, and
-:func:`removal_messages` to take the entities away.
+=============  ===========  ===================================================================
+component      key          what
+=============  ===========  ===================================================================
+sensor         caption      the caption (first 255 characters) from ``caption/state``, which
+                            is published only when the caption changes; attributes: the
+                            whole caption, since when, its first frame id, the model (all
+                            stable until the next change, so the recorder stores one row per
+                            change)
+binary_sensor  unfamiliar   on while the caption says ``out_of_distribution``: the frame is
+                            unlike what the model was made for (daemon/familiarity.py);
+                            read from ``caption`` without attributes, so only changes record
+image          snapshot     the JPEG on ``snapshot`` (at most every ``mqtt.jpeg_interval_s``)
+button         explain      publishes an explanation request for the latest frame
+image          explanation  the PNG on ``explain/image`` (a placeholder until the first
+                            explanation); attributes from ``explain/image/info``:
+                            ``made_at`` (when the explanation was made; the entity's own
+                            state is when Home Assistant received the picture), request id,
+                            frame id, caption, methods
+sensor         source       diagnostic: the camera source's state (ok, retrying, ...) from
+                            ``source``
+=============  ===========  ===================================================================
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def _entities(prefix: str, camera: str) -> list[tuple[str, str, dict]]:
             "state_topic": topics.caption_state,
             "value_template": f"{{{{ value_json.caption[:{STATE_MAX_CHARS}] }}}}",
             "json_attributes_topic": topics.caption_state,
+        }),
+        ("binary_sensor", "unfamiliar", {
+            "name": "Unfamiliar scene",
+            "device_class": "problem",
+            "icon": "mdi:image-off-outline",
+            "state_topic": topics.caption,
+            "value_template": "{{ 'ON' if value_json.out_of_distribution | default(false) else 'OFF' }}",
         }),
         ("image", "snapshot", {
             "name": "Snapshot",

@@ -46,7 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from daemon.config import MqttConfig
+from daemon.config import MqttConnectionConfig
 from daemon.contract import OFFLINE, ONLINE
 
 log = logging.getLogger(__name__)
@@ -73,11 +73,18 @@ def topic_problem(topic: str) -> str | None:
     return f"is {size} bytes long; at most {MAX_TOPIC_BYTES} are allowed" if size > MAX_TOPIC_BYTES else None
 
 
+def topic_filter(subscription: str) -> str:
+    """The topic filter of a subscription: ``$share/GROUP/FILTER`` (MQTT 5 shared) -> ``FILTER``."""
+    if subscription.startswith("$share/"):
+        return subscription.split("/", 2)[2] if subscription.count("/") >= 2 else subscription
+    return subscription
+
+
 class MqttSetupError(Exception):
     """The MQTT settings cannot be used (unreadable password file, missing variable, TLS files)."""
 
 
-def read_password(config: MqttConfig) -> str | None:
+def read_password(config: MqttConnectionConfig) -> str | None:
     """The password from ``password_file`` or ``password_env`` (None when neither is set)."""
     if config.password_file is not None:
         try:
@@ -125,9 +132,13 @@ class OutgoingMessage:
 class MqttPublisher:
     """A resilient MQTT connection: availability, retained state, bounded outgoing queue, subscriptions."""
 
-    def __init__(self, config: MqttConfig, client_id: str, availability_topic: str):
+    def __init__(self, config: MqttConnectionConfig, client_id: str, availability_topic: str,
+                 session_expiry_s: int = 0):
         self.config = config
         self.client_id = client_id
+        # MQTT 5: > 0 keeps this client's session (subscriptions, queued QoS 1 messages) that long
+        # after a disconnect, and every connect resumes it (clean_start False)
+        self.session_expiry_s = session_expiry_s
         self.availability_topic = availability_topic
         self.is_v5 = config.protocol == "5"
         self.state = "idle"  # idle | connecting | connected | disconnected | stopped
@@ -145,7 +156,8 @@ class MqttPublisher:
         self._retained: dict[str, OutgoingMessage] = {}
         self._retained_sent: dict[str, int] = {}
         self._republish_pending = False
-        self._subscriptions: dict[str, tuple[int, MessageCallback, bool]] = {}
+        # topic -> (qos, callback, retained, with_topic)
+        self._subscriptions: dict[str, tuple[int, MessageCallback, bool, bool]] = {}
         self._seq = 0
         self._stopping = False
         self._cond = threading.Condition()
@@ -185,7 +197,12 @@ class MqttPublisher:
         self.state = "connecting"
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-send", daemon=True)
         self._sender.start()
-        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
+        session = {}
+        if self.is_v5 and self.session_expiry_s > 0:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.session_expiry_s
+            session = {"clean_start": False, "properties": properties}
+        self._client.connect_async(self.config.host, self.config.port, self.config.keepalive, **session)
         self._client.loop_start()
         log.info("MQTT: connecting to %s:%d (MQTT %s%s) as client id %s", self.config.host, self.config.port,
                  self.config.protocol, ", TLS" if self.config.tls.active else "", self.client_id)
@@ -208,11 +225,13 @@ class MqttPublisher:
         return True
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
-                correlation_data: bytes | None = None, response_topic: str | None = None) -> bool:
+                correlation_data: bytes | None = None, response_topic: str | None = None,
+                message_expiry_s: int | None = None) -> bool:
         """Queue a message without blocking; False if the queue was full and the oldest was dropped,
         or if ``topic`` cannot be published to (the message is dropped with a log line).
 
-        ``correlation_data`` and ``response_topic`` are MQTT 5 properties (ignored on 3.1.1).
+        ``correlation_data``, ``response_topic`` and ``message_expiry_s`` (the broker drops the
+        message, retained or queued, after that many seconds) are MQTT 5 properties (ignored on 3.1.1).
         A retained message is also remembered and re-published after every reconnect.
         """
         problem = topic_problem(topic)
@@ -223,8 +242,10 @@ class MqttPublisher:
             return False
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         properties = None
-        if self.is_v5 and (correlation_data is not None or response_topic is not None):
+        if self.is_v5 and (correlation_data is not None or response_topic is not None or message_expiry_s):
             properties = Properties(PacketTypes.PUBLISH)
+            if message_expiry_s:
+                properties.MessageExpiryInterval = int(message_expiry_s)
             if correlation_data is not None:
                 properties.CorrelationData = correlation_data
             if response_topic is not None:
@@ -245,8 +266,10 @@ class MqttPublisher:
             self._cond.notify_all()
         return accepted
 
-    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 0, retained: bool = True) -> None:
-        """Call ``callback(payload, properties)`` for each message on ``topic`` (wildcards allowed).
+    def subscribe(self, topic: str, callback: MessageCallback, qos: int = 0, retained: bool = True,
+                  with_topic: bool = False) -> None:
+        """Call ``callback(payload, properties)`` for each message on ``topic`` (wildcards allowed),
+        or ``callback(payload, properties, topic)`` with ``with_topic``.
 
         The callback runs on paho's network thread: it must return quickly. Subscriptions
         are renewed on every reconnect. ``properties`` is None on MQTT 3.1.1. With
@@ -254,7 +277,7 @@ class MqttPublisher:
         someone published with the retain flag would otherwise run again at every reconnect).
         """
         with self._cond:
-            self._subscriptions[topic] = (qos, callback, retained)
+            self._subscriptions[topic] = (qos, callback, retained, with_topic)
             connected = self.state == "connected"
         if connected:
             self._client.subscribe([self._subscription(topic, qos, retained)])
@@ -316,7 +339,7 @@ class MqttPublisher:
             self._connected_at = time.monotonic()
             self._republish_pending = True
             subscriptions = [self._subscription(topic, qos, retained)
-                             for topic, (qos, _, retained) in self._subscriptions.items()]
+                             for topic, (qos, _, retained, _) in self._subscriptions.items()]
             # SUBSCRIBE is queued before the sender wakes (it needs this lock), so the broker
             # has the subscriptions before anything queued is published: a reply to what we
             # publish (Home Assistant's birth after discovery) cannot arrive unheard
@@ -377,9 +400,10 @@ class MqttPublisher:
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         with self._cond:
-            matching = [(topic, cb, retained) for topic, (_, cb, retained) in self._subscriptions.items()
-                        if paho.topic_matches_sub(topic, message.topic)]
-        for topic, callback, retained in matching:
+            matching = [(topic, cb, retained, with_topic)
+                        for topic, (_, cb, retained, with_topic) in self._subscriptions.items()
+                        if paho.topic_matches_sub(topic_filter(topic), message.topic)]
+        for topic, callback, retained, with_topic in matching:
             if message.retain and not retained:
                 if topic not in self._ignored_retained:
                     self._ignored_retained.add(topic)
@@ -387,7 +411,8 @@ class MqttPublisher:
                                 "retained; clear it with: mosquitto_pub -r -n -t '%s'", message.topic, message.topic)
                 continue
             try:
-                callback(message.payload, message.properties if self.is_v5 else None)
+                properties = message.properties if self.is_v5 else None
+                callback(message.payload, properties, *((message.topic,) if with_topic else ()))
             except Exception:
                 log.exception("MQTT: handler for %s failed", message.topic)
 

@@ -24,30 +24,51 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.contract import DEFAULT_PREFIX, CameraTopics, explain_request
+from daemon.contract import CameraTopics, explain_request
 from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 
 IMAGE_GRACE_S = 2.0  # how long to wait for the grid picture after the response
+DEFAULT_CONFIG = "config.yaml"  # as for `explaincam run`
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam request``."""
-    parser.add_argument("--host", required=True, help="MQTT broker host")
-    parser.add_argument("--port", type=int, default=None, help="broker port (default 1883, 8883 with TLS)")
-    parser.add_argument("--camera", required=True, help="camera name (the {camera} topic level)")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    parser.add_argument("-c", "--config", default=None,
+                        help="the daemon's config.yaml, for the broker, camera and prefix defaults "
+                             f"(default: {DEFAULT_CONFIG} if it exists)")
+    parser.add_argument("--host", default=None, help="MQTT broker host (default: the config's, else localhost)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="broker port (default: the config's, else 1883, 8883 with TLS)")
+    parser.add_argument("--camera", default=None, help="camera name, the {camera} topic level "
+                                                       "(default: the config's, else cam)")
+    parser.add_argument("--prefix", default=None, help="topic prefix (default: the config's, else explaincam)")
     parser.add_argument("--frame", default="latest", help="frame_id to explain, or 'latest' (default)")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
                         help=f"methods ({', '.join(METHODS)}; default: the daemon's)")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
     parser.add_argument("--out", default="explanation", help="folder for response.json, heatmaps and grid.png")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the answer (default %(default)g: the first request also "
+                             "starts the explainer)")
     parser.add_argument("--id", default=None, help="request id (default: a random one)")
     parser.add_argument("--username", default=None, help="MQTT user name")
     parser.add_argument("--password-file", default=None, help="file holding the MQTT password")
     parser.add_argument("--ca-certs", default=None, help="CA certificate of the broker (turns TLS on)")
     parser.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
+
+
+def apply_config_defaults(args: argparse.Namespace) -> None:
+    """Fill --host, --port, --camera and --prefix left out from the config (``-c``, else ./config.yaml if it
+    exists), else localhost, cam, explaincam; ConfigError when a config named with ``-c`` cannot be used."""
+    from daemon.config import AppConfig, load_config
+
+    path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    cfg = load_config(path) if path else AppConfig()
+    args.host = args.host or cfg.mqtt.host
+    args.port = args.port or (cfg.mqtt.port if path else None)
+    args.camera = args.camera or cfg.camera.name
+    args.prefix = args.prefix or cfg.mqtt.topic_prefix
 
 
 def build_request(args: argparse.Namespace) -> dict:
@@ -141,8 +162,14 @@ class _Exchange:
 
 def main(args: argparse.Namespace) -> int:
     """Send the request, wait for the correlated answer, save and summarise it."""
+    from daemon.config import ConfigError
+
     try:
+        apply_config_defaults(args)
         request = build_request(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ STATE_DIR = Path("/var/lib/explaincam")
 UNIT_DIR = Path("/etc/systemd/system")
 SYSUSERS_FILE = Path("/etc/sysusers.d/explaincam.conf")
 # The unit's memory limits fit the LiteRT explainer; the TensorFlow fallback needs more.
-TENSORFLOW_DROP_IN = f"""# Written by `explaincam install-service`: the model bundle has no explainer graph
+TENSORFLOW_DROP_IN = """# Written by `explaincam install-service`: the model bundle has no explainer graph
 # (explainer_float.tflite), so explanations run on the TensorFlow fallback, which needs
 # about 0.7-1 GB while it runs. `explaincam export-explainer --bundle DIR` and a reinstall remove this file.
 [Service]

@@ -338,7 +338,7 @@ class SourceState:
     failures: int = 0
 
     def to_json(self) -> dict:
-        """The state as published on ``{prefix}/{camera}/source``."""
+        """The state as JSON (``since`` in Unix s); ``daemon.contract.source_message`` publishes it."""
         return {**asdict(self), "since": round(self.since, 3)}
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto (apt),
+# The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto and Chromium (apt),
 # creates .venv, installs explaincam with every extra, runs pytest. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
-if ! command -v mosquitto >/dev/null; then
+# Chromium (headless) loads the snapshot page in tests/daemon/test_snapshot_page.py.
+if ! command -v mosquitto >/dev/null || ! command -v chromium >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients openssl
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients openssl chromium
   # The packaged broker is not needed as a service: tests start their own on loopback.
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi

@@ -47,7 +47,7 @@ import cv2
 import numpy as np
 
 from daemon.explain.base import Method, MethodResult
-from daemon.explain.heatmap import TILE, labelled
+from daemon.explain.heatmap import TILE
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
 # under 0.1% of the image dropped, a segment overlapping an already kept one of a coarser
@@ -514,6 +514,37 @@ def word_gradients(backend, images: np.ndarray, teacher_rows: list[list[int]], p
 
 # ------------------------------------------------------------------- drawing the answer
 
+LABEL_SCALE = 0.45
+LABEL_LINE_HEIGHT = 18
+
+
+def label_lines(label: str, tile: int) -> list[str]:
+    """``label`` broken into lines that fit a panel ``tile`` pixels wide (a single overlong word is cut)."""
+    def fits(text: str) -> bool:
+        return cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, 1)[0][0] <= tile - 8
+
+    lines: list[str] = []
+    for word in label.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            while not fits(word) and len(word) > 1:
+                word = word[:-1]
+            lines.append(word)
+    return lines or [""]
+
+
+def _labelled(panel: np.ndarray, label: str, tile: int, rows: int = 1) -> np.ndarray:
+    """A panel resized to ``tile`` with the whole label, wrapped, in a strip of at least ``rows`` lines above it."""
+    panel = cv2.resize(panel, (tile, tile), interpolation=cv2.INTER_AREA)
+    lines = label_lines(label, tile)
+    strip = np.full((LABEL_LINE_HEIGHT * max(rows, len(lines)) + 4, tile, 3), 32, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(strip, line, (4, LABEL_LINE_HEIGHT * (i + 1) - 3), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([strip, panel])
+
+
 def legend(result: ConceptExplanation, bank: ConceptBank, tile: int) -> np.ndarray:
     """A tile listing each concept of the map with its colour and label."""
     panel = np.full((tile, tile, 3), 24, np.uint8)
@@ -530,9 +561,11 @@ def grid_row(result: ConceptExplanation, bank: ConceptBank, tile: int) -> np.nda
     """The ACE row of the explanation picture: concept map, legend, counterfactual frame."""
     removed = ", ".join(f"c{k}" for k in result.removed) or "nothing"
     after = result.image if result.counterfactual_image is None else result.counterfactual_image
-    return np.hstack([labelled(result.map_image(), "ACE concept map", tile),
-                      labelled(legend(result, bank, tile), "concepts", tile),
-                      labelled(after, f"without {removed}: {result.counterfactual_caption}", tile)])
+    counterfactual = f"without {removed}: {result.counterfactual_caption}"
+    rows = len(label_lines(counterfactual, tile))  # the same strip height for the three panels
+    return np.hstack([_labelled(result.map_image(), "ACE concept map", tile, rows),
+                      _labelled(legend(result, bank, tile), "concepts", tile, rows),
+                      _labelled(after, counterfactual, tile, rows)])
 
 
 class Ace(Method):

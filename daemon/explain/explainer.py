@@ -101,7 +101,7 @@ class Explainer:
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An RGB frame at the model's input size, as float32 0..255."""
-        return resize_for_encoder(image, self.size).astype(np.float32)
+        return resize_for_encoder(image, self.size, self.bundle.resize).astype(np.float32)
 
     def float_caption(self, image: np.ndarray, hint: list[int] | None = None) -> list[int]:
         """The float model's greedy caption tokens for a frame.

@@ -25,7 +25,8 @@ from daemon.explain import heatmap
 from daemon.explain.registry import METHODS, RESERVED
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
-               "frame_not_cached", "busy", "internal", "shutting_down")
+               "frame_not_cached", "busy", "internal", "shutting_down",
+               "timeout", "no_worker", "unknown_bundle", "bad_job")  # the last four: a fleet (daemon/fleet/)
 MAX_ID_LENGTH = 128
 _ID_PATTERN = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_ID_LENGTH)
 

@@ -5,8 +5,8 @@ request against the frame cache, answers errors and ``busy`` at once, and otherw
 a job to the explainer process (``worker.serve``, started lazily with ``spawn``, niced,
 gone after ``idle_exit_s`` without work and started again by the next request). A result
 thread publishes each answer to the request's MQTT 5 Response Topic with its Correlation
-Data (else to the default response topic), writes ``explanation.png`` and
-``explanation.json`` atomically to the snapshot folder and publishes the PNG retained on
+Data (else to the default response topic), writes ``explanation.png``,
+``explanation.jpg`` (the frame) and ``explanation.json`` atomically to the snapshot folder and publishes the PNG retained on
 the explain image topic, with its info (``made_at``) beside it.
 
 Every explainer process gets channels of its own. When one dies (the OOM killer picks the
@@ -15,6 +15,10 @@ idle explainer first), is killed while explaining, or leaves waiting jobs untake
 with fresh channels takes the waiting ones; the daemon goes on. At shutdown pending
 requests are answered ``shutting_down`` and the process is terminated; the process also
 ends itself within a second when the daemon is gone (``worker.serve``).
+
+With ``explain.mode`` remote (or auto while a worker is present) an accepted request goes to
+a fleet's workers instead (``remote``, a ``daemon.fleet.dispatcher.RemoteDispatcher``); their
+answers are published by the same ``_deliver`` as a local one.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.snapshot import atomic_write
+from daemon.snapshot import atomic_write, encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
 
@@ -57,6 +61,7 @@ class _Pending:
     received: float
     job: Job | None = None
     started: float | None = None
+    image: object = None  # the frame explained (RGB uint8), for the snapshot page
 
 
 @dataclass
@@ -81,7 +86,7 @@ class ExplainService:
     """Answers explain requests of the capture process with a separate explainer process."""
 
     def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: CameraTopics,
-                 frame_cache, model_name: str | None = None):
+                 frame_cache, model_name: str | None = None, remote=None):
         self.config = config
         self.publish = publish
         self.topics = topics
@@ -105,6 +110,10 @@ class ExplainService:
         self._write_problem = RecurringProblem(log, f"write the explanation files in {self.snapshot_dir}")
         self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
         self._thread.start()
+        # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
+        self.remote = remote
+        if remote is not None:
+            remote.start(reply=self._reply, deliver=self._deliver)
 
     @property
     def worker_pid(self) -> int | None:
@@ -147,11 +156,14 @@ class ExplainService:
                 return ErrorResponse(request.id, "frame_not_cached",
                                      f"frame {request.frame} is not (or no longer) cached; {held}")
         caption = frame.caption
+        reply.image = frame.image
         indices = check_words(request, caption.words, frame.frame_id, caption.caption)
         if isinstance(indices, ErrorResponse):
             return indices
         job = Job(next(self._keys), request.id, frame.frame_id, frame.image, caption.caption,
                   list(caption.tokens), indices, list(request.methods))
+        if self.remote is not None and self.remote.takes():
+            return self.remote.submit(job, reply)
         with self._lock:
             if self._stopping.is_set():
                 return ErrorResponse(request.id, "shutting_down", "the daemon is shutting down; ask again later")
@@ -232,13 +244,19 @@ class ExplainService:
         started = reply.started or now
         payload["timings_ms"].update(queue_ms=round((started - reply.received) * 1e3, 1),
                                      total_ms=round((now - reply.received) * 1e3, 1))
+        self._deliver(payload, grid, reply)
+        log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
+
+    def _deliver(self, payload: dict, grid: bytes, reply: _Pending) -> None:
+        """Publish a finished explanation, local or a fleet worker's: the image and its info (retained),
+        the snapshot files, the answer."""
         text = json.dumps(payload)
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
         self.publish(self.topics.explain_image, grid, qos=1, retain=True)
-        self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"]))
+        self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"], ts=round(time.time(), 3)),
+                             reply.image)
         self._reply(payload, reply, text)
-        log.info("explanation %r published (%.0f ms)", reply.request_id, payload["timings_ms"]["total_ms"])
 
     def _check_stuck(self, worker: _Worker) -> None:
         """Kill an explainer process that has left waiting jobs untaken for STUCK_S (SIGSTOP, say)."""
@@ -288,8 +306,9 @@ class ExplainService:
                                       f"the explainer process could not start ({_exit_reason(code)})").payload(),
                         reply)
 
-    def _write_snapshot(self, grid: bytes, record: dict) -> None:
-        """explanation.png and explanation.json (the response plus the model name), atomically.
+    def _write_snapshot(self, grid: bytes, record: dict, image) -> None:
+        """explanation.png, explanation.jpg (the frame) and explanation.json (the response plus the
+        model name and when it was made), atomically; the page reads the JSON last, so it is written last.
 
         A failure is logged, not raised.
         """
@@ -298,6 +317,8 @@ class ExplainService:
         try:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(self.snapshot_dir / "explanation.png", grid)
+            if image is not None:
+                atomic_write(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
             atomic_write(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
         except OSError as exc:
             self._write_problem.failed(exc)
@@ -323,7 +344,10 @@ class ExplainService:
         """Answer every pending request ``shutting_down``, end the explainer process and the result thread.
 
         The explainer has nothing to save: it is terminated at once (killed after ``timeout`` s).
+        Requests waiting for a fleet's workers are answered ``shutting_down`` too.
         """
+        if self.remote is not None:
+            self.remote.stop()
         with self._lock:
             self._stopping.set()
             worker, self._worker = self._worker, None

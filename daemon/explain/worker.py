@@ -10,9 +10,11 @@ Messages to the service, on the results pipe:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -59,6 +61,24 @@ def answer(explainer, job: Job) -> tuple[dict, bytes]:
                           frame_id=job.frame_id, caption=job.caption)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send what native libraries write to file descriptor 2 to /dev/null while the block runs.
+
+    Exceptions still propagate (and are reported as failed jobs); only the chatter goes.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
     """Process main: nice itself, load the model on the first job, answer jobs, exit when idle.
 
@@ -77,6 +97,7 @@ def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
     except OSError:
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # no oneDNN notice; the service unit sets the same
     explainer = None
     while True:
         try:
@@ -89,7 +110,8 @@ def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
             load_ms = 0.0
             if explainer is None:
                 started = time.perf_counter()
-                explainer = _load(settings)
+                with native_stderr_silenced():  # TensorFlow's CUDA/CPU notices bypass its log level
+                    explainer = _load(settings)
                 load_ms = (time.perf_counter() - started) * 1e3
             payload, grid = answer(explainer, job)
             if load_ms:

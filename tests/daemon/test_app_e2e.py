@@ -73,8 +73,10 @@ def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
         manifest = json.loads((SHIPPED_BUNDLE / "manifest.json").read_text())
         truths = {scene_at(7, i).caption for i in range(200)}
         for record in captions:
-            assert set(record) == {"frame_id", "ts", "caption", "tokens", "score", "timings", "model", "ground_truth"}
-            assert set(record["timings"]) == {"grab_ms", "encoder_ms", "decoder_ms", "total_ms"}
+            assert set(record) == {"frame_id", "ts", "caption", "tokens", "score", "timings", "model", "ground_truth",
+                                   "familiarity", "out_of_distribution"}
+            assert set(record["timings"]) == {"grab_ms", "encoder_ms", "decoder_ms", "familiarity_ms", "total_ms"}
+            assert 0 <= record["familiarity"] <= 1 and isinstance(record["out_of_distribution"], bool)
             assert record["model"] == manifest["model_name"] and record["ground_truth"] in truths
             assert len(record["tokens"]) == len(record["caption"].split())
         assert [r["frame_id"] for r in captions] == sorted({r["frame_id"] for r in captions})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -151,3 +152,39 @@ def test_bundle_path_is_looked_up_in_the_current_directory_then_the_install_fold
     assert model.bundle_path() == REPO / "convert"
     (tmp_path / "convert").mkdir()
     assert model.bundle_path() == model.bundle
+
+
+def test_problems_come_in_line_order():
+    problems = problems_of("""
+        mqtt:
+          port: 70000
+        model:
+          threads: 0
+        bogus: 1
+        camera:
+          source:
+            type: scenes
+            fps: -1
+    """)
+    assert [p.line for p in problems] == sorted(p.line for p in problems) == [3, 5, 6, 10]
+
+
+def test_check_config_refuses_a_missing_or_damaged_bundle_naming_the_file(tmp_path):
+    def check(bundle) -> subprocess.CompletedProcess:
+        config = tmp_path / "config.yaml"
+        config.write_text(f"camera:\n  name: cam\nmodel:\n  bundle: {bundle}\n")
+        return subprocess.run([sys.executable, "-m", "daemon.cli", "check-config", "-c", str(config)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    missing = check("models/nope")
+    assert missing.returncode == 1 and "OK" not in missing.stdout
+    assert missing.stderr.strip().splitlines() == [
+        f"{tmp_path / 'config.yaml'}:4: model.bundle: model bundle models/nope does not exist or is not a folder"]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(REPO / "models" / "scenes-mnv3s", damaged)
+    with open(damaged / "decoder.npz", "r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\x00\x01\x02")
+    run = check(damaged)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
+    assert "decoder.npz does not match its sha256" in run.stderr and ":4: model.bundle:" in run.stderr

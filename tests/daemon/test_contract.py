@@ -10,11 +10,11 @@ import numpy as np
 
 from daemon.app import publish_last_explanation
 from daemon.contract import (CameraTopics, PrefixTopics, caption_state_message, explain_request, explanation_info,
-                             parse_iso_time, placeholder_png)
+                             parse_iso_time, placeholder_png, source_message)
 
 TOPICS = CameraTopics.for_camera("explaincam", "cam")
 CAMERA_TOPICS = ("availability", "caption", "caption_state", "snapshot", "source", "explain_request",
-                 "explain_response", "explain_image", "explain_image_info")
+                 "explain_response", "explain_image", "explain_image_info", "explain_job", "explain_result")
 
 
 class Published(list):
@@ -38,12 +38,31 @@ def test_every_camera_topic_is_under_its_own_camera_and_distinct():
     assert PrefixTopics("explaincam").stats == "explaincam/stats"
 
 
+def test_fleet_topics_a_worker_subscribes_to_match_every_cameras_jobs():
+    import paho.mqtt.client as paho
+
+    from daemon.mqtt import topic_filter
+
+    fleet = PrefixTopics("explaincam")
+    jobs = fleet.explain_jobs("explainers")
+    assert jobs.startswith("$share/explainers/")
+    assert paho.topic_matches_sub(topic_filter(jobs), TOPICS.explain_job)
+    assert not paho.topic_matches_sub(topic_filter(jobs), TOPICS.explain_result)
+    assert not paho.topic_matches_sub(topic_filter(jobs), PrefixTopics("other").worker("w1"))
+    assert fleet.worker_availability("w1") == f"{fleet.worker('w1')}/availability"
+    for topic in (fleet.worker("w1"), fleet.worker_availability("w1")):
+        assert paho.topic_matches_sub(fleet.workers, topic)
+
+
 def test_payloads():
     state = caption_state_message("a red circle", 1700000000.25, 12, "scenes-mnv3s")
     assert state == {"caption": "a red circle", "since": "2023-11-14T22:13:20+00:00", "frame_id": 12,
                      "model": "scenes-mnv3s"}
     assert parse_iso_time(state["since"]) == 1700000000
     assert explain_request("x") == {"id": "x", "frame": "latest", "words": "all"}  # methods: the daemon's default
+    source = source_message({"state": "ok", "message": "reading", "since": 1700000000.412, "failures": 0}, "scenes")
+    assert source == {"state": "ok", "message": "reading", "since": "2023-11-14T22:13:20+00:00", "failures": 0,
+                      "source": "scenes"}
     response = {"id": "r1", "frame_id": 3, "caption": "a b", "ace": {"concepts": []},
                 "words": [{"index": 0, "word": "a", "gradcam": {}, "saliency": {}}]}
     assert explanation_info(response, 1700000000)["methods"] == ["ace", "gradcam", "saliency"]

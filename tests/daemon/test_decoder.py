@@ -75,3 +75,51 @@ def test_beam_never_scores_below_greedy_and_respects_max_length():
             # Ended hypotheses are kept from the top 2*width, so even width 1 may end a
             # caption where greedy runs on; it is never less likely than greedy.
             assert beam.score >= greedy.score - 1e-4 and len(beam.tokens) <= 6
+
+
+def seed_beam_search_predictions(predict, start: int, end: int, max_length: int, beam_index: int = 3) -> list[int]:
+    """The seed project's ``beam_search_predictions``, as written, with ``predict(prefix)`` for
+    its Keras ``model.predict`` on the padded prefix: keep the ``beam_index`` sequences of the
+    largest summed raw probability, run until the prefix is full, cut at ``endseq``."""
+    start_word = [[[start], 0.0]]
+    while len(start_word[0][0]) < max_length:
+        temp = []
+        for s in start_word:
+            preds = predict(s[0])
+            word_preds = np.argsort(preds)[-beam_index:]
+            for w in word_preds:
+                next_cap, prob = s[0][:], s[1]
+                next_cap.append(int(w))
+                prob += preds[w]
+                temp.append([next_cap, prob])
+        start_word = sorted(temp, reverse=False, key=lambda entry: entry[1])[-beam_index:]
+    final = []
+    for token in start_word[-1][0]:
+        if token == end:
+            break
+        final.append(token)
+    return final[1:]
+
+
+def test_seed_style_beam_reproduces_the_seed_beam_search():
+    rng = np.random.default_rng(5)
+    vocab, features, units, max_words = 30, 12, 16, 9
+    weights = {"feat_kernel": rng.normal(0, 0.5, (features, units)), "feat_bias": rng.normal(0, 0.1, units),
+               "embedding": rng.normal(0, 1, (vocab, 8)), "lstm_kernel": rng.normal(0, 0.5, (8, 4 * units)),
+               "lstm_recurrent": rng.normal(0, 0.5, (units, 4 * units)), "lstm_bias": np.zeros(4 * units),
+               "merge_kernel": rng.normal(0, 0.5, (units, units)), "merge_bias": np.zeros(units),
+               "logits_kernel": rng.normal(0, 1.5, (units, vocab)), "logits_bias": np.zeros(vocab)}
+    weights["logits_bias"][[0, 1]] = -50  # padding and the start token: never predicted, as by a trained model
+    weights["logits_bias"][2] = 1.5  # the end token, likely enough that captions end inside max length
+    decoder = StepDecoder(weights, start=1, end=2)
+    differs = 0
+    for _ in range(8):
+        feats = rng.normal(0, 1, features).astype(np.float32)
+
+        def predict(prefix):  # the full model re-run on the whole prefix, as Keras' predict does
+            return np.exp(log_softmax(decoder.teacher_forced_logits(feats, prefix)[-1]))
+
+        expected = seed_beam_search_predictions(predict, 1, 2, max_words + 1)
+        assert decoder.beam_seed(feats, max_words, 3).tokens == expected
+        differs += decoder.beam(feats, max_words, 3).tokens != expected
+    assert differs  # our default search is a different algorithm, and it shows on these inputs

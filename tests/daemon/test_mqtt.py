@@ -73,12 +73,13 @@ def test_broker_restart_republishes_retained_state(mosquitto, publishers, collec
 
 def test_retained_values_published_while_away_are_coalesced(mosquitto, publishers, collect):
     mosquitto.stop()
-    publisher = publishers(mosquitto.port)
+    publisher = publishers(mosquitto.port, start=False)  # away: no broker to reach
     for i in range(20):
         assert publisher.publish("t/cam/caption", f'{{"frame_id": {i}}}', retain=True)
     publisher.publish("t/stats", "{}")
-    watcher = collect(mosquitto.port, "t/#", wait=False)
     mosquitto.start()
+    watcher = collect(mosquitto.port, "t/#")  # listening before the publisher gets through
+    publisher.start()
     assert publisher.wait_connected(5)
     watcher.wait_for("t/stats")
     time.sleep(0.3)

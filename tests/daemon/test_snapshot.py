@@ -62,8 +62,18 @@ def test_writer_writes_decodable_image_json_and_html(tmp_path):
     record = json.loads((tmp_path / "snap" / "latest.json").read_text())
     assert record["frame_id"] == 7 and record["image"] == "latest.jpg"
     page = (tmp_path / "snap" / "index.html").read_text()
-    assert 'http-equiv="refresh"' in page and "latest.jpg" in page
-    assert "a red &lt;square&gt;" in page and "<square>" not in page and "ground truth: a red square" in page
+    # a static page that fetches the JSON files itself (tests/daemon/test_snapshot_page.py runs it in Chromium)
+    assert 'http-equiv="refresh"' not in page and "latest.jpg" in page and "explanation.json" in page
+    assert "<title>explaincam: front</title>" in page and "a red" not in page
+
+
+def test_the_page_is_written_once_and_escapes_the_camera_name(tmp_path):
+    writer = SnapshotWriter(tmp_path, "<cam>", min_interval_s=0)
+    writer.write(b"jpeg", {"frame_id": 1, "caption": "x"})
+    assert "<h1>&lt;cam&gt;</h1>" in (tmp_path / "index.html").read_text()
+    (tmp_path / "index.html").write_text("edited")
+    writer.write(b"jpeg", {"frame_id": 2, "caption": "y"})
+    assert (tmp_path / "index.html").read_text() == "edited"  # not rewritten for every caption
 
 
 def test_writer_respects_the_minimum_interval(tmp_path):

@@ -54,7 +54,7 @@ def test_stopping_one_camera_leaves_the_other_online_and_captioning(mosquitto, c
     # Discovery: ten entities, ids unique, each camera's pointing at its own availability.
     wait_until(lambda: len(watcher.on_prefix("homeassistant/")) >= 10, 10, message="ten discovery messages")
     configs = list({m.topic: m.json() for m in watcher.on_prefix("homeassistant/")}.values())
-    assert len(configs) == len({c["unique_id"] for c in configs}) == 10
+    assert len(configs) == len({c["unique_id"] for c in configs}) == 12  # six entities per camera
     assert {c["availability_topic"] for c in configs} == {CAM.availability, CAM2.availability}
 
     stopped_at = time.monotonic()

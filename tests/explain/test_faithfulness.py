@@ -1,10 +1,9 @@
-"""Faithfulness metrics (pure numpy) and the BLEU-4 of the caption metrics."""
+"""Faithfulness metrics (pure numpy)."""
 
 import numpy as np
 import pytest
 
 from convert import faithfulness as ff
-from convert.evaluate import corpus_bleu
 
 
 def test_pointing_hit():
@@ -66,16 +65,3 @@ def test_spearman_matches_scipy_with_ties():
     assert ff.rankdata([3, 1, 3, 2]).tolist() == [3.5, 1.0, 3.5, 2.0]
     assert ff.spearman(a, -a) == pytest.approx(-1)
     assert ff.spearman(np.ones(10), a[:10]) == 0.0
-
-
-def test_corpus_bleu():
-    ref = [["a", "red", "circle", "left", "of", "a", "blue", "square"]]
-    assert corpus_bleu(ref, ref) == pytest.approx(1.0)
-    assert corpus_bleu(ref, [["a", "red"]]) == 0.0  # no 4-gram at all
-    hyp = [["a", "red", "circle", "left", "of", "a", "green", "square"]]
-    # precisions 7/8, 5/7, 4/6, 3/5, no brevity penalty
-    expected = np.exp(np.mean(np.log([7 / 8, 5 / 7, 4 / 6, 3 / 5])))
-    assert corpus_bleu(ref, hyp) == pytest.approx(expected)
-    short = [["a", "red", "circle", "left", "of", "a"]]
-    expected_short = np.exp(1 - 8 / 6) * np.exp(np.mean(np.log([6 / 6, 5 / 5, 4 / 4, 3 / 3])))
-    assert corpus_bleu(ref, short) == pytest.approx(expected_short)

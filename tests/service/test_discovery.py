@@ -23,8 +23,9 @@ REQUIRED = {  # per component, beside COMMON (Home Assistant: sensor.mqtt, image
     "sensor": {"state_topic", "value_template", "json_attributes_topic"},
     "image": {"image_topic", "content_type"},
     "button": {"command_topic", "payload_press"},
+    "binary_sensor": {"state_topic", "value_template"},
 }
-TOPIC = re.compile(r"^homeassistant/(sensor|image|button)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
+TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor|image|button)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
 
 
 def messages(camera: str = CAMERA, **kwargs) -> list[tuple[str, dict]]:
@@ -60,8 +61,8 @@ def test_device_and_origin_blocks():
 def test_unique_ids_are_unique_across_entities_and_cameras():
     ids = [payload["unique_id"] for camera in ("cam", "cam2") for _, payload in messages(camera)]
     topics = [topic for camera in ("cam", "cam2") for topic, _ in messages(camera)]
-    assert len(ids) == len(set(ids)) == 10
-    assert len(topics) == len(set(topics)) == 10
+    assert len(ids) == len(set(ids)) == 12
+    assert len(topics) == len(set(topics)) == 12
 
 
 def test_two_cameras_share_no_topic_that_home_assistant_reads():
@@ -98,6 +99,16 @@ def test_icons_categories_and_configuration_url():
     url = "http://box.local/explaincam/cam/"
     for _, payload in messages(configuration_url=url):
         assert payload["device"]["configuration_url"] == url
+
+
+def test_unfamiliar_scene_sensor_follows_the_captions_flag():
+    jinja2 = pytest.importorskip("jinja2")  # Home Assistant's template engine
+    sensor = by_key()["unfamiliar"]
+    assert sensor["state_topic"] == f"{PREFIX}/{CAMERA}/caption" and sensor["device_class"] == "problem"
+    template = jinja2.Environment().from_string(sensor["value_template"])
+    assert template.render(value_json={"caption": "x", "out_of_distribution": True}) == "ON"
+    assert template.render(value_json={"caption": "x", "out_of_distribution": False}) == "OFF"
+    assert template.render(value_json={"caption": "x"}) == "OFF"  # a bundle without feature statistics
 
 
 def test_discovery_prefix_is_configurable():
