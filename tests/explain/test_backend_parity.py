@@ -25,8 +25,7 @@ OPTIONS = ExplainOptions(smoothgrad_samples=4, ig_steps=16)
 def explainers():
     """(TensorFlow, LiteRT) explainers of the shipped bundle."""
     bundle = load_bundle(SHIPPED_BUNDLE)
-    if explainer_graph(bundle) is None or not (SHIPPED_BUNDLE / "explainer_float.tflite").is_file():
-        pytest.skip("the shipped bundle has no explainer_float.tflite yet (explaincam export-explainer)")
+    assert explainer_graph(bundle) is not None, "the shipped bundle must carry explainer_float.tflite"
     from daemon.explain.explainer import Explainer
 
     return (Explainer(bundle, OPTIONS, backend="tensorflow", threads=1),
