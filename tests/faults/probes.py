@@ -43,18 +43,25 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def fd_count(pid: int) -> int:
-    """Open file descriptors of a process (entries of /proc/PID/fd)."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def fd_targets(pid: int) -> list[str]:
+    """What each open file descriptor of a process points at (sockets, pipes, files), sorted."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed between the listing and the read
+            continue
+    return sorted(targets)
 
 
-def steady(probe, pid: int, samples: int = 5, interval: float = 0.05) -> int:
-    """The smallest of a few readings: a descriptor or thread open for an instant is not counted."""
+def steady(probe, pid: int, samples: int = 20, interval: float = 0.05):
+    """The smallest of readings spread over about a second (lists compare by length): a thread or
+    descriptor open for a moment, such as a frame file the source is decoding, is not counted."""
     readings = []
     for _ in range(samples):
         readings.append(probe(pid))
         time.sleep(interval)
-    return min(readings)
+    return min(readings, key=lambda reading: reading if isinstance(reading, int) else len(reading))
 
 
 def live_captions(collector, since: float = 0.0) -> list:

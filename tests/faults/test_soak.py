@@ -17,7 +17,7 @@ import cv2
 
 from convert.scenes import scene_at
 from tests.conftest import CAMERA, START_TIMEOUT, STATS, daemon_config, wait_until
-from tests.faults.probes import fd_count, figures, rss_mb, steady, thread_count
+from tests.faults.probes import fd_targets, figures, rss_mb, steady, thread_count
 
 FRAMES = 20_000
 WARM_UP = 2_000  # frames before the baseline readings: caches and allocator pools fill first
@@ -47,7 +47,7 @@ def test_soak_20000_frames_without_leaks(tmp_path, mosquitto, collect, daemon_pr
 
     wait_until(lambda: captions() >= WARM_UP, START_TIMEOUT + 60, interval=0.2, message=f"{WARM_UP} frames")
     warm = {"frames": captions(), "rss_mb": rss_mb(pid), "threads": steady(thread_count, pid),
-            "fds": steady(fd_count, pid), "at": time.monotonic()}
+            "fds": steady(fd_targets, pid), "at": time.monotonic()}
     rss_readings = [warm["rss_mb"]]
 
     def done() -> bool:
@@ -56,7 +56,7 @@ def test_soak_20000_frames_without_leaks(tmp_path, mosquitto, collect, daemon_pr
         return captions() >= FRAMES
     wait_until(done, SOAK_TIMEOUT, interval=1.0, message=f"{FRAMES} frames")
     end = {"frames": captions(), "rss_mb": rss_mb(pid), "threads": steady(thread_count, pid),
-           "fds": steady(fd_count, pid), "at": time.monotonic()}
+           "fds": steady(fd_targets, pid), "at": time.monotonic()}
     stats = watcher.on(STATS)[-1].json()
     rate = (end["frames"] - warm["frames"]) / (end["at"] - warm["at"])
     growth = end["rss_mb"] - warm["rss_mb"]
@@ -64,10 +64,10 @@ def test_soak_20000_frames_without_leaks(tmp_path, mosquitto, collect, daemon_pr
             skipped=stats["skipped_unchanged"], rss_mb_warm=round(warm["rss_mb"], 1),
             rss_mb_end=round(end["rss_mb"], 1), rss_mb_peak=round(max(rss_readings), 1),
             rss_growth_mb=round(growth, 1), threads_warm=warm["threads"], threads_end=end["threads"],
-            fds_warm=warm["fds"], fds_end=end["fds"], mqtt_dropped=stats["mqtt"]["dropped"])
+            fds_warm=len(warm["fds"]), fds_end=len(end["fds"]), mqtt_dropped=stats["mqtt"]["dropped"])
     assert stats["errors"] == 0 and stats["skipped_unchanged"] == 0
     assert growth < RSS_GROWTH_LIMIT_MB, f"RSS grew {growth:.1f} MB over {end['frames'] - warm['frames']} frames"
     assert end["threads"] <= warm["threads"], f"threads: {warm['threads']} -> {end['threads']}"
-    assert end["fds"] <= warm["fds"], f"file descriptors: {warm['fds']} -> {end['fds']}"
+    assert len(end["fds"]) <= len(warm["fds"]), f"file descriptors: {warm['fds']} -> {end['fds']}"
     assert daemon.stop() < 5 and daemon.process.returncode == 0
     assert "Traceback" not in daemon.log()
