@@ -1,10 +1,12 @@
-"""``explaincam run``: the capture daemon, wired together.
+"""``explaincam run``: the capture daemon, assembled by :func:`build_daemon` and run.
 
-config → model bundle → frame cache → MQTT → (explainer, when installed) → camera grab
-thread → caption loop on the main thread. SIGTERM/SIGINT end it within about 2 s: the
-loop stops, systemd hears STOPPING=1, the camera is released, pending explain requests are
-answered ``shutting_down``, the explainer is terminated and ``offline`` is published. A
-second SIGTERM/SIGINT kills the explainer and exits at once; SIGHUP is logged and ignored.
+config → model bundle → frame cache → MQTT → explainer → camera grab thread → caption loop
+on the main thread. ``run``, ``run --demo`` (daemon/demo.py sets up its surroundings, then
+``run`` goes on as usual) and ``explaincam bench`` all assemble the daemon with
+:func:`build_daemon`. SIGTERM/SIGINT end it within about 2 s: the loop stops, systemd hears
+STOPPING=1, the camera is released, pending explain requests are answered
+``shutting_down``, the explainer is terminated and ``offline`` is published. A second
+SIGTERM/SIGINT kills the explainer and exits at once; SIGHUP is logged and ignored.
 
 This process never imports TensorFlow (the explainer runs it in a process of its own);
 the stats message's ``tensorflow_loaded`` shows it.
@@ -13,16 +15,13 @@ the stats message's ``tensorflow_loaded`` shows it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import importlib.metadata
-import importlib.util
 import json
 import logging
-import os
-import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -31,10 +30,15 @@ from daemon.bundle import BundleError
 from daemon.capture import CaptionLoop
 from daemon.captioner import Captioner
 from daemon.config import AppConfig, ConfigError, load_config
+from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
+from daemon.explain.backends import BackendError, choose_backend
+from daemon.explain.service import ExplainService
+from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
+from daemon.process import install_signal_handlers, setup_logging
 from daemon.snapshot import SnapshotWriter
 from daemon.sources import FrameGrabber, make_source
 
@@ -54,61 +58,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "answers, snapshots in ./build/snapshot, captions printed as they arrive over MQTT"))
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr; without timestamps under systemd (the journal adds its own)."""
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=fmt, force=True)
-
-
 def main(args: argparse.Namespace) -> int:
-    """Run the daemon (or the demo) until SIGTERM/SIGINT; the exit code says why it ended."""
-    if args.demo:
-        from daemon.demo import run_demo
-
-        return run_demo(args)
+    """Run the daemon (with ``--demo``, inside the demo's surroundings) until SIGTERM/SIGINT;
+    the exit code says why it ended."""
     try:
-        cfg = load_config(args.config)
+        cfg = demo_config(args.config) if args.demo else load_config(args.config)
     except ConfigError as exc:
         print(f"error: invalid configuration\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging(args.log_level or cfg.log_level)
-    return run_daemon(cfg)
-
-
-def install_signal_handlers(stop: threading.Event, on_second_stop: list[Callable[[], None]]) -> None:
-    """SIGTERM and SIGINT set ``stop``; a second one runs ``on_second_stop`` (kill the explainer)
-    and ends the process at once. SIGHUP (a closed terminal, ``systemctl kill -s HUP``) is
-    logged and ignored: nothing is re-read at run time (restart to apply a changed config or
-    password file), and dying of it would leave systemd's ``Restart=on-failure`` idle."""
-    def handle_stop(signum, frame):
-        name = signal.Signals(signum).name
-        if not stop.is_set():
-            log.info("%s: stopping", name)
-            stop.set()
-            return
-        log.warning("%s again while stopping: exiting at once", name)
-        for action in on_second_stop:
-            action()
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-    def handle_hangup(signum, frame):
-        log.warning("SIGHUP ignored: explaincam re-reads nothing while running; "
-                    "restart it to apply a changed config or password file")
-
-    signal.signal(signal.SIGTERM, handle_stop)
-    signal.signal(signal.SIGINT, handle_stop)
-    signal.signal(signal.SIGHUP, handle_hangup)
-
-
-def _explain_service_available() -> bool:
-    """Whether the explainer package (daemon.explain.service) is installed."""
+    setup_logging(args.log_level or ("warning" if args.demo else cfg.log_level))
+    if not args.demo:
+        return run_daemon(cfg)
     try:
-        return importlib.util.find_spec("daemon.explain.service") is not None
-    except ModuleNotFoundError:  # no daemon.explain package at all
-        return False
+        with demo_surroundings(cfg) as demo_cfg:
+            return run_daemon(demo_cfg)
+    except DemoError as exc:
+        print(exc, flush=True)
+        return 1
 
 
 def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera: str, model_name: str) -> None:
@@ -169,13 +135,67 @@ def _version() -> str:
         return "0+unknown"
 
 
-def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
-    """Run the daemon with a validated config until ``stop`` is set (or a signal sets it)."""
-    stop = stop or threading.Event()
-    on_second_stop: list[Callable[[], None]] = []
-    if threading.current_thread() is threading.main_thread():
-        install_signal_handlers(stop, on_second_stop)
-    notifier = SystemdNotifier.from_environment()
+class DaemonSetupError(Exception):
+    """The daemon cannot be assembled (model bundle or MQTT settings): restarting will not help."""
+
+
+@dataclass
+class Daemon:
+    """The parts of one camera's daemon, assembled by :func:`build_daemon`; :meth:`run` runs them."""
+
+    cfg: AppConfig
+    topics: contract.CameraTopics
+    captioner: Captioner
+    cache: FrameCache
+    publisher: MqttPublisher
+    grabber: FrameGrabber
+    loop: CaptionLoop
+    notifier: SystemdNotifier
+    explain_service: ExplainService | None = None
+    snapshot: SnapshotWriter | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, start the camera, tell systemd READY=1 and caption until ``stop`` is set; then :meth:`close`."""
+        try:
+            self.grabber.start()
+            self.publisher.start()
+            deadline = time.monotonic() + SOURCE_START_TIMEOUT_S
+            while not (stop.is_set() or self.grabber.wait_started(0.25) or time.monotonic() > deadline):
+                pass
+            self.notifier.ready(self.loop.status_line())
+            log.info("captioning %s as camera %r; topics under %s", self.grabber.source.describe(),
+                     self.cfg.camera.name, self.topics.base)
+            self.loop.run(stop)
+        finally:
+            self.close()
+
+    def kill_explainer(self) -> None:
+        """End the explainer process at once (a second SIGTERM/SIGINT while stopping)."""
+        if self.explain_service is not None:
+            self.explain_service.kill_worker()
+
+    def close(self) -> None:
+        """Stop everything: the camera, the explainer (pending requests are answered ``shutting_down``), MQTT."""
+        self.notifier.stopping()
+        self.notifier.status("stopping")
+        self.grabber.stop(timeout=0.5)
+        if self.explain_service is not None:
+            try:  # the `shutting_down` answers are sent by publisher.stop's flush
+                self.explain_service.stop(timeout=0.5)
+            except Exception:
+                log.exception("stopping the explainer failed")
+        self.publisher.stop(timeout=0.5)
+        self.notifier.close()
+        log.info("stopped after %d captions", self.loop.stats.captions)
+
+
+def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
+                 publisher: MqttPublisher | None = None) -> Daemon:
+    """Assemble the daemon for ``cfg``: the model, MQTT (``publisher`` stands in for the broker
+    connection where there is none, as in the bench), the explainer, Home Assistant discovery,
+    the snapshot folder, the camera and the caption loop. Nothing runs until :meth:`Daemon.run`.
+    DaemonSetupError if the model bundle or the MQTT settings are unusable."""
+    notifier = notifier or SystemdNotifier(None)
     camera = cfg.camera.name
     topics = contract.CameraTopics.for_camera(cfg.mqtt.topic_prefix, camera)
 
@@ -184,52 +204,21 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     try:
         captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style)
     except (BundleError, EncoderError) as exc:
-        log.error("cannot load the model: %s", exc)
-        notifier.status(f"cannot load the model: {exc}")
-        return EXIT_CONFIG
+        raise DaemonSetupError(f"cannot load the model: {exc}") from exc
     log.info("model %s from %s (input %d px, %d encoder threads, beam %d)", captioner.bundle.name,
              bundle_path, captioner.input_size, cfg.model.threads, cfg.model.beam_width)
 
     cache = FrameCache(cfg.caption.cache_size)
-    try:
-        publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera, str(cfg.snapshot.dir.resolve())),
-                                   topics.availability)
-    except MqttSetupError as exc:
-        log.error("%s", exc)
-        notifier.status(str(exc))
-        return EXIT_CONFIG
-
-    # --- Explainer seam. daemon/explain/ is built separately; when it is installed, its
-    # ExplainService answers {prefix}/{camera}/explain/request from the frame cache. It must
-    # not import TensorFlow here (it starts its own process) and handle_request() must
-    # return at once (it runs on the MQTT network thread).
-    explain_service = None
-    if _explain_service_available():
+    if publisher is None:
         try:
-            service_module = importlib.import_module("daemon.explain.service")
-            remote = None
-            if cfg.explain.mode != "local":  # a fleet's workers explain (daemon/fleet/)
-                from daemon.fleet.dispatcher import RemoteDispatcher
-
-                remote = RemoteDispatcher(cfg.explain, topics, bundle_path, publisher.publish, publisher.subscribe)
-            explain_service = service_module.ExplainService(
-                config=cfg.explain, bundle_path=bundle_path,
-                snapshot_dir=cfg.snapshot.dir if cfg.snapshot.enabled else None,
-                publish=publisher.publish,
-                topics=topics,
-                frame_cache=cache, model_name=captioner.bundle.name, remote=remote)
-            on_second_stop.append(explain_service.kill_worker)
-        except Exception:
-            log.exception("the explainer could not be set up; captioning goes on without it")
-        else:
-            def on_explain_request(payload: bytes, properties) -> None:
-                explain_service.handle_request(payload, response_topic=getattr(properties, "ResponseTopic", None),
-                                               correlation_data=getattr(properties, "CorrelationData", None))
-            publisher.subscribe(topics.explain_request, on_explain_request, retained=False)
-    # --- end of the explainer seam.
-
+            publisher = MqttPublisher(cfg.mqtt, cfg.mqtt.resolved_client_id(camera, str(cfg.snapshot.dir.resolve())),
+                                      topics.availability)
+        except MqttSetupError as exc:
+            raise DaemonSetupError(str(exc)) from exc
+    snapshot_dir = cfg.snapshot.dir if cfg.snapshot.enabled else None
+    explain_service = start_explain_service(cfg, topics, captioner, cache, publisher, snapshot_dir)
     announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
-    publish_last_explanation(publisher, topics, cfg.snapshot.dir if cfg.snapshot.enabled else None)
+    publish_last_explanation(publisher, topics, snapshot_dir)
 
     snapshot = None
     if cfg.snapshot.enabled:
@@ -242,26 +231,53 @@ def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
     source_cfg = cfg.camera.source
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
     loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
+    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot)
+
+
+def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, captioner: Captioner, cache: FrameCache,
+                          publisher: MqttPublisher, snapshot_dir: Path | None) -> ExplainService | None:
+    """The explainer (a process of its own, started on the first request, or a fleet's workers with
+    ``explain.mode`` remote/auto), subscribed to this camera's explain requests; None, with the
+    reason logged, if it cannot be set up: captioning goes on without it. What can be missing
+    on a box (TensorFlow, or the bundle's explainer graph, for the configured backend) is said
+    at start; requests are then answered with that error."""
+    if cfg.explain.mode != "remote":
+        try:
+            choose_backend(captioner.bundle, cfg.explain.backend, cfg.explain.gradcam_layer)
+        except BackendError as exc:
+            log.warning("explanations on this box will fail: %s", exc)
     try:
-        grabber.start()
-        publisher.start()
-        deadline = time.monotonic() + SOURCE_START_TIMEOUT_S
-        while not (stop.is_set() or grabber.wait_started(0.25) or time.monotonic() > deadline):
-            pass
-        notifier.ready(loop.status_line())
-        log.info("captioning %s as camera %r; topics under %s/%s", grabber.source.describe(), camera,
-                 cfg.mqtt.topic_prefix, camera)
-        loop.run(stop)
-    finally:
-        notifier.stopping()
-        notifier.status("stopping")
-        grabber.stop(timeout=0.5)
-        if explain_service is not None:
-            try:  # pending requests are answered `shutting_down` (sent by publisher.stop's flush)
-                explain_service.stop(timeout=0.5)
-            except Exception:
-                log.exception("stopping the explainer failed")
-        publisher.stop(timeout=0.5)
-        notifier.close()
-        log.info("stopped after %d captions", loop.stats.captions)
+        remote = None
+        if cfg.explain.mode != "local":
+            remote = RemoteDispatcher(cfg.explain, topics, captioner.bundle.path, publisher.publish,
+                                      publisher.subscribe)
+        service = ExplainService(config=cfg.explain, bundle_path=captioner.bundle.path, snapshot_dir=snapshot_dir,
+                                 publish=publisher.publish, topics=topics, frame_cache=cache,
+                                 model_name=captioner.bundle.name, remote=remote)
+    except Exception:
+        log.exception("the explainer could not be set up; captioning goes on without it")
+        return None
+
+    def on_explain_request(payload: bytes, properties) -> None:  # on the MQTT network thread: returns at once
+        service.handle_request(payload, response_topic=getattr(properties, "ResponseTopic", None),
+                               correlation_data=getattr(properties, "CorrelationData", None))
+    publisher.subscribe(topics.explain_request, on_explain_request, retained=False)
+    return service
+
+
+def run_daemon(cfg: AppConfig, stop: threading.Event | None = None) -> int:
+    """Assemble and run the daemon with a validated config until ``stop`` is set (or a signal sets it)."""
+    stop = stop or threading.Event()
+    on_second_stop: list[Callable[[], None]] = []
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers(stop, on_second_stop)
+    notifier = SystemdNotifier.from_environment()
+    try:
+        daemon = build_daemon(cfg, notifier)
+    except DaemonSetupError as exc:
+        log.error("%s", exc)
+        notifier.status(str(exc))
+        return EXIT_CONFIG
+    on_second_stop.append(daemon.kill_explainer)
+    daemon.run(stop)
     return 0

@@ -18,7 +18,7 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.contract import CameraTopics, PrefixTopics
-from daemon.demo import LocalBroker, find_mosquitto, free_port
+from daemon.broker import LocalBroker, find_mosquitto, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = REPO / "models" / "scenes-mnv3s"

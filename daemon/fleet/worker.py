@@ -43,6 +43,7 @@ from daemon.explain.requests import ErrorResponse
 from daemon.fleet.dispatcher import bundle_identity
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
+from daemon.process import install_signal_handlers, setup_logging
 from daemon.stats import percentiles
 
 log = logging.getLogger("explaincam.worker")
@@ -60,8 +61,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the worker until SIGTERM/SIGINT; 2 for a config, bundle, backend or MQTT settings error."""
-    from daemon.app import install_signal_handlers, setup_logging
-
     try:
         cfg = load_config(args.config, WorkerConfig)
     except ConfigError as exc:

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from convert.bench import BACKENDS, format_table
+from bench.report import format_table
+from bench.run import BACKENDS
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain.backends import explainer_graph

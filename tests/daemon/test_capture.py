@@ -14,7 +14,7 @@ from daemon.capture import CaptionLoop, frame_change, thumbnail
 from daemon.contract import CameraTopics
 from daemon.captioner import Captioner
 from daemon.config import AppConfig
-from daemon.demo import free_port
+from daemon.broker import free_port
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier

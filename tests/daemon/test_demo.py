@@ -10,7 +10,8 @@ import sys
 
 import yaml
 
-from daemon.demo import CAPTION_HEADER, LocalBroker, broker_answers, free_port, mosquitto_install_command
+from daemon.broker import LocalBroker, broker_answers, free_port, mosquitto_install_command
+from daemon.demo import CAPTION_HEADER
 from tests.conftest import REPO, wait_until
 
 CAPTION_LINE = re.compile(r"^ +\d+ +\d+\.\d +\S.*$", re.M)  # frame id, total ms, caption

@@ -10,7 +10,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.config import MqttConfig
-from daemon.demo import LocalBroker, free_port
+from daemon.broker import LocalBroker, free_port
 from daemon.mqtt import MqttPublisher, MqttSetupError, read_password, topic_problem
 from tests.conftest import wait_until
 

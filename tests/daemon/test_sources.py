@@ -14,7 +14,7 @@ import pytest
 
 from convert.scenes import scene_at
 from daemon.config import ImagesSourceConfig, OpenCVSourceConfig, Picamera2SourceConfig, ScenesSourceConfig
-from daemon.demo import free_port
+from daemon.broker import free_port
 from daemon.sources import FrameGrabber, FrameSource, SourceError, make_source
 from tests.conftest import wait_until
 

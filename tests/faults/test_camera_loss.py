@@ -16,7 +16,7 @@ import cv2
 import pytest
 
 from convert.scenes import scene_at
-from daemon.demo import free_port
+from daemon.broker import free_port
 from tests.conftest import CAMERA, CAPTION, SOURCE, START_TIMEOUT, daemon_config
 from tests.faults.probes import figures, live_captions
 

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon.demo import LocalBroker, free_port
+from daemon.broker import LocalBroker, free_port
 from daemon.explain.heatmap import heatmap_from_base64
 from daemon import contract
 from daemon.contract import CameraTopics, JobMessage, PrefixTopics, ProgressMessage, ResultMessage, read_answer

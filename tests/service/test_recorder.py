@@ -18,7 +18,7 @@ from daemon.captioner import Captioner
 from daemon.capture import CaptionLoop
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics
-from daemon.demo import free_port
+from daemon.broker import free_port
 from daemon.discovery import discovery_messages
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.demo import LocalBroker, find_mosquitto, free_port
+from daemon.broker import LocalBroker, find_mosquitto, free_port
 from daemon.contract import ONLINE, CameraTopics, PrefixTopics
 from daemon.stats import percentiles
 

@@ -1,0 +1,75 @@
+"""The bench result as the plain-text table ``explaincam bench`` prints."""
+
+from __future__ import annotations
+
+
+def _ms(stats: dict | None) -> str:
+    """Median and p95 columns of a timing summary (n/a when missing)."""
+    return f"{stats['median']:9.2f} {stats['p95']:9.2f}" if stats else f"{'n/a':>9} {'n/a':>9}"
+
+
+def _x(value) -> str:
+    """A ratio as ``12.3x`` or n/a."""
+    return f"{value:.1f}x" if value is not None else "n/a"
+
+
+def format_table(r: dict) -> str:
+    """The bench result as a plain-text table."""
+    m = r["machine"]
+    threads = [k for k in r["encoder_ms"]["int8_litert"]]
+    clock = f" @ {m['mhz']} MHz" if m["mhz"] else ""
+    lines = [f"explaincam bench: bundle {r['bundle']['name']} ({r['bundle']['encoder']}) on {m['cores']} cores, "
+             f"{m['model']}{clock}; SIMD: {', '.join(m['simd']) or 'none seen'}",
+             "", f"{'encoder (ms)':<28}{'threads':>8} {'median':>9} {'p95':>9}"]
+    for kind, label in (("int8_litert", "int8 LiteRT"), ("float_tflite", "float TFLite"),
+                        ("keras_float", "Keras float (predict)"), ("keras_float_graph", "Keras float (tf.function)")):
+        for n in threads:
+            lines.append(f"{label:<28}{n:>8} {_ms(r['encoder_ms'][kind].get(n))}")
+    for n in threads:
+        lines.append(f"int8 vs Keras predict / tf.function / float TFLite at {n} thread(s): "
+                     f"{_x(r['encoder_int8_vs_keras'][n])} / {_x(r['encoder_int8_vs_keras_graph'][n])} / "
+                     f"{_x(r['encoder_int8_vs_float_tflite'][n])}")
+    lines += ["", f"{'decoder (ms per caption)':<37} {'median':>9} {'p95':>9}"]
+    for kind, label in (("numpy_greedy", "numpy step decoder, greedy"), ("numpy_beam3", "numpy step decoder, beam 3"),
+                        ("seed_beam3", "seed-style predict per step, beam 3")):
+        lines.append(f"{label:<37} {_ms(r['decode_ms'][kind])}")
+    lines.append(f"decoder_vs_seed {_x(r['decoder_vs_seed'])}; seed-style and numpy beams agree on "
+                 f"{r['seed_agreement'] if r['seed_agreement'] is not None else 'n/a'} of frames")
+    lines += ["", f"{'pipeline (ms per frame)':<37} {'median':>9} {'p95':>9}",
+              f"{'int8 + numpy greedy (' + str(r['caption_ms']['threads']) + ' threads)':<37} {_ms(r['caption_ms'])}",
+              f"{'seed-style (Keras predict + beam 3)':<37} {_ms(r['seed_pipeline_ms'])}",
+              f"pipeline_vs_seed {_x(r['pipeline_vs_seed'])}", ""]
+    lines.append(f"capture loop, 1 thread: {r['captions_per_s']} captions/s idle; RSS capture: "
+                 + (f"{r['rss_mb']['capture']['rss']} MB (peak {r['rss_mb']['capture']['hwm']} MB)"
+                    if r["rss_mb"]["capture"] else "n/a"))
+    lines += ["", f"explainer backends, all {r['explain_words']} words of one frame "
+                  f"(cold/warm answer: gradcam + saliency, request sent -> answer received)",
+              f"  {'':<30}" + "".join(f"{name:>14}" for name in r["backends"])]
+
+    def row(label: str, value) -> str:
+        return f"  {label:<30}" + "".join(f"{'n/a' if b is None or value(b) is None else value(b):>14}"
+                                          for b in r["backends"].values())
+
+    lines += [row("explainer peak RSS (MB)", lambda b: b["explainer_rss_mb"] and b["explainer_rss_mb"]["hwm"]),
+              row("cold answer (s)", lambda b: b["cold_answer_s"]),
+              row("warm answer (s)", lambda b: b["warm_answer_s"]),
+              row("captions/s while explaining", lambda b: b["captions_per_s_explaining"]),
+              row("explain_slowdown", lambda b: b["explain_slowdown"])]
+    methods = next((list(b["explain_ms"]) for b in r["backends"].values() if b and b["explain_ms"]), [])
+    for name in methods:
+        lines.append(row(f"{name} (ms, warm / first)", lambda b: b["explain_ms"] and
+                         f"{b['explain_ms'][name]:.0f}/{b['explain_ms_first_call'][name]:.0f}"))
+    if r["macs"]:
+        gops = ", ".join(f"{v} GOPS at {n} thread(s)" for n, v in r["encoder_gops"].items())
+        lines += ["", f"encoder: {r['macs'] / 1e6:.1f} M MACs (TFLite graph: "
+                      f"{r['macs_tflite'] / 1e6 if r['macs_tflite'] else float('nan'):.1f} M, "
+                      f"{r['int8_delegate_partitions']} XNNPACK partition(s)); int8 achieves {gops}"]
+    if r["int8_peak_gops"]:
+        lines.append(f"practical int8 peak ({r['int8_peak_model']}): "
+                     + ", ".join(f"{v} GOPS at {n} thread(s)" for n, v in r["int8_peak_gops"].items())
+                     + "; encoder / peak: " + ", ".join(f"{v} at {n}" for n, v in
+                                                        (r["encoder_vs_int8_peak"] or {}).items()))
+    if r["null_reasons"]:
+        lines += ["", "not measured:"] + [f"  {k}: {why}" for k, why in r["null_reasons"].items()]
+    lines.append(f"\n({r['elapsed_s']} s)")
+    return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""``run_bench``: every part of ``explaincam bench`` in order, side by side in one run, as one JSON-able dict."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench.child import EXPLAINER_START_TIMEOUT_S, run_child
+from bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt, bench_frames, cpu_info, int8_rate,
+                           speed_ratio, tflite_graph, timed_loop)
+from daemon.bundle import Bundle
+from daemon.captioner import Captioner
+from daemon.encoder import TFLiteEncoder
+from daemon.explain.backends import BackendError, choose_backend
+
+BACKENDS = ("litert", "tensorflow")  # compared side by side
+
+
+class _Report:
+    """Why each null in the result is null."""
+
+    def __init__(self):
+        self.null_reasons: dict[str, str] = {}
+
+    def take(self, key: str, part: dict | None, reason: str | None = None):
+        """The value of an ``_attempt``-style part; on error record why ``key`` is null and return None."""
+        if part and "value" in part:
+            return part["value"]
+        self.null_reasons[key] = (part or {}).get("error") or reason or "not measured"
+        return None
+
+
+def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
+              log: Callable[[str], None] = lambda _msg: None) -> dict:
+    """Measure everything ``explaincam bench`` reports; a JSON-able dict."""
+    started = time.monotonic()
+
+    def note(message: str) -> None:
+        log(f"[{time.monotonic() - started:5.0f} s] {message}")
+
+    report = _Report()
+    thread_counts = sorted({1, threads})
+    frames = bench_frames(BENCH_FRAMES, bundle.input_size)
+    child_timeout = 120 + 20 * seconds + 60 * seed_frames
+    base = {"bundle": str(bundle.path.resolve()), "seconds": seconds, "frames": BENCH_FRAMES}
+
+    encoder_ms: dict[str, dict] = {"int8_litert": {}, "float_tflite": {}, "keras_float": {}, "keras_float_graph": {}}
+    keras: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="explaincam-bench-") as tmp:
+        float_path, peak_path = Path(tmp) / "encoder_float.tflite", Path(tmp) / "int8_peak.tflite"
+        captioner = Captioner(bundle, threads)
+        caption = captioner.caption(frames[0])
+        for n in thread_counts:
+            note(f"Keras float encoder at {n} thread(s){', float TFLite conversion, int8 peak model' if n == 1 else ''}"
+                 f"{', seed-style pipeline' if n == threads else ''} ...")
+            keras[n] = run_child("keras", {**base, "frames": max(BENCH_FRAMES, seed_frames), "threads": n,
+                                           "float_tflite": str(float_path) if n == 1 else None,
+                                           "int8_peak": str(peak_path) if n == 1 else None,
+                                           "macs": n == threads, "seed_frames": seed_frames if n == threads else 0},
+                                 child_timeout + (300 if n == 1 else 0))  # 1 thread also converts two models
+            for kind in ("keras_float", "keras_float_graph"):
+                encoder_ms[kind][str(n)] = report.take(f"encoder_ms.{kind}.{n}", keras[n].get(kind), keras[n].get("error"))
+        report.take("encoder_ms.float_tflite", keras[1].get("float_tflite"), keras[1].get("error"))
+        note("int8 and float TFLite encoders ...")
+        for n in thread_counts:
+            int8 = TFLiteEncoder(bundle.file("encoder_int8"), n)
+            encoder_ms["int8_litert"][str(n)] = timed_loop(lambda i: int8.encode(frames[i % len(frames)]), seconds)
+            if float_path.is_file():
+                flt = TFLiteEncoder(float_path, n)
+                encoder_ms["float_tflite"][str(n)] = timed_loop(lambda i: flt.encode(frames[i % len(frames)]), seconds)
+            else:
+                encoder_ms["float_tflite"][str(n)] = None
+        peak_macs = report.take("int8_peak_gops", keras[1].get("int8_peak_macs"), keras[1].get("error"))
+        peak_ms = {str(n): int8_rate(peak_path, n, seconds) for n in thread_counts} if peak_macs else {}
+        note("numpy step decoder and end-to-end captions ...")
+        int8 = TFLiteEncoder(bundle.file("encoder_int8"), 1)
+        features = [int8.encode(f) for f in frames]
+        decoder, max_length = captioner.decoder, bundle.max_length
+        decode_ms = {
+            "numpy_greedy": timed_loop(lambda i: decoder.greedy(features[i % len(features)], max_length), seconds),
+            "numpy_beam3": timed_loop(lambda i: decoder.beam(features[i % len(features)], max_length, BEAM_WIDTH),
+                                      seconds),
+        }
+        caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
+
+    note("explanation methods on each backend ...")
+    usable = []
+    explain: dict[str, dict | None] = {}
+    for backend in BACKENDS:
+        try:
+            choose_backend(bundle, backend)
+        except BackendError as exc:  # e.g. no explainer graph, or TensorFlow not installed: skipped, said why
+            report.null_reasons[f"backends.{backend}"] = str(exc)
+            note(f"backend {backend} skipped: {exc}")
+            continue
+        usable.append(backend)
+        times = run_child("explain", {**base, "backend": backend, "threads": threads, "explain_tokens": caption.tokens},
+                          EXPLAINER_START_TIMEOUT_S + 60 * seconds + 300)
+        explain[backend] = None if "error" in times else times
+        if "error" in times:
+            report.null_reasons[f"backends.{backend}.explain_ms"] = times["error"]
+
+    seed = report.take("decode_ms.seed_beam3", keras[threads].get("seed"), keras[threads].get("error"))
+    decode_ms["seed_beam3"] = seed["decode"] if seed else None
+    macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
+    int8_graph = report.take("macs_tflite", attempt(lambda: tflite_graph(bundle.file("encoder_int8"))))
+
+    note(f"capture loop idle and with the explainer busy ({', '.join(usable) or 'no backend'}) ...")
+    capture = run_child("capture", {**base, "frames": BENCH_FRAMES, "backends": usable},
+                        60 + 6 * seconds + 2 * len(usable) * (EXPLAINER_START_TIMEOUT_S + 4 * seconds))
+    if "error" in capture:
+        for key in ("captions_per_s", "rss_mb.capture"):
+            report.null_reasons[key] = capture["error"]
+    idle = capture.get("idle_per_s")
+    backends: dict[str, dict | None] = {name: None for name in BACKENDS}
+    for name in usable:
+        served = (capture.get("backends") or {}).get(name) or {"error": capture.get("error", "not measured")}
+        if "error" in served:
+            report.null_reasons[f"backends.{name}.service"] = served["error"]
+        elif served.get("explainer_rss") is None:
+            report.null_reasons[f"backends.{name}.explainer_rss_mb"] = served.get("explainer_rss_error", "not readable")
+        busy = served.get("explaining_per_s")
+        times = explain.get(name)
+        backends[name] = {
+            "explainer_rss_mb": served.get("explainer_rss"),
+            "cold_answer_s": served.get("cold_answer_s"),
+            "warm_answer_s": served.get("warm_answer_s"),
+            "explain_ms": times["warm"] if times else None,
+            "explain_ms_first_call": times["first"] if times else None,
+            "captions_per_s_explaining": busy,
+            "explain_slowdown": round(busy / idle, 3) if idle and busy else None,
+            "explainer_cpu_share": served.get("explainer_cpu_share"),
+            "explanations_done": served.get("explanations_done"),
+        }
+
+    def ratio_by_threads(slow: str) -> dict:
+        return {str(n): speed_ratio(encoder_ms[slow].get(str(n)), encoder_ms["int8_litert"][str(n)])
+                for n in thread_counts}
+
+    int8_ms = {n: encoder_ms["int8_litert"][str(n)]["median"] for n in thread_counts}
+    result = {
+        "bundle": {"name": bundle.name, "path": str(bundle.path), "encoder": bundle.manifest.get("encoder")},
+        "machine": cpu_info(),
+        "settings": {"seconds": seconds, "threads": threads, "seed_frames": seed_frames, "frames": BENCH_FRAMES,
+                     "beam_width": BEAM_WIDTH},
+        "encoder_ms": encoder_ms,
+        "encoder_int8_vs_keras": ratio_by_threads("keras_float"),
+        "encoder_int8_vs_keras_graph": ratio_by_threads("keras_float_graph"),
+        "encoder_int8_vs_float_tflite": ratio_by_threads("float_tflite"),
+        "decode_ms": decode_ms,
+        "decoder_vs_seed": speed_ratio(decode_ms["seed_beam3"], decode_ms["numpy_beam3"]),
+        "seed_agreement": seed["agreement"] if seed else None,
+        "seed_prefix_length": seed["prefix_length"] if seed else None,
+        "caption_ms": caption_ms,
+        "seed_pipeline_ms": seed["pipeline"] if seed else None,
+        "pipeline_vs_seed": speed_ratio(seed["pipeline"] if seed else None, caption_ms),
+        "captions_per_s": idle,
+        "captions_per_s_idle_windows": capture.get("idle_windows_per_s"),
+        "capture_loop": "daemon.capture.CaptionLoop.process with the default config (a JPEG with the caption "
+                        "drawn per frame) over pre-drawn scenes, 1 encoder thread, MQTT publisher not connected, "
+                        "no snapshot files",
+        "rss_mb": {"capture": capture.get("capture_rss")},
+        "backends": backends,
+        "explain_words": len(caption.tokens),
+        "macs": macs["total"] if macs else None,
+        "macs_by_kind": macs,
+        "macs_tflite": int8_graph["macs"]["total"] if int8_graph else None,
+        "int8_delegate_partitions": int8_graph["delegate_partitions"] if int8_graph else None,
+        "encoder_gops": ({str(n): round(2 * macs["total"] / (int8_ms[n] * 1e-3) / 1e9, 2) for n in thread_counts}
+                         if macs else None),
+        "int8_peak_gops": ({n: round(2 * peak_macs / (ms["median"] * 1e-3) / 1e9, 2) for n, ms in peak_ms.items()}
+                           if peak_macs else None),
+        "int8_peak_model": "one {0}x{1}x{2} -> {3} int8 convolution, {4}x{4} kernel, on LiteRT".format(*PEAK_CONV),
+        "null_reasons": report.null_reasons,
+        "elapsed_s": None,
+    }
+    if result["encoder_gops"] and result["int8_peak_gops"]:
+        result["encoder_vs_int8_peak"] = {n: round(result["encoder_gops"][n] / peak, 3)
+                                          for n, peak in result["int8_peak_gops"].items()}
+    else:
+        result["encoder_vs_int8_peak"] = None
+    if result["captions_per_s"] is None and "captions_per_s" not in report.null_reasons:
+        report.null_reasons["captions_per_s"] = "not measured"
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
