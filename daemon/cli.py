@@ -26,10 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "concepts": ("convert.concepts", "build a bundle's ACE concept bank"),
     "export-explainer": ("convert.explainer_export", "add the LiteRT gradient graph (explainer_float.tflite) to a bundle"),
     "feature-stats": ("convert.feature_stats", "store a bundle's statistics for the out-of-distribution warning"),
-    "bench": ("convert.bench", "measure speed and memory, side by side with the seed-style pipeline"),
+    "bench": ("convert.bench.cli", "measure speed and memory, side by side with the seed-style pipeline"),
     "install-service": ("daemon.service", "install (or --uninstall) the systemd service"),
     "worker": ("daemon.fleet.worker", "explain the jobs of a fleet's cameras (MQTT 5 shared subscription)"),
-    "fleet-bench": ("daemon.fleet.bench", "measure a fleet on a private broker: N camera daemons, 1..M workers"),
+    "fleet-bench": ("convert.bench.fleet", "measure a fleet on a private broker: N camera daemons, 1..M workers"),
 }
 
 

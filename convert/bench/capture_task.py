@@ -1,6 +1,6 @@
 """The bench's capture child (no TensorFlow): the daemon as ``explaincam run`` assembles it
 (:func:`daemon.app.build_daemon`), its caption loop fed pre-drawn scenes, idle and while each
-explainer backend is kept busy. Run by bench/child.py as ``python -m bench.capture_task``.
+explainer backend is kept busy. Run by convert/bench/child.py as ``python -m convert.bench.capture_task``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Callable
 
-from bench.child import EXPLAINER_START_TIMEOUT_S, serve_task
-from bench.measure import BENCH_SCENES_SEED, cpu_seconds, read_proc_status
+from convert.bench.child import EXPLAINER_START_TIMEOUT_S, serve_task
+from convert.bench.measure import BENCH_SCENES_SEED, cpu_seconds, read_proc_status
 from daemon.app import Daemon, build_daemon
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics
@@ -161,7 +161,9 @@ def capture_task(params: dict) -> dict:
     topics = set(idle_daemon.publisher.topics)
     for backend, cfg in configs.items():
         daemon = build_daemon(cfg, publisher=OfflinePublisher(cfg))
-        out["backends"][backend] = explaining(daemon, caption_for_with(daemon), params["seconds"])
+        captions = caption_for_with(daemon)
+        captions(min(1.0, params["seconds"]))  # warm-up, and frames in its cache to explain
+        out["backends"][backend] = explaining(daemon, captions, params["seconds"])
         topics |= daemon.publisher.topics
         idle.append(idle_captions(params["seconds"]))  # again without an explainer: drift shows and averages out
     idle_daemon.close()

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from bench.report import format_table
-from bench.run import run_bench
+from convert.bench.report import format_table
+from convert.bench.run import run_bench
 from daemon.bundle import BundleError, load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.encoder import EncoderError

@@ -1,11 +1,11 @@
 """The bench's explain child: each explanation method's time on one backend, first call and warm.
-Run by bench/child.py as ``python -m bench.explain_task`` (a fresh process per backend).
+Run by convert/bench/child.py as ``python -m convert.bench.explain_task`` (a fresh process per backend).
 """
 
 from __future__ import annotations
 
-from bench.child import serve_task
-from bench.measure import bench_frames, read_proc_status
+from convert.bench.child import serve_task
+from convert.bench.measure import bench_frames, read_proc_status
 from daemon.bundle import load_bundle
 from daemon.config import ExplainConfig
 from daemon.explain.explainer import Explainer

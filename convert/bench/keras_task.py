@@ -1,6 +1,6 @@
 """The bench's TensorFlow child (a fresh process per thread count: TensorFlow fixes its thread pools
 when it starts): Keras encoder timings, the float TFLite conversion, MACs, the seed-style
-pipeline and the practical int8 peak model. Run by bench/child.py as ``python -m bench.keras_task``.
+pipeline and the practical int8 peak model. Run by convert/bench/child.py as ``python -m convert.bench.keras_task``.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from bench.child import serve_task
-from bench.measure import PEAK_CONV, attempt, bench_frames, timed_loop
-from bench.seed import seed_pipeline
+from convert.bench.child import serve_task
+from convert.bench.measure import PEAK_CONV, attempt, bench_frames, timed_loop
+from convert.bench.seed import seed_pipeline
 from convert.model import load_captioner
 from convert.quantize import to_float_tflite, to_int8_tflite
 from daemon.bundle import load_bundle

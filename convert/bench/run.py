@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from bench.child import EXPLAINER_START_TIMEOUT_S, run_child
-from bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt, bench_frames, cpu_info, int8_rate,
+from convert.bench.child import EXPLAINER_START_TIMEOUT_S, run_child
+from convert.bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt, bench_frames, cpu_info, int8_rate,
                            speed_ratio, tflite_graph, timed_loop)
 from daemon.bundle import Bundle
 from daemon.captioner import Captioner

@@ -1,6 +1,6 @@
 """The seed-style baseline: the seed's step model format and its ``predict``-per-step beam search, timed.
 
-Runs in the bench's TensorFlow child only (bench/keras_task.py).
+Runs in the bench's TensorFlow child only (convert/bench/keras_task.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import keras
 import numpy as np
 
-from bench.measure import BEAM_WIDTH, summarize
+from convert.bench.measure import BEAM_WIDTH, summarize
 from daemon.bundle import Bundle
 from daemon.decoder import StepDecoder
 from daemon.vocab import Vocabulary

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from bench.report import format_table
-from bench.run import BACKENDS
+from convert.bench.report import format_table
+from convert.bench.run import BACKENDS
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain.backends import explainer_graph
