@@ -29,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.broker import LocalBroker, find_mosquitto, free_port
+from daemon.captioner import DEFAULT_BUNDLE
 from daemon.contract import ONLINE, CameraTopics, PrefixTopics
 from daemon.stats import percentiles
 
@@ -164,9 +165,7 @@ def main(args: argparse.Namespace) -> int:
     if find_mosquitto() is None:
         print("error: mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
         return 2
-    from daemon.config import PACKAGE_ROOT
-
-    bundle = str(Path(args.bundle or PACKAGE_ROOT / "models" / "scenes-mnv3s").resolve())
+    bundle = str(Path(args.bundle or DEFAULT_BUNDLE).resolve())
     counts = [int(m) for m in args.workers.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     work = Path(tempfile.mkdtemp(prefix="explaincam-fleet-bench-"))
