@@ -135,7 +135,7 @@ def cpu_info(path: str | Path = "/proc/cpuinfo") -> dict:
 
 def bench_frames(count: int, size: int | None = None) -> list[np.ndarray]:
     """The bench's RGB uint8 scene frames (resized to ``size`` when given)."""
-    from convert.scenes import scene_at  # numpy + OpenCV only
+    from daemon.scenes import scene_at  # numpy + OpenCV only
 
     frames = [scene_at(BENCH_SCENES_SEED, i).image for i in range(count)]
     return [resize_for_encoder(f, size) for f in frames] if size else frames
@@ -479,7 +479,7 @@ def _capture_task(params: dict) -> dict:
     from daemon.notify import SystemdNotifier
     from daemon.sources import Frame, FrameGrabber, make_source
 
-    from convert.scenes import scene_at
+    from daemon.scenes import scene_at
 
     cfg = AppConfig.model_validate({"caption": {"rate": 0, "change_threshold": 0}})
     captioner = Captioner.from_path(params["bundle"], threads=1)

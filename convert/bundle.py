@@ -38,10 +38,10 @@ from convert.model import build_captioner, build_encoder, decoder_weights, load_
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
-from convert.scenes import scene_at
 from daemon.bundle import load_bundle, write_manifest
 from daemon.decoder import StepDecoder
 from daemon.encoder import TFLiteEncoder
+from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 
 CALIBRATION_SEED = 4242  # scenes used to calibrate int8 ranges; training uses seed 1

@@ -92,7 +92,7 @@ def provenance(mask: np.ndarray, objects: list[tuple[str, str, np.ndarray]]) -> 
 
 def scenes_discovery(count: int, seed: int, vocab, size: int) -> list[DiscoveryImage]:
     """Generated scenes ``0..count-1`` of the stream ``seed`` with their true captions and objects."""
-    from convert.scenes import scene_at
+    from daemon.scenes import scene_at
 
     items = []
     for i in range(count):

@@ -40,9 +40,10 @@ import numpy as np
 from convert import faithfulness as ff
 from convert.captionscore import coco_scores
 from convert.progress import Progress
-from convert.scenes import COLOURS, PLURALS, SHAPES, objects_mask, read_scenes
+from convert.scenes import read_scenes
 from daemon.explain.backends import BACKEND_CHOICES
 from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.scenes import COLOURS, PLURALS, SHAPES, objects_mask
 
 DELETION_STEPS = 20
 ACE_WORDS = {*COLOURS, *SHAPES, *PLURALS.values()}  # ace_removal_win_rate: the objects' colour and shape words

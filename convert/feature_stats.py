@@ -85,7 +85,7 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     """Fit, write and print the summary."""
-    from convert.scenes import scene_at
+    from daemon.scenes import scene_at
 
     try:
         if args.images:

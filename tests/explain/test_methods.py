@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.scenes import scene_at
 from daemon.decoder import log_softmax
 from daemon.explain.registry import MAP_METHODS, ExplainOptions
 from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
+from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
 HELD_OUT_SEED = 8181  # neither training (1), calibration (4242) nor the converter's report (4343)
