@@ -7,7 +7,7 @@ METEOR, against all reference captions of each image; see convert.captionscore),
 scenes also ``exact_match`` (int8 greedy caption == ground truth) and ``bleu4`` (the
 same as ``caption_scores.bleu4``), ``int8_float_agreement`` (int8 vs float-encoder
 features, same numpy decoder), ``bundle_health`` (the converter's verdict in
-report.json, re-checked with this run's agreement; see convert.bundle.health) and counts.
+report.json, re-checked with this run's agreement; see convert.pack.health) and counts.
 
 Explanations (methods explain the *ground-truth* caption, teacher-forced, so that word
 positions line up with the scene's object records): for every object word (a word in some
@@ -260,7 +260,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
 
 def bundle_health(bundle, agreement: float | None) -> dict:
     """The converter's health verdict (report.json), with this evaluation's int8/float agreement checked too."""
-    from convert.bundle import HEALTH_MIN_AGREEMENT, health
+    from convert.pack import HEALTH_MIN_AGREEMENT, health
 
     verdict = {"status": "unknown", "problems": [], "thresholds": {}}
     if bundle.has("report"):

@@ -1,4 +1,4 @@
-"""``explaincam convert``: quantize a captioner into a model bundle (format in daemon.bundle).
+"""``explaincam convert``: pack a captioner into a model bundle, its encoder quantized (format in daemon.bundle).
 
 Two inputs:
 - a training folder from ``explaincam train`` (``--model DIR``);
