@@ -20,7 +20,7 @@ from daemon.captioner import read_rgb, resize_for_encoder
 from daemon.encoder import TFLiteEncoder
 from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats, frame_descriptor
 
-CALIBRATION_SEED = 4242  # the seed convert/pack.py calibrates int8 ranges on (kept equal; that module imports Keras)
+CALIBRATION_SEED = 4242  # scenes that calibrate int8 ranges (convert.pack) and feature statistics; training uses seed 1
 
 
 def fit_feature_stats(encoder_path: str | Path, images: list[np.ndarray], out: str | Path) -> dict:

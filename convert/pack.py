@@ -33,7 +33,7 @@ import numpy as np
 
 import keras
 
-from convert.feature_stats import new_bundle_feature_stats
+from convert.feature_stats import CALIBRATION_SEED, new_bundle_feature_stats
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
@@ -44,7 +44,6 @@ from daemon.encoder import TFLiteEncoder
 from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 
-CALIBRATION_SEED = 4242  # scenes used to calibrate int8 ranges; training uses seed 1
 REPORT_SEED = 4343  # scenes the converter's own report is measured on
 DEFAULT_CALIBRATION = 100  # int8 calibration images: ranges settle by ~100; EfficientNetV2L takes ~6 s each on 2 cores
 SEED_RESIZE = "nearest"  # the seed's Keras load_img(target_size=...) resizes with PIL nearest neighbour

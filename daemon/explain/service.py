@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.contract import CameraTopics, explanation_info
-from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.mqtt import topic_problem
@@ -93,11 +92,7 @@ class ExplainService:
         self.frame_cache = frame_cache
         self.model_name = model_name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
-        self.settings = WorkerSettings(
-            bundle_path=str(bundle_path), nice=config.nice, idle_exit_s=config.idle_exit_s,
-            threads=config.threads, gradcam_layer=config.gradcam_layer, backend=config.backend,
-            options=ExplainOptions(batch_size=config.batch_size, smoothgrad_samples=config.smoothgrad_samples,
-                                   ig_steps=config.ig_steps))
+        self.settings = WorkerSettings(str(bundle_path), config)
         self._context = multiprocessing.get_context("spawn")
         _start_resource_tracker()
         self._worker: _Worker | None = None

@@ -20,7 +20,10 @@ from typing import Protocol
 
 import numpy as np
 
+from daemon.explain.registry import ExplainOptions
+
 BACKEND_CHOICES = ("auto", "litert", "tensorflow")
+DEFAULT_THREADS = 2  # threads of a backend (explain.threads, a worker's threads) unless told
 
 
 class BackendError(Exception):
@@ -113,8 +116,8 @@ def choose_backend(bundle, choice: str = "auto", gradcam_layer: str | None = Non
     return "tensorflow"
 
 
-def load_backend(bundle, choice: str = "auto", threads: int = 2, gradcam_layer: str | None = None,
-                 batch_size: int = 16) -> Backend:
+def load_backend(bundle, choice: str = "auto", threads: int = DEFAULT_THREADS, gradcam_layer: str | None = None,
+                 batch_size: int = ExplainOptions.batch_size) -> Backend:
     """The backend ``choice`` ("auto" | "litert" | "tensorflow") for a loaded bundle.
 
     ``auto``: LiteRT when the manifest names an explainer graph (and no other Grad-CAM
