@@ -53,6 +53,7 @@ import numpy as np
 
 from daemon.explain.ace import (BACKGROUND, N_SEGMENTS, ConceptBank, extract_patch, provenance_label, segment,
                                 thumbnail)
+from daemon.files import write_atomically
 
 DEFAULT_SEED = 5050  # scene stream of the discovery set (training uses 1, tests others)
 RANDOM_SETS = 10  # random counterparts per concept (ACE uses 20-50; 10 keeps it minutes on 2 cores)
@@ -313,9 +314,7 @@ def write_bank(bank: ConceptBank, bundle, out: Path | None = None) -> tuple[Path
     folder.mkdir(parents=True, exist_ok=True)
     npz, png = folder / "concepts.npz", folder / "concepts.png"
     bank.save(npz)
-    tmp = png.with_name(png.name + ".tmp")
-    tmp.write_bytes(encode_png(gallery(bank)))
-    tmp.replace(png)
+    write_atomically(png, encode_png(gallery(bank)))
     if out is None:
         manifest = dict(bundle.manifest)
         manifest["files"] = dict(manifest["files"], concepts=npz.name, concepts_gallery=png.name)

@@ -49,6 +49,7 @@ import keras
 
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.explain.backends.tensorflow import SplitCaptioner
+from daemon.files import write_atomically
 from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
 
 EXPLAINER_FILE = "explainer_float.tflite"
@@ -393,9 +394,7 @@ def export_explainer(captioner: keras.Model, out: str | Path, gradcam_layer: str
     out = Path(out)
     started = time.perf_counter()
     model = convert_graphs(ExplainerGraphs(captioner, gradcam_layer, bottleneck_layer, batch, tokens))
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(model)
-    tmp.replace(out)
+    write_atomically(out, model)
     return {"file": out.name, "batch": int(batch), "tokens": int(tokens), "gradcam_layer": gradcam_layer,
             "bottleneck_layer": bottleneck_layer, "signatures": list(SIGNATURES),
             "export_seconds": round(time.perf_counter() - started, 1), "bytes": len(model)}

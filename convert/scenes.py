@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 
 from convert.progress import Progress
+from daemon.files import write_atomically
 from daemon.scenes import scene_at
 
 
@@ -34,9 +35,7 @@ def write_scenes(out: str | os.PathLike, count: int, seed: int, progress=None) -
         }))
         if progress:
             progress(i + 1, count)
-    tmp = out / "captions.jsonl.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "captions.jsonl")
+    write_atomically(out / "captions.jsonl", "\n".join(lines) + "\n")
     return out
 
 

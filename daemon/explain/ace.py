@@ -38,6 +38,7 @@ SLIC; the float model is reached through the explainer's backend (``bottleneck_a
 from __future__ import annotations
 
 import base64
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ import cv2
 import numpy as np
 
 from daemon.explain.base import Method, MethodResult
+from daemon.files import write_atomically
 from daemon.explain.heatmap import TILE
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
@@ -196,10 +198,9 @@ class ConceptBank:
 
     def save(self, path: str | Path) -> None:
         """Write the bank as a compressed ``concepts.npz`` (no pickled objects)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        buffer = io.BytesIO()
         np.savez_compressed(
-            tmp, layer=np.array(self.layer), centres=self.centres.astype(np.float32),
+            buffer, layer=np.array(self.layer), centres=self.centres.astype(np.float32),
             radius=self.radius.astype(np.float32), cavs=self.cavs.astype(np.float32),
             words=np.array(self.words, dtype=str), tcav=self.tcav.astype(np.float32),
             tcav_p=self.tcav_p.astype(np.float32), significant=self.significant.astype(bool),
@@ -209,7 +210,7 @@ class ConceptBank:
             image_count=self.image_count.astype(np.int32), n_segments=np.array(self.n_segments, np.int32),
             compactness=np.array(self.compactness), sigma=np.array(self.sigma), min_area=np.array(self.min_area),
             fill=np.array(self.fill), random_tcav=self.random_tcav.astype(np.float32), source=np.array(self.source))
-        tmp.replace(path)
+        write_atomically(path, buffer.getvalue())
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """Segments of an RGB uint8 image with the bank's SLIC settings."""

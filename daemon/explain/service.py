@@ -42,7 +42,8 @@ from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.snapshot import atomic_write, encode_jpeg
+from daemon.files import write_atomically
+from daemon.snapshot import encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
 
@@ -311,10 +312,10 @@ class ExplainService:
             return
         try:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.snapshot_dir / "explanation.png", grid)
+            write_atomically(self.snapshot_dir / "explanation.png", grid)
             if image is not None:
-                atomic_write(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
-            atomic_write(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
+                write_atomically(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
+            write_atomically(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
         except OSError as exc:
             self._write_problem.failed(exc)
         else:
