@@ -24,13 +24,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.bundle import BundleError, load_bundle
-from daemon.explain.backends import DEFAULT_THREADS as EXPLAINER_THREADS
+from daemon.explain.backends import BACKEND_CHOICES, DEFAULT_THREADS as EXPLAINER_THREADS
 from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
 
 # A topic level that cannot break the topic tree: no wildcards, no separators.
 TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = Path("models/scenes-mnv3s")  # the bundle explaincam ships, relative to PACKAGE_ROOT
+ExplainBackend = Literal[BACKEND_CHOICES]  # what runs the explainer's float model: auto, litert or tensorflow
+ExplainBatchSize = Annotated[int, Field(ge=1, le=256, description="images per forward/backward pass of the explainer")]
 
 
 class StrictModel(BaseModel):
@@ -284,12 +286,11 @@ class ExplainConfig(StrictModel):
     max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
     default_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
                                        description="methods used when a request names none")
-    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+    backend: ExplainBackend = Field("auto", description=(
         "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
         "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
     threads: int = Field(EXPLAINER_THREADS, ge=1, le=16, description="threads of the explainer process's backend")
-    batch_size: int = Field(ExplainOptions.batch_size, ge=1, le=256,
-                            description="images per forward/backward pass of the explainer")
+    batch_size: ExplainBatchSize = ExplainOptions.batch_size
     smoothgrad_samples: int = Field(ExplainOptions.smoothgrad_samples, ge=1, le=256,
                                     description="noisy copies per word for smoothgrad")
     ig_steps: int = Field(ExplainOptions.ig_steps, ge=2, le=512,
@@ -335,12 +336,11 @@ class WorkerConfig(StrictModel):
     bundles: list[Path] = Field(default_factory=lambda: [SHIPPED_BUNDLE], min_length=1, description=(
         "model bundle folders this worker explains; a job names its bundle by the sha256 of its manifest.json"))
     queue_size: int = Field(4, ge=1, description="jobs waiting at most; more are answered `busy` (the daemon tries another worker)")
-    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+    backend: ExplainBackend = Field("auto", description=(
         "what runs each bundle's float model: litert (the bundle's explainer_float.tflite, no TensorFlow), "
         "tensorflow (captioner.keras; a GPU when TensorFlow sees one), or auto = litert when the bundle has the graph"))
     threads: int = Field(EXPLAINER_THREADS, ge=1, le=64, description="threads of the explainer's backend")
-    batch_size: int = Field(ExplainOptions.batch_size, ge=1, le=256,
-                            description="images per forward/backward pass of the explainer")
+    batch_size: ExplainBatchSize = ExplainOptions.batch_size
     session_expiry_s: int = Field(0, ge=0, description=(
         "MQTT 5 session expiry: 0 = the broker forgets this worker's subscription when it disconnects; more "
         "= jobs wait in the broker for it that long (Mosquitto also keeps handing it its share of new jobs "
