@@ -246,7 +246,7 @@ class Picamera2Source(FrameSource):
     def open(self) -> None:
         self.close()
         try:
-            from picamera2 import Picamera2
+            from picamera2 import Picamera2  # optional: only Raspberry Pi OS has python3-picamera2
         except ImportError:
             raise SourceError("picamera2 is not installed (sudo apt install python3-picamera2; "
                               "create the venv with --system-site-packages)", permanent=True) from None

@@ -48,8 +48,9 @@ import cv2
 import numpy as np
 
 from daemon.explain.base import Method, MethodResult
-from daemon.files import write_atomically
 from daemon.explain.heatmap import TILE
+from daemon.explain.targets import teacher_tokens
+from daemon.files import write_atomically
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
 # under 0.1% of the image dropped, a segment overlapping an already kept one of a coarser
@@ -88,7 +89,7 @@ def segment(image: np.ndarray, n_segments=N_SEGMENTS, compactness: float = COMPA
     Coarse resolutions come first; a segment of a finer resolution whose Jaccard index
     with a kept segment of a coarser one exceeds 0.5 is a duplicate and is dropped.
     """
-    from skimage.segmentation import slic  # imported on first use: only ACE answers need it
+    from skimage.segmentation import slic  # brings scipy (~1 s, ~40 MB): only ACE answers load it
 
     h, w = image.shape[:2]
     kept_levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (labels, areas, kept ids)
@@ -370,8 +371,6 @@ class ConceptExplainer:
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 counterfactual: bool = True) -> ConceptExplanation:
         """ACE for the words ``indices`` (default all) of the caption ``tokens`` of an RGB frame."""
-        from daemon.explain.targets import teacher_tokens
-
         started = time.perf_counter()
         ex, bank = self.explainer, self.bank
         x = ex.prepare(image)

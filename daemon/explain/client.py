@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.config import AppConfig, ConfigError, load_config
 from daemon.contract import CameraTopics, explain_request
 from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
@@ -61,8 +62,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def apply_config_defaults(args: argparse.Namespace) -> None:
     """Fill --host, --port, --camera and --prefix left out from the config (``-c``, else ./config.yaml if it
     exists), else localhost, cam, explaincam; ConfigError when a config named with ``-c`` cannot be used."""
-    from daemon.config import AppConfig, load_config
-
     path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
     cfg = load_config(path) if path else AppConfig()
     args.host = args.host or cfg.mqtt.host
@@ -162,8 +161,6 @@ class _Exchange:
 
 def main(args: argparse.Namespace) -> int:
     """Send the request, wait for the correlated answer, save and summarise it."""
-    from daemon.config import ConfigError
-
     try:
         apply_config_defaults(args)
         request = build_request(args)

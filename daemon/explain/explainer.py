@@ -22,6 +22,7 @@ from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
 from daemon.explain import heatmap
+from daemon.explain.ace import ConceptBank, ConceptExplainer
 from daemon.explain.backends import DEFAULT_THREADS, load_backend
 from daemon.explain.base import MethodResult, Subject
 from daemon.explain.registry import ExplainOptions, load_method
@@ -139,8 +140,6 @@ class Explainer:
     def concepts(self):
         """The ACE engine with the bundle's concept bank, loaded on first use (BundleError without a bank)."""
         if self._concepts is None:
-            from daemon.explain.ace import ConceptBank, ConceptExplainer
-
             if not self.bundle.has("concepts"):
                 raise BundleError(f"{self.bundle.path}: the bundle has no concept bank (concepts.npz); "
                                   "build one with `explaincam concepts`")

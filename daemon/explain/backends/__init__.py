@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from daemon.explain.backends.litert import LiteRTBackend
 from daemon.explain.registry import ExplainOptions
 
 BACKEND_CHOICES = ("auto", "litert", "tensorflow")
@@ -125,9 +126,7 @@ def load_backend(bundle, choice: str = "auto", threads: int = DEFAULT_THREADS, g
     chosen backend cannot run (no graph, TensorFlow not installed).
     """
     if choose_backend(bundle, choice, gradcam_layer) == "litert":
-        from daemon.explain.backends.litert import LiteRTBackend
-
         return LiteRTBackend(bundle, threads=threads)
-    from daemon.explain.backends.tensorflow import TensorFlowBackend
+    from daemon.explain.backends.tensorflow import TensorFlowBackend  # TensorFlow: only when this backend is chosen
 
     return TensorFlowBackend(bundle, threads=threads, gradcam_layer=gradcam_layer, batch_size=batch_size)

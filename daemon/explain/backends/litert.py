@@ -21,7 +21,6 @@ import numpy as np
 
 from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.encoder import EDGE_INTERPRETER_MODULES, EncoderError, interpreter_class
-from daemon.explain.backends import DEFAULT_THREADS
 
 SIGNATURES = ("logits", "layer_gradients", "image_gradients", "bottleneck_activations", "bottleneck_gradients")
 
@@ -31,7 +30,7 @@ class LiteRTBackend:
 
     name = "litert"
 
-    def __init__(self, bundle: Bundle | str | Path, threads: int = DEFAULT_THREADS):
+    def __init__(self, bundle: Bundle | str | Path, threads: int):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         graph = self.bundle.manifest.get("explainer")
         if not isinstance(graph, dict) or not self.bundle.has("explainer"):
