@@ -31,6 +31,7 @@ from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
 TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = Path("models/scenes-mnv3s")  # the bundle explaincam ships, relative to PACKAGE_ROOT
+CONFIG_FILE = "config.yaml"  # the config file the commands read unless given -c
 ExplainBackend = Literal[BACKEND_CHOICES]  # what runs the explainer's float model: auto, litert or tensorflow
 ExplainBatchSize = Annotated[int, Field(ge=1, le=256, description="images per forward/backward pass of the explainer")]
 
@@ -520,7 +521,7 @@ def load_config(path: str | os.PathLike, model: type[StrictModel] = AppConfig) -
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam check-config``."""
-    parser.add_argument("-c", "--config", default="config.yaml", help="config file to check (default: config.yaml)")
+    parser.add_argument("-c", "--config", default=CONFIG_FILE, help=f"config file to check (default: {CONFIG_FILE})")
 
 
 def main(args: argparse.Namespace) -> int:

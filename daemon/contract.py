@@ -73,7 +73,6 @@ import numpy as np
 
 from daemon.explain.heatmap import decode_png, encode_png
 
-DEFAULT_PREFIX = "explaincam"
 ONLINE, OFFLINE = "online", "offline"
 PLACEHOLDER_TEXT = "no explanation yet"
 
