@@ -40,9 +40,9 @@ from typing import Callable
 from daemon.contract import CameraTopics, explanation_info
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
+from daemon.files import write_atomically
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.files import write_atomically
 from daemon.snapshot import encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
