@@ -18,7 +18,7 @@ from daemon.vocab import normalise_caption
 def _tokenised(captions: dict[str, list[str]], java: bool) -> dict[str, list[str]]:
     """Captions by image id as space-joined tokens."""
     if java:
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer  # optional: see coco_scores
 
         return PTBTokenizer().tokenize({k: [{"caption": c} for c in v] for k, v in captions.items()})
     return {k: [" ".join(normalise_caption(c)) for c in v] for k, v in captions.items()}
@@ -29,7 +29,7 @@ def coco_scores(references: dict[str, list[str]], hypotheses: dict[str, str]) ->
 
     ``references`` and ``hypotheses`` are keyed by the same image ids.
     """
-    try:
+    try:  # pycocoevalcap is optional (the convert extra): say how to install it instead of an ImportError
         from pycocoevalcap.bleu.bleu import Bleu
         from pycocoevalcap.cider.cider import Cider
         from pycocoevalcap.rouge.rouge import Rouge
@@ -46,7 +46,7 @@ def coco_scores(references: dict[str, list[str]], hypotheses: dict[str, str]) ->
     notes = {"tokenizer": "PTB (Java)" if java else "lower-cased words (no Java)",
              "spice": "skipped: SPICE downloads Stanford CoreNLP at run time"}
     if java:
-        from pycocoevalcap.meteor.meteor import Meteor
+        from pycocoevalcap.meteor.meteor import Meteor  # optional: see above
 
         meteor = Meteor()  # a Java subprocess, ended when the scorer is collected
         scores["meteor"] = round(float(meteor.compute_score(refs, hyps)[0]), 4)

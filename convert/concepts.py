@@ -50,9 +50,23 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.stats import ttest_ind
+from sklearn.cluster import KMeans
+from sklearn.linear_model import SGDClassifier
 
-from daemon.explain.ace import (BACKGROUND, N_SEGMENTS, ConceptBank, extract_patch, provenance_label, segment,
-                                thumbnail)
+from convert.model import load_captioner
+from convert.progress import Progress
+from convert.scenes import read_scenes
+from daemon.bundle import BundleError, load_bundle, write_manifest
+from daemon.captioner import read_rgb
+from daemon.explain.ace import (BACKGROUND, N_SEGMENTS, ConceptBank, embed, extract_patch, provenance_label, segment,
+                                thumbnail, word_gradients)
+from daemon.explain.backends.tensorflow import TensorFlowBackend, default_bottleneck_layer
+from daemon.explain.explainer import Explainer
+from daemon.explain.heatmap import encode_png
+from daemon.explain.targets import teacher_tokens
+from daemon.files import write_atomically
+from daemon.scenes import scene_at
 
 DEFAULT_SEED = 5050  # scene stream of the discovery set (training uses 1, tests others)
 RANDOM_SETS = 10  # random counterparts per concept (ACE uses 20-50; 10 keeps it minutes on 2 cores)
@@ -92,8 +106,6 @@ def provenance(mask: np.ndarray, objects: list[tuple[str, str, np.ndarray]]) -> 
 
 def scenes_discovery(count: int, seed: int, vocab, size: int) -> list[DiscoveryImage]:
     """Generated scenes ``0..count-1`` of the stream ``seed`` with their true captions and objects."""
-    from convert.scenes import scene_at
-
     items = []
     for i in range(count):
         scene = scene_at(seed, i)
@@ -106,9 +118,6 @@ def scenes_discovery(count: int, seed: int, vocab, size: int) -> list[DiscoveryI
 def folder_discovery(folder: str | Path, explainer) -> list[DiscoveryImage]:
     """The images of a folder; captions (and objects) from its captions.jsonl when it is a scenes folder,
     else the float model's own captions."""
-    from convert.scenes import read_scenes
-    from daemon.captioner import read_rgb
-
     folder = Path(folder)
     if not folder.is_dir():
         raise SystemExit(f"error: {folder} is not a folder")
@@ -127,8 +136,6 @@ def folder_discovery(folder: str | Path, explainer) -> list[DiscoveryImage]:
 
 def train_cav(positives: np.ndarray, negatives: np.ndarray, seed: int) -> np.ndarray:
     """Unit CAV: the normal of a linear classifier (SGD, as TCAV) from negatives towards positives."""
-    from sklearn.linear_model import SGDClassifier
-
     x = np.concatenate([positives, negatives])
     y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
     clf = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed).fit(x, y)
@@ -143,8 +150,6 @@ def tcav_scores(derivative_grads: np.ndarray, cavs: np.ndarray) -> np.ndarray:
 
 def t_test(scores: np.ndarray, random_scores: np.ndarray) -> float:
     """Two-sided t-test p-value of concept vs random TCAV scores (both constant: 1.0 if equal, else 0.0)."""
-    from scipy.stats import ttest_ind
-
     if np.ptp(scores) == 0 and np.ptp(random_scores) == 0:
         return 1.0 if scores[0] == random_scores[0] else 0.0
     with warnings.catch_warnings():  # nearly constant scores: scipy warns of precision loss, p is still right
@@ -165,8 +170,6 @@ class Segments:
 
 def discover_segments(backend, items: list[DiscoveryImage], n_segments, progress) -> Segments:
     """Segment every discovery image, make the ACE patches and embed them at the backend's bottleneck."""
-    from daemon.explain.ace import embed
-
     size = items[0].image.shape[0]
     acts, image, thumbs, colour, shape = [], [], [], [], []
     for n, item in enumerate(items):
@@ -202,12 +205,6 @@ def build_bank(backend, vocab, items: list[DiscoveryImage], clusters: int = 60, 
                min_images: int = 10, random_sets: int = RANDOM_SETS, seed: int = 0, batch_size: int = 32,
                n_segments=N_SEGMENTS, source: str = "", log=None) -> ConceptBank:
     """Discover concepts in ``items`` at the backend's bottleneck layer and score them for words."""
-    from sklearn.cluster import KMeans
-
-    from convert.progress import Progress
-    from daemon.explain.ace import word_gradients
-    from daemon.explain.targets import teacher_tokens
-
     verbose, log = log is not None, log or (lambda msg: None)
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
@@ -306,16 +303,11 @@ def gallery(bank: ConceptBank, shown: int = 12, tile: int = 48) -> np.ndarray:
 
 def write_bank(bank: ConceptBank, bundle, out: Path | None = None) -> tuple[Path, Path]:
     """Write ``concepts.npz`` and ``concepts.png`` into the bundle (manifest updated and re-hashed) or into ``out``."""
-    from daemon.bundle import write_manifest
-    from daemon.explain.heatmap import encode_png
-
     folder = Path(out) if out is not None else bundle.path
     folder.mkdir(parents=True, exist_ok=True)
     npz, png = folder / "concepts.npz", folder / "concepts.png"
     bank.save(npz)
-    tmp = png.with_name(png.name + ".tmp")
-    tmp.write_bytes(encode_png(gallery(bank)))
-    tmp.replace(png)
+    write_atomically(png, encode_png(gallery(bank)))
     if out is None:
         manifest = dict(bundle.manifest)
         manifest["files"] = dict(manifest["files"], concepts=npz.name, concepts_gallery=png.name)
@@ -325,8 +317,6 @@ def write_bank(bank: ConceptBank, bundle, out: Path | None = None) -> tuple[Path
 
 def bottleneck_layer(captioner) -> str:
     """The default bottleneck: the encoder's reduced map if its head has one, else the backbone's last layer."""
-    from daemon.explain.backends.tensorflow import default_bottleneck_layer
-
     return default_bottleneck_layer(captioner)
 
 
@@ -355,11 +345,6 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     """Build the concept bank, write it and print a summary."""
-    from convert.model import load_captioner
-    from daemon.bundle import BundleError, load_bundle
-    from daemon.explain.backends.tensorflow import TensorFlowBackend
-    from daemon.explain.explainer import Explainer
-
     if args.scenes is not None and args.scenes < 1:
         raise SystemExit("error: --scenes must be at least 1")
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from convert.scenes import COLOURS, SHAPES, SIZES, scene_at
+from daemon.scenes import COLOURS, SHAPES, SIZES, scene_at
 from daemon.vocab import Vocabulary, normalise_caption
 
 FOREGROUND_CELL = 8  # CaptionSet.foreground is kept at 1/8 of the image side

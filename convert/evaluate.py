@@ -7,7 +7,7 @@ METEOR, against all reference captions of each image; see convert.captionscore),
 scenes also ``exact_match`` (int8 greedy caption == ground truth) and ``bleu4`` (the
 same as ``caption_scores.bleu4``), ``int8_float_agreement`` (int8 vs float-encoder
 features, same numpy decoder), ``bundle_health`` (the converter's verdict in
-report.json, re-checked with this run's agreement; see convert.bundle.health) and counts.
+report.json, re-checked with this run's agreement; see convert.health) and counts.
 
 Explanations (methods explain the *ground-truth* caption, teacher-forced, so that word
 positions line up with the scene's object records): for every object word (a word in some
@@ -39,10 +39,16 @@ import numpy as np
 
 from convert import faithfulness as ff
 from convert.captionscore import coco_scores
+from convert.datasets import IMAGE_FOLDERS, read_flickr_captions
+from convert.health import bundle_health
 from convert.progress import Progress
-from convert.scenes import COLOURS, PLURALS, SHAPES, objects_mask, read_scenes
-from daemon.explain.backends import BACKEND_CHOICES
+from convert.scenes import read_scenes
+from daemon.bundle import BundleError
+from daemon.captioner import Captioner, read_rgb
+from daemon.explain.backends import BACKEND_CHOICES, BackendError
+from daemon.explain.explainer import Explainer
 from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.scenes import COLOURS, PLURALS, SHAPES, objects_mask
 
 DELETION_STEPS = 20
 ACE_WORDS = {*COLOURS, *SHAPES, *PLURALS.values()}  # ace_removal_win_rate: the objects' colour and shape words
@@ -79,7 +85,7 @@ def randomization_stages(captioner, gradcam_layer: str) -> list[tuple[str, list]
 
 def reinitialise(layers: list, rng: np.random.Generator) -> list[str]:
     """Re-initialise layers in place: kernels Glorot-uniform, biases zero, batch-norm kept."""
-    from keras import layers as keras_layers
+    from keras import layers as keras_layers  # only the randomization test needs Keras (evaluate runs on LiteRT)
 
     names = []
     for layer in layers:
@@ -97,9 +103,9 @@ def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 
     trained maps (re-initialising needs the Keras weights). ``scenes`` holds (image, tokens, words, Explanation of the trained model). Returns
     ``{"stages": {stage: {method: mean}}, "layers": {stage: [names]}}``.
     """
+    # only the randomization test needs TensorFlow (evaluate runs on LiteRT)
     from convert.model import load_captioner
     from daemon.explain.backends.tensorflow import TensorFlowBackend
-    from daemon.explain.explainer import Explainer
 
     copy = load_captioner(explainer.bundle.file("captioner"))
     backend = TensorFlowBackend(explainer.bundle, gradcam_layer=explainer.layer, captioner=copy,
@@ -189,9 +195,6 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
              randomization_limit: int | None = None, options: ExplainOptions | None = None,
              seed: int = 0, gradcam_layer: str | None = None, progress=None, backend: str = "auto") -> dict:
     """All metrics of a bundle on a scenes folder, as a JSON-ready dict; explanations on ``backend``."""
-    from daemon.captioner import Captioner, read_rgb
-    from daemon.explain.explainer import Explainer
-
     records = read_scenes(scenes_dir)[:limit] if limit else read_scenes(scenes_dir)
     captioner = Captioner.from_path(bundle_path, threads=2)
     explainer = Explainer(captioner.bundle, options, gradcam_layer, backend)
@@ -257,31 +260,9 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     return report
 
 
-def bundle_health(bundle, agreement: float | None) -> dict:
-    """The converter's health verdict (report.json), with this evaluation's int8/float agreement checked too."""
-    from convert.bundle import HEALTH_MIN_AGREEMENT, health
-
-    verdict = {"status": "unknown", "problems": [], "thresholds": {}}
-    if bundle.has("report"):
-        try:
-            stored = json.loads(bundle.file("report").read_text())
-            verdict = stored.get("health") or health(stored)
-        except (OSError, ValueError, KeyError):
-            pass
-    verdict = json.loads(json.dumps(verdict))  # a copy
-    if agreement is not None and agreement < HEALTH_MIN_AGREEMENT:
-        verdict["problems"].append(f"int8/float caption agreement on this set {agreement} < {HEALTH_MIN_AGREEMENT}")
-        verdict["status"] = "broken"
-    return verdict
-
-
 def evaluate_dataset(bundle_path: str | Path, folder: str | Path, limit: int | None = None,
                      progress=None) -> dict:
     """Caption scores of a bundle on a Flickr8k/Flickr30k-style folder, against all references."""
-    from convert.datasets import IMAGE_FOLDERS, read_flickr_captions
-    from daemon.captioner import Captioner, read_rgb
-    from daemon.explain.explainer import Explainer
-
     folder = Path(folder)
     by_image = read_flickr_captions(folder)
     image_dir = next((folder / d for d in IMAGE_FOLDERS if (folder / d).is_dir()), folder)
@@ -362,9 +343,6 @@ def _print_table(report: dict) -> None:
 
 def main(args) -> int:
     """Evaluate and print the report."""
-    from daemon.bundle import BundleError
-    from daemon.explain.backends import BackendError
-
     if args.dataset and args.explanations:
         print("error: --explanations needs --scenes (object masks); a dataset gets caption scores", file=sys.stderr)
         return 2

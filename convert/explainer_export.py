@@ -44,12 +44,16 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+from tensorflow.python.ops import nn_grad
 
 import keras
 
+from convert.concepts import bottleneck_layer
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.explain.backends.tensorflow import SplitCaptioner
 from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
+from daemon.files import write_atomically
 
 EXPLAINER_FILE = "explainer_float.tflite"
 # One row per call: XNNPACK's time per row is the same at batch 1, 4 and 8 on the shipped
@@ -119,8 +123,6 @@ def _depthwise_grad(op, grad):
     shape = x.shape.as_list()
     if fmt != "NHWC" or list(dilations) != [1, 1, 1, 1] or padding not in ("SAME", "VALID") \
             or None in shape:
-        from tensorflow.python.ops import nn_grad
-
         return nn_grad._DepthwiseConv2dNativeGrad(op, grad)
     kh, kw, channels, multiplier = kernel.shape.as_list()
     g = grad
@@ -289,6 +291,7 @@ _UNSUPPORTED = re.compile(r"'(?:tf|tfl)\.(\w+)' op is neither a custom op nor a 
 
 def operator_names(model: bytes) -> list[str]:
     """Every operator code of a .tflite flatbuffer: builtin names, or 'CUSTOM:<code>' for custom ops."""
+    # ai-edge-litert is installed only on x86_64 and aarch64 (pyproject), TensorFlow elsewhere too
     from ai_edge_litert import schema_py_generated as schema
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -313,8 +316,6 @@ class _FrozenGraphs(tf.Module):
 
     def __init__(self, graphs: ExplainerGraphs):
         super().__init__()
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
         self.entry_points = {}
         self.names = graphs.signatures_exported
         for name, function in zip(self.names, graphs.concrete_functions()):
@@ -375,8 +376,6 @@ def convert_graphs(graphs: ExplainerGraphs) -> bytes:
 
 def explainer_layers(bundle, captioner: keras.Model) -> tuple[str, str]:
     """(Grad-CAM layer, ACE bottleneck layer) of a bundle: the manifest's, the concept bank's or the default."""
-    from convert.concepts import bottleneck_layer
-
     bottleneck = None
     if bundle.has("concepts"):
         with np.load(bundle.file("concepts"), allow_pickle=False) as bank:
@@ -393,9 +392,7 @@ def export_explainer(captioner: keras.Model, out: str | Path, gradcam_layer: str
     out = Path(out)
     started = time.perf_counter()
     model = convert_graphs(ExplainerGraphs(captioner, gradcam_layer, bottleneck_layer, batch, tokens))
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(model)
-    tmp.replace(out)
+    write_atomically(out, model)
     return {"file": out.name, "batch": int(batch), "tokens": int(tokens), "gradcam_layer": gradcam_layer,
             "bottleneck_layer": bottleneck_layer, "signatures": list(SIGNATURES),
             "export_seconds": round(time.perf_counter() - started, 1), "bytes": len(model)}

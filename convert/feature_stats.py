@@ -19,8 +19,9 @@ from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import read_rgb, resize_for_encoder
 from daemon.encoder import TFLiteEncoder
 from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats, frame_descriptor
+from daemon.scenes import scene_at
 
-CALIBRATION_SEED = 4242  # the seed convert/bundle.py calibrates int8 ranges on (kept equal; that module imports Keras)
+CALIBRATION_SEED = 4242  # scenes that calibrate int8 ranges (convert.pack) and feature statistics; training uses seed 1
 
 
 def fit_feature_stats(encoder_path: str | Path, images: list[np.ndarray], out: str | Path) -> dict:
@@ -85,8 +86,6 @@ def configure(parser) -> None:
 
 def main(args) -> int:
     """Fit, write and print the summary."""
-    from convert.scenes import scene_at
-
     try:
         if args.images:
             images = folder_images(args.images, args.scenes)

@@ -8,7 +8,7 @@ masked, position t of the sequence form equals the seed model applied to the pre
 prefix ``w<=t``, so training costs one encoder pass per caption instead of one per word,
 and explanations get every word's log-probability from one pass.
 
-Layer names are a contract with ``convert.bundle`` (which exports the decoder weights for
+Layer names are a contract with ``convert.pack`` (which exports the decoder weights for
 the numpy step decoder) and with the explainer (which rebuilds the pieces).
 """
 

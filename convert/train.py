@@ -19,7 +19,7 @@ from convert import datasets
 from convert.model import DEFAULT_ENCODER, build_captioner, build_encoder, preprocessing_mode
 from convert.progress import Progress
 from convert.weights import describe
-from convert.scenes import block_any, scene_vocabulary
+from daemon.scenes import block_any, scene_vocabulary
 
 VALIDATION_SEED_OFFSET = 7919  # validation scenes come from a stream training never sees
 

@@ -25,6 +25,7 @@ import re
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 import keras
@@ -81,8 +82,6 @@ def _imagenet(factory, name: str, **kwargs) -> keras.Model:
 
 def _is_legacy_h5(path: Path) -> bool:
     """Whether ``path`` is a Keras 2 / legacy HDF5 weights or model file (layer_names attribute)."""
-    import h5py
-
     with h5py.File(path, "r") as fh:
         group = fh["model_weights"] if "model_weights" in fh else fh
         return "layer_names" in group.attrs
@@ -90,8 +89,6 @@ def _is_legacy_h5(path: Path) -> bool:
 
 def legacy_h5_layers(path: str | Path) -> list[tuple[str, list[np.ndarray]]]:
     """(layer name, weights) in file order from a legacy Keras .h5 (model or weights-only file)."""
-    import h5py
-
     with h5py.File(path, "r") as fh:
         group = fh["model_weights"] if "model_weights" in fh else fh
         layers = []
@@ -183,8 +180,6 @@ def _first_mismatch(exc: Exception) -> str:
 
 def _verify_from_file(backbone: keras.Model, path: Path, name: str) -> None:
     """Every weight array of the backbone must be one of the file's arrays (Keras 3 skips some silently)."""
-    import h5py
-
     stored = set()
 
     def collect(_, item):

@@ -29,7 +29,7 @@ from daemon import contract, discovery
 from daemon.bundle import BundleError
 from daemon.capture import CaptionLoop
 from daemon.captioner import Captioner
-from daemon.config import AppConfig, ConfigError, load_config
+from daemon.config import CONFIG_FILE, AppConfig, ConfigError, load_config
 from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
 from daemon.explain.backends import BackendError, choose_backend
@@ -50,7 +50,7 @@ EXIT_CONFIG = 2  # bad config, model or MQTT settings: restarting will not help
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam run``."""
-    parser.add_argument("-c", "--config", default="config.yaml", help="config file (default: config.yaml)")
+    parser.add_argument("-c", "--config", default=CONFIG_FILE, help=f"config file (default: {CONFIG_FILE})")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="override the config's log_level")
     parser.add_argument("--demo", action="store_true", help=(

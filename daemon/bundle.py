@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.files import write_atomically
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("encoder_int8.tflite", "decoder.npz", "vocab.txt")
@@ -151,7 +153,5 @@ def write_manifest(path: str | Path, manifest: dict) -> dict:
     path = Path(path)
     manifest = dict(manifest, format_version=FORMAT_VERSION)
     manifest["sha256"] = {name: sha256_file(path / name) for name in manifest["files"].values()}
-    tmp = path / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path / MANIFEST)
+    write_atomically(path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

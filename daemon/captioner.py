@@ -18,12 +18,13 @@ import cv2
 import numpy as np
 
 from daemon.bundle import Bundle, BundleError, load_bundle
+from daemon.config import PACKAGE_ROOT, SHIPPED_BUNDLE
 from daemon.decoder import StepDecoder
 from daemon.encoder import EncoderError, TFLiteEncoder
 from daemon.familiarity import IMAGE_STATISTICS_DIM, Familiarity, FeatureStats, frame_descriptor
 from daemon.vocab import Vocabulary
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent.parent / "models" / "scenes-mnv3s"
+DEFAULT_BUNDLE = PACKAGE_ROOT / SHIPPED_BUNDLE  # the shipped bundle wherever explaincam is installed
 # "ours": log-probability beam search that stops at the end token; "seed": the seed
 # project's search (summed raw probabilities, run to max length, cut at endseq)
 BEAM_STYLES = ("ours", "seed")

@@ -23,9 +23,17 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.bundle import BundleError, load_bundle
+from daemon.explain.backends import BACKEND_CHOICES, DEFAULT_THREADS as EXPLAINER_THREADS
+from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
+
 # A topic level that cannot break the topic tree: no wildcards, no separators.
 TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_BUNDLE = Path("models/scenes-mnv3s")  # the bundle explaincam ships, relative to PACKAGE_ROOT
+CONFIG_FILE = "config.yaml"  # the config file the commands read unless given -c
+ExplainBackend = Literal[BACKEND_CHOICES]  # what runs the explainer's float model: auto, litert or tensorflow
+ExplainBatchSize = Annotated[int, Field(ge=1, le=256, description="images per forward/backward pass of the explainer")]
 
 
 class StrictModel(BaseModel):
@@ -37,7 +45,7 @@ class StrictModel(BaseModel):
 class ModelConfig(StrictModel):
     """Which captioning model runs and how."""
 
-    bundle: Path = Field(Path("models/scenes-mnv3s"), description=(
+    bundle: Path = Field(SHIPPED_BUNDLE, description=(
         "model bundle folder; a relative path is looked up in the current directory, "
         "then in the explaincam install folder"))
     threads: int = Field(2, ge=1, le=16, description="threads of the int8 encoder (LiteRT)")
@@ -277,27 +285,33 @@ class ExplainConfig(StrictModel):
     queue_size: int = Field(4, ge=1, description="requests waiting at most; more are answered `busy`")
     nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
     max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
-    default_methods: list[str] = Field(["gradcam", "saliency"], description="methods used when a request names none")
-    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+    default_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
+                                       description="methods used when a request names none")
+    backend: ExplainBackend = Field("auto", description=(
         "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
         "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
-    threads: int = Field(2, ge=1, le=16, description="threads of the explainer process's backend")
-    batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
-    smoothgrad_samples: int = Field(16, ge=1, le=256, description="noisy copies per word for smoothgrad")
-    ig_steps: int = Field(64, ge=2, le=512, description="path steps per word for integrated_gradients")
+    threads: int = Field(EXPLAINER_THREADS, ge=1, le=16, description="threads of the explainer process's backend")
+    batch_size: ExplainBatchSize = ExplainOptions.batch_size
+    smoothgrad_samples: int = Field(ExplainOptions.smoothgrad_samples, ge=1, le=256,
+                                    description="noisy copies per word for smoothgrad")
+    ig_steps: int = Field(ExplainOptions.ig_steps, ge=2, le=512,
+                          description="path steps per word for integrated_gradients")
     gradcam_layer: str | None = Field(None, description=(
         "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
 
     @field_validator("default_methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from daemon.explain.registry import METHODS
-
         known = list(METHODS)
         unknown = [m for m in methods if m not in known]
         if unknown:
             raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(known)}")
         return methods
+
+    def options(self) -> ExplainOptions:
+        """How hard the methods work, as these settings say."""
+        return ExplainOptions(batch_size=self.batch_size, smoothgrad_samples=self.smoothgrad_samples,
+                              ig_steps=self.ig_steps)
 
 
 class AppConfig(StrictModel):
@@ -320,14 +334,14 @@ class WorkerConfig(StrictModel):
     group: str = Field("explainers", pattern=TOPIC_LEVEL, description=(
         "shared subscription group: each job goes to one worker of the group; give every worker of "
         "a fleet the same group"))
-    bundles: list[Path] = Field(default_factory=lambda: [Path("models/scenes-mnv3s")], min_length=1, description=(
+    bundles: list[Path] = Field(default_factory=lambda: [SHIPPED_BUNDLE], min_length=1, description=(
         "model bundle folders this worker explains; a job names its bundle by the sha256 of its manifest.json"))
     queue_size: int = Field(4, ge=1, description="jobs waiting at most; more are answered `busy` (the daemon tries another worker)")
-    backend: Literal["auto", "litert", "tensorflow"] = Field("auto", description=(
+    backend: ExplainBackend = Field("auto", description=(
         "what runs each bundle's float model: litert (the bundle's explainer_float.tflite, no TensorFlow), "
         "tensorflow (captioner.keras; a GPU when TensorFlow sees one), or auto = litert when the bundle has the graph"))
-    threads: int = Field(2, ge=1, le=64, description="threads of the explainer's backend")
-    batch_size: int = Field(16, ge=1, le=256, description="images per forward/backward pass of the explainer")
+    threads: int = Field(EXPLAINER_THREADS, ge=1, le=64, description="threads of the explainer's backend")
+    batch_size: ExplainBatchSize = ExplainOptions.batch_size
     session_expiry_s: int = Field(0, ge=0, description=(
         "MQTT 5 session expiry: 0 = the broker forgets this worker's subscription when it disconnects; more "
         "= jobs wait in the broker for it that long (Mosquitto also keeps handing it its share of new jobs "
@@ -507,7 +521,7 @@ def load_config(path: str | os.PathLike, model: type[StrictModel] = AppConfig) -
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam check-config``."""
-    parser.add_argument("-c", "--config", default="config.yaml", help="config file to check (default: config.yaml)")
+    parser.add_argument("-c", "--config", default=CONFIG_FILE, help=f"config file to check (default: {CONFIG_FILE})")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -520,8 +534,6 @@ def main(args: argparse.Namespace) -> int:
             print(problem.format(exc.filename), file=sys.stderr)
         print(f"{exc.filename}: {len(exc.problems)} error(s)", file=sys.stderr)
         return 1
-    from daemon.bundle import BundleError, load_bundle
-
     try:
         load_bundle(cfg.model.bundle_path())
     except BundleError as exc:

@@ -73,9 +73,19 @@ import numpy as np
 
 from daemon.explain.heatmap import decode_png, encode_png
 
-DEFAULT_PREFIX = "explaincam"
 ONLINE, OFFLINE = "online", "offline"
 PLACEHOLDER_TEXT = "no explanation yet"
+
+
+class Subtopic:
+    """A topic of a topics class, read as an attribute: ``{base}/{suffix}`` of the instance, with its doc."""
+
+    def __init__(self, suffix: str, doc: str):
+        self.suffix = suffix
+        self.__doc__ = doc
+
+    def __get__(self, topics, owner=None):
+        return self if topics is None else f"{topics.base}/{self.suffix}"
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,22 @@ class CameraTopics:
 
     prefix: str
     camera: str
+
+    availability = Subtopic("availability", "``online`` / ``offline``, retained; ``offline`` is the connection's "
+                                            "last will.")
+    caption = Subtopic("caption", "Every caption, retained (:func:`caption_message`).")
+    caption_state = Subtopic("caption/state", "The caption as a state, retained, published only when its text "
+                                              "changes (:func:`caption_state_message`).")
+    snapshot = Subtopic("snapshot", "JPEG of a recent frame with its caption drawn on it, retained.")
+    source = Subtopic("source", "The camera source's state, retained, on a change (:func:`source_message`).")
+    explain_request = Subtopic("explain/request", "Explanation requests to this daemon (:func:`explain_request`).")
+    explain_response = Subtopic("explain/response", "Answers to requests that named no MQTT 5 Response Topic.")
+    explain_image = Subtopic("explain/image", "PNG grid of the last explanation (or the placeholder), retained.")
+    explain_image_info = Subtopic("explain/image/info", "What the retained explain image shows and when it was made "
+                                                        "(:func:`explanation_info`), retained.")
+    explain_job = Subtopic("explain/job", "This camera's explain jobs for a fleet's workers (:class:`JobMessage`).")
+    explain_result = Subtopic("explain/result", "Where workers answer this camera's jobs: the jobs' MQTT 5 "
+                                                "Response Topic.")
 
     @classmethod
     def for_camera(cls, prefix: str, camera: str) -> "CameraTopics":
@@ -95,64 +121,9 @@ class CameraTopics:
         """``{prefix}/{camera}``: the first levels of every topic of this camera."""
         return f"{self.prefix}/{self.camera}"
 
-    @property
-    def availability(self) -> str:
-        """``online`` / ``offline``, retained; ``offline`` is the connection's last will."""
-        return f"{self.base}/availability"
-
-    @property
-    def caption(self) -> str:
-        """Every caption, retained (:func:`caption_message`)."""
-        return f"{self.base}/caption"
-
-    @property
-    def caption_state(self) -> str:
-        """The caption as a state, retained, published only when its text changes (:func:`caption_state_message`)."""
-        return f"{self.base}/caption/state"
-
-    @property
-    def snapshot(self) -> str:
-        """JPEG of a recent frame with its caption drawn on it, retained."""
-        return f"{self.base}/snapshot"
-
-    @property
-    def source(self) -> str:
-        """The camera source's state, retained, on a change (:func:`source_message`)."""
-        return f"{self.base}/source"
-
-    @property
-    def explain_request(self) -> str:
-        """Explanation requests to this daemon (:func:`explain_request`)."""
-        return f"{self.base}/explain/request"
-
-    @property
-    def explain_response(self) -> str:
-        """Answers to requests that named no MQTT 5 Response Topic."""
-        return f"{self.base}/explain/response"
-
     def private_response(self, client_id: str) -> str:
         """A Response Topic private to one requesting client."""
         return f"{self.explain_response}/{client_id}"
-
-    @property
-    def explain_image(self) -> str:
-        """PNG grid of the last explanation (or the placeholder), retained."""
-        return f"{self.base}/explain/image"
-
-    @property
-    def explain_image_info(self) -> str:
-        """What the retained explain image shows and when it was made (:func:`explanation_info`), retained."""
-        return f"{self.explain_image}/info"
-
-    @property
-    def explain_job(self) -> str:
-        """This camera's explain jobs for a fleet's workers (:class:`JobMessage`)."""
-        return f"{self.base}/explain/job"
-
-    @property
-    def explain_result(self) -> str:
-        """Where workers answer this camera's jobs: the jobs' MQTT 5 Response Topic."""
-        return f"{self.base}/explain/result"
 
 
 @dataclass(frozen=True)
@@ -162,10 +133,14 @@ class PrefixTopics:
 
     prefix: str
 
+    stats = Subtopic("stats", "Each daemon's statistics every ``mqtt.stats_interval_s`` (the payload names its "
+                              "``camera``).")
+    workers = Subtopic("workers/#", "Filter of every worker's announcement and availability.")
+
     @property
-    def stats(self) -> str:
-        """Each daemon's statistics every ``mqtt.stats_interval_s`` (the payload names its ``camera``)."""
-        return f"{self.prefix}/stats"
+    def base(self) -> str:
+        """``{prefix}``: the first level of every shared topic."""
+        return self.prefix
 
     def explain_jobs(self, group: str) -> str:
         """The MQTT 5 shared subscription of a worker group to every camera's explain jobs."""
@@ -178,11 +153,6 @@ class PrefixTopics:
     def worker_availability(self, worker_id: str) -> str:
         """A fleet worker's ``online`` / ``offline`` (its last will), retained."""
         return f"{self.worker(worker_id)}/availability"
-
-    @property
-    def workers(self) -> str:
-        """Filter of every worker's announcement and availability."""
-        return f"{self.prefix}/workers/#"
 
 
 # --- payloads ------------------------------------------------------------------------------

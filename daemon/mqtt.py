@@ -323,12 +323,7 @@ class MqttPublisher:
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            reason = f"broker refused the connection: {reason_code}"
-            with self._cond:
-                changed = reason != self.last_error
-                self.state = "disconnected"
-                self.last_error = reason
-            (log.error if changed else log.debug)("MQTT: %s; retrying", reason)
+            self._connect_failed(f"broker refused the connection: {reason_code}", logging.ERROR)
             return
         with self._cond:
             if self._stopping:
@@ -355,11 +350,15 @@ class MqttPublisher:
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is still at hand.
         reason = describe_connect_error(sys.exc_info()[1], self.config.host, self.config.port, self.config.tls.active)
+        self._connect_failed(reason, logging.WARNING)
+
+    def _connect_failed(self, reason: str, level: int) -> None:
+        """Record a failed connection attempt; log ``reason`` at ``level`` when it is new, else at debug."""
         with self._cond:
             changed = reason != self.last_error
             self.state = "disconnected"
             self.last_error = reason
-        (log.warning if changed else log.debug)("MQTT: %s; retrying", reason)
+        log.log(level if changed else logging.DEBUG, "MQTT: %s; retrying", reason)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         hint = None

@@ -8,8 +8,8 @@ out of distribution) and the latest explanation: the explained frame
 (``explanation.jpg``), the words of its caption and, for the chosen word and method, the
 heatmap coloured and laid over the frame in the browser.
 
-Every file is written atomically (temporary file in the same folder, fsync, rename, fsync
-of the folder), so a reader never sees a torn file, even across a power cut.
+Every file is written atomically (``daemon.files``), so a reader never sees a torn file,
+even across a power cut.
 """
 
 from __future__ import annotations
@@ -17,46 +17,15 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from daemon.files import remove_stale_temporaries, write_atomically
+
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Delete the temporary files ``atomic_write`` left in ``folder`` when the power was cut
-    mid-write (``.NAME.XXXX.tmp``); return their names. Call it before anything writes there."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp.name)
-    return removed
 
 
 def _wrap(text: str, width_px: int, scale: float, thickness: int) -> list[str]:
@@ -271,11 +240,11 @@ class SnapshotWriter:
     def write(self, jpeg: bytes, caption_message: dict) -> None:
         """Write latest.jpg and latest.json for one caption message (as published on MQTT); index.html once."""
         self._last_write = self._clock()
-        atomic_write(self.folder / "latest.jpg", jpeg)
+        write_atomically(self.folder / "latest.jpg", jpeg)
         record = dict(caption_message, image="latest.jpg")
-        atomic_write(self.folder / "latest.json", (json.dumps(record, indent=2) + "\n").encode())
+        write_atomically(self.folder / "latest.json", (json.dumps(record, indent=2) + "\n").encode())
         if not self._page_written:
             refresh_ms = round(1000 * min(10.0, max(1.0, self.min_interval_s)))
             page = PAGE_TEMPLATE.replace("__CAMERA__", html.escape(self.camera)).replace("__REFRESH_MS__", str(refresh_ms))
-            atomic_write(self.folder / "index.html", page.encode())
+            write_atomically(self.folder / "index.html", page.encode())
             self._page_written = True

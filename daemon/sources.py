@@ -25,6 +25,7 @@ from PIL import Image
 
 from daemon.config import (ImagesSourceConfig, OpenCVSourceConfig, Picamera2SourceConfig, ScenesSourceConfig,
                            SourceConfigBase)
+from daemon.scenes import scene_at
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class Picamera2Source(FrameSource):
     def open(self) -> None:
         self.close()
         try:
-            from picamera2 import Picamera2
+            from picamera2 import Picamera2  # optional: only Raspberry Pi OS has python3-picamera2
         except ImportError:
             raise SourceError("picamera2 is not installed (sudo apt install python3-picamera2; "
                               "create the venv with --system-site-packages)", permanent=True) from None
@@ -279,7 +280,7 @@ class Picamera2Source(FrameSource):
 
 
 class ScenesSource(FrameSource):
-    """Generated scenes (convert.scenes) with their ground-truth caption."""
+    """Generated scenes (daemon.scenes) with their ground-truth caption."""
 
     def __init__(self, config: ScenesSourceConfig):
         self.config = config
@@ -293,8 +294,6 @@ class ScenesSource(FrameSource):
         pass
 
     def read(self) -> tuple[np.ndarray, str | None]:
-        from convert.scenes import scene_at  # numpy + OpenCV only
-
         scene = scene_at(self.config.seed, self.index)
         self.index += 1
         return scene.image, scene.caption

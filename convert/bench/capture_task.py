@@ -17,7 +17,7 @@ from daemon.app import Daemon, build_daemon
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics
 from daemon.mqtt import MqttPublisher
-from convert.scenes import scene_at
+from daemon.scenes import scene_at
 from daemon.sources import Frame
 
 

@@ -9,7 +9,7 @@ from convert.bench.measure import bench_frames, read_proc_status
 from daemon.bundle import load_bundle
 from daemon.config import ExplainConfig
 from daemon.explain.explainer import Explainer
-from daemon.explain.registry import METHODS, ExplainOptions
+from daemon.explain.registry import METHODS
 
 
 def explain_task(params: dict) -> dict:
@@ -19,8 +19,7 @@ def explain_task(params: dict) -> dict:
     batch shapes; ``warm`` is the second call, what a busy explainer answers in.
     """
     cfg = ExplainConfig()
-    options = ExplainOptions(batch_size=cfg.batch_size, smoothgrad_samples=cfg.smoothgrad_samples,
-                             ig_steps=cfg.ig_steps)
+    options = cfg.options()
     bundle = load_bundle(params["bundle"], verify=False)  # the parent verified it
     explainer = Explainer(bundle, options, cfg.gradcam_layer, params["backend"], params["threads"])
     frame = bench_frames(1, bundle.input_size)[0]

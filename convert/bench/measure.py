@@ -11,7 +11,7 @@ import numpy as np
 
 from daemon.captioner import resize_for_encoder
 from daemon.encoder import load_interpreter
-from convert.scenes import scene_at
+from daemon.scenes import scene_at
 
 BENCH_SCENES_SEED = 5150  # frames the bench runs on (training uses 1, calibration 4242, report 4343)
 BENCH_FRAMES = 8

@@ -38,6 +38,7 @@ SLIC; the float model is reached through the explainer's backend (``bottleneck_a
 from __future__ import annotations
 
 import base64
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ import numpy as np
 
 from daemon.explain.base import Method, MethodResult
 from daemon.explain.heatmap import TILE
+from daemon.explain.targets import teacher_tokens
+from daemon.files import write_atomically
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
 # under 0.1% of the image dropped, a segment overlapping an already kept one of a coarser
@@ -86,7 +89,7 @@ def segment(image: np.ndarray, n_segments=N_SEGMENTS, compactness: float = COMPA
     Coarse resolutions come first; a segment of a finer resolution whose Jaccard index
     with a kept segment of a coarser one exceeds 0.5 is a duplicate and is dropped.
     """
-    from skimage.segmentation import slic  # imported on first use: only ACE answers need it
+    from skimage.segmentation import slic  # brings scipy (~1 s, ~40 MB): only ACE answers load it
 
     h, w = image.shape[:2]
     kept_levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (labels, areas, kept ids)
@@ -196,10 +199,9 @@ class ConceptBank:
 
     def save(self, path: str | Path) -> None:
         """Write the bank as a compressed ``concepts.npz`` (no pickled objects)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        buffer = io.BytesIO()
         np.savez_compressed(
-            tmp, layer=np.array(self.layer), centres=self.centres.astype(np.float32),
+            buffer, layer=np.array(self.layer), centres=self.centres.astype(np.float32),
             radius=self.radius.astype(np.float32), cavs=self.cavs.astype(np.float32),
             words=np.array(self.words, dtype=str), tcav=self.tcav.astype(np.float32),
             tcav_p=self.tcav_p.astype(np.float32), significant=self.significant.astype(bool),
@@ -209,7 +211,7 @@ class ConceptBank:
             image_count=self.image_count.astype(np.int32), n_segments=np.array(self.n_segments, np.int32),
             compactness=np.array(self.compactness), sigma=np.array(self.sigma), min_area=np.array(self.min_area),
             fill=np.array(self.fill), random_tcav=self.random_tcav.astype(np.float32), source=np.array(self.source))
-        tmp.replace(path)
+        write_atomically(path, buffer.getvalue())
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         """Segments of an RGB uint8 image with the bank's SLIC settings."""
@@ -369,8 +371,6 @@ class ConceptExplainer:
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 counterfactual: bool = True) -> ConceptExplanation:
         """ACE for the words ``indices`` (default all) of the caption ``tokens`` of an RGB frame."""
-        from daemon.explain.targets import teacher_tokens
-
         started = time.perf_counter()
         ex, bank = self.explainer, self.bank
         x = ex.prepare(image)

@@ -22,7 +22,8 @@ from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
 from daemon.explain import heatmap
-from daemon.explain.backends import load_backend
+from daemon.explain.ace import ConceptBank, ConceptExplainer
+from daemon.explain.backends import DEFAULT_THREADS, load_backend
 from daemon.explain.base import MethodResult, Subject
 from daemon.explain.registry import ExplainOptions, load_method
 from daemon.explain.requests import response
@@ -85,7 +86,7 @@ class Explainer:
     """A bundle's float captioner behind a backend, with the explanation methods."""
 
     def __init__(self, bundle: Bundle | str | Path, options: ExplainOptions | None = None,
-                 gradcam_layer: str | None = None, backend="auto", threads: int = 2):
+                 gradcam_layer: str | None = None, backend="auto", threads: int = DEFAULT_THREADS):
         """``backend``: "auto" | "litert" | "tensorflow" (see ``load_backend``) or a backend object."""
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         special = self.bundle.manifest["special_tokens"]
@@ -139,8 +140,6 @@ class Explainer:
     def concepts(self):
         """The ACE engine with the bundle's concept bank, loaded on first use (BundleError without a bank)."""
         if self._concepts is None:
-            from daemon.explain.ace import ConceptBank, ConceptExplainer
-
             if not self.bundle.has("concepts"):
                 raise BundleError(f"{self.bundle.path}: the bundle has no concept bank (concepts.npz); "
                                   "build one with `explaincam concepts`")

@@ -13,8 +13,11 @@ import argparse
 import json
 import sys
 
-from daemon.captioner import DEFAULT_BUNDLE, read_rgb
-from daemon.explain.backends import BACKEND_CHOICES
+from daemon.bundle import BundleError
+from daemon.captioner import DEFAULT_BUNDLE, Captioner, read_rgb
+from daemon.encoder import EncoderError
+from daemon.explain.backends import BACKEND_CHOICES, BackendError
+from daemon.explain.explainer import Explainer, answer
 from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 
@@ -42,10 +45,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Caption, explain, print and save."""
-    from daemon.bundle import BundleError
-    from daemon.captioner import Captioner
-    from daemon.encoder import EncoderError
-
     try:
         words = parse_words(args.words)
         frame = read_rgb(args.image)
@@ -60,9 +59,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: word index {bad[0]} is out of range: {caption.caption!r} has {len(caption.tokens)} words",
               file=sys.stderr)
         return 2
-    from daemon.explain.backends import BackendError
-    from daemon.explain.explainer import Explainer, answer
-
     options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps)
     try:
         explainer = Explainer(captioner.bundle, options, args.gradcam_layer, args.backend)

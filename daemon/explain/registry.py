@@ -22,9 +22,7 @@ METHODS: dict[str, str] = {
 # evaluate`` score); ACE answers concepts, and evaluate scores it by its removal test.
 MAP_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "saliency", "smoothgrad", "integrated_gradients")
 
-RESERVED: dict[str, str] = {}
-
-DEFAULT_METHODS = ["gradcam", "saliency"]
+DEFAULT_METHODS = ["gradcam", "saliency"]  # what a request that names no method gets (explain.default_methods)
 
 
 def load_method(name: str):
@@ -36,7 +34,10 @@ def load_method(name: str):
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """How hard the methods work: batch size and the sample counts of the sampling methods."""
+    """How hard the methods work: batch size and the sample counts of the sampling methods.
+
+    These defaults are the config's too (``explain.batch_size``, ``smoothgrad_samples``, ``ig_steps``).
+    """
 
     batch_size: int = 16  # images per forward/backward pass
     smoothgrad_samples: int = 16  # noisy copies per word (Smilkov et al. suggest 10-50)

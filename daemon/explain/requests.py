@@ -22,7 +22,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from daemon.explain import heatmap
-from daemon.explain.registry import METHODS, RESERVED
+from daemon.explain.registry import METHODS
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
                "frame_not_cached", "busy", "internal", "shutting_down",
@@ -131,8 +131,6 @@ def validate_request(payload: bytes | str, max_bytes: int,
     if request.methods is None:
         request = request.model_copy(update={"methods": list(default_methods or [])})
     for name in request.methods:
-        if name in RESERVED:
-            return ErrorResponse(request.id, "unknown_method", f"method {name!r}: {RESERVED[name]}")
         if name not in METHODS:
             return ErrorResponse(request.id, "unknown_method", f"unknown method {name!r}; known: {', '.join(METHODS)}")
     if len(set(request.methods)) != len(request.methods):

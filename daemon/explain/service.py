@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.contract import CameraTopics, explanation_info
-from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
+from daemon.files import write_atomically
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.snapshot import atomic_write, encode_jpeg
+from daemon.snapshot import encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
 
@@ -93,11 +93,7 @@ class ExplainService:
         self.frame_cache = frame_cache
         self.model_name = model_name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
-        self.settings = WorkerSettings(
-            bundle_path=str(bundle_path), nice=config.nice, idle_exit_s=config.idle_exit_s,
-            threads=config.threads, gradcam_layer=config.gradcam_layer, backend=config.backend,
-            options=ExplainOptions(batch_size=config.batch_size, smoothgrad_samples=config.smoothgrad_samples,
-                                   ig_steps=config.ig_steps))
+        self.settings = WorkerSettings(str(bundle_path), config)
         self._context = multiprocessing.get_context("spawn")
         _start_resource_tracker()
         self._worker: _Worker | None = None
@@ -316,10 +312,10 @@ class ExplainService:
             return
         try:
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.snapshot_dir / "explanation.png", grid)
+            write_atomically(self.snapshot_dir / "explanation.png", grid)
             if image is not None:
-                atomic_write(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
-            atomic_write(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
+                write_atomically(self.snapshot_dir / "explanation.jpg", encode_jpeg(image, 92))
+            write_atomically(self.snapshot_dir / "explanation.json", (json.dumps(record) + "\n").encode())
         except OSError as exc:
             self._write_problem.failed(exc)
         else:

@@ -1,8 +1,8 @@
 """The explainer process: loads the float model once and answers jobs until it has been idle.
 
 ``serve`` is the process's main function (multiprocessing ``spawn``). This module imports
-no model code itself, so the capture process can name ``serve`` as the target; the process
-loads the explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
+no TensorFlow, so the capture process can name ``serve`` as the target; the process loads
+the explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
 
 Messages to the service, on the results pipe:
 ``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message)``.
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daemon.explain.registry import ExplainOptions
+from daemon.config import ExplainConfig
+from daemon.explain.explainer import Explainer, answer as explain_answer
 
 PARENT_CHECK_S = 1.0  # how often the explainer looks whether the daemon is still there
 
@@ -42,21 +43,15 @@ class Job:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    """What the explainer process needs to start: bundle, backend, niceness, idle timeout, effort."""
+    """What the explainer process needs to start: the bundle and the ``explain`` section of the config
+    (backend, threads, niceness, idle timeout, effort)."""
 
     bundle_path: str
-    nice: int = 10
-    idle_exit_s: float = 300.0
-    threads: int = 2
-    gradcam_layer: str | None = None
-    options: ExplainOptions = ExplainOptions()
-    backend: str = "auto"  # "auto" | "litert" | "tensorflow" (daemon.explain.backends.load_backend)
+    explain: ExplainConfig
 
 
 def answer(explainer, job: Job) -> tuple[dict, bytes]:
     """The ok response (without service timings) and the explanation picture (PNG) of one job."""
-    from daemon.explain.explainer import answer as explain_answer
-
     return explain_answer(explainer, job.image, job.tokens, job.indices, job.methods, job.request_id,
                           frame_id=job.frame_id, caption=job.caption)
 
@@ -93,7 +88,7 @@ def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
     try:
-        os.nice(settings.nice)
+        os.nice(settings.explain.nice)
     except OSError:
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,7 +96,7 @@ def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
     explainer = None
     while True:
         try:
-            job = jobs.get(timeout=settings.idle_exit_s)
+            job = jobs.get(timeout=settings.explain.idle_exit_s)
         except queue.Empty:
             return
         if job is None or not _send(results, ("started", job.key)):
@@ -141,7 +136,5 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 def _load(settings: WorkerSettings):
     """The explainer on the configured backend (LiteRT needs no TensorFlow import)."""
-    from daemon.explain.explainer import Explainer
-
-    return Explainer(settings.bundle_path, settings.options, settings.gradcam_layer, settings.backend,
-                     settings.threads)
+    config = settings.explain
+    return Explainer(settings.bundle_path, config.options(), config.gradcam_layer, config.backend, config.threads)

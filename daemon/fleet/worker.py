@@ -33,13 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.bundle import BundleError, load_bundle
 from daemon import contract
+from daemon.bundle import BundleError, load_bundle
 from daemon.config import ConfigError, WorkerConfig, load_config
 from daemon.contract import JobMessage, MessageError, PrefixTopics
 from daemon.explain.backends import BackendError
+from daemon.explain.explainer import Explainer
 from daemon.explain.registry import ExplainOptions
 from daemon.explain.requests import ErrorResponse
+from daemon.explain.worker import Job, answer
 from daemon.fleet.dispatcher import bundle_identity
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
@@ -161,19 +163,13 @@ class FleetWorker:
         as the local explainer process loads it (BackendError when that backend cannot run here)."""
         key = (sha256, gradcam_layer)
         if key not in self._explainers:
-            from daemon.explain.worker import WorkerSettings, _load
-
-            settings = WorkerSettings(bundle_path=self.bundles[sha256][1], threads=self.cfg.threads,
-                                      gradcam_layer=gradcam_layer, backend=self.cfg.backend,
-                                      options=ExplainOptions(batch_size=self.cfg.batch_size))
-            self._explainers[key] = _load(settings)
+            self._explainers[key] = Explainer(self.bundles[sha256][1], ExplainOptions(batch_size=self.cfg.batch_size),
+                                              gradcam_layer, self.cfg.backend, self.cfg.threads)
         return self._explainers[key]
 
     @staticmethod
     def _warm_up(explainer) -> None:
         """Explain one grey frame's first word, so the first job does not pay for building the graphs."""
-        from daemon.explain.worker import Job, answer
-
         image = np.full((explainer.size, explainer.size, 3), 128, np.uint8)
         tokens = explainer.float_caption(image)[:1]
         if tokens:
@@ -278,8 +274,6 @@ class FleetWorker:
 
     def _explain(self, queued: _Queued) -> None:
         """Explain one job with the answer pipeline and publish its result."""
-        from daemon.explain.worker import Job, answer
-
         job = queued.job
         started = time.monotonic()
         log.info("job %s (request %r of %s) started", job.job_id, job.request_id, job.camera)

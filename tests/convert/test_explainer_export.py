@@ -14,11 +14,11 @@ import tensorflow as tf
 from convert.explainer_export import (EXPLAINER_FILE, SIGNATURES, ExplainerGraphs, ExportError, UnrolledDecoder,
                                       add_to_bundle, convert_graphs, operator_names)
 from convert.model import build_captioner, build_encoder, load_captioner
-from convert.scenes import scene_at
 from daemon.bundle import load_bundle, write_manifest
 from daemon.captioner import resize_for_encoder
 from daemon.explain.backends.tensorflow import SplitCaptioner
 from daemon.explain.layers import MomentMap
+from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
 HELD_OUT_SEED = 9494  # scenes no other test, training or conversion step uses

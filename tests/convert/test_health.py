@@ -3,8 +3,7 @@
 import json
 import shutil
 
-from convert.bundle import health
-from convert.evaluate import bundle_health
+from convert.health import bundle_health, health
 from daemon.bundle import load_bundle, write_manifest
 from tests.conftest import SHIPPED_BUNDLE
 

@@ -5,8 +5,9 @@ import json
 import cv2
 import numpy as np
 
-from convert.scenes import COLOURS, objects_mask, read_scenes, scene_at, scene_vocabulary
+from convert.scenes import read_scenes
 from daemon.cli import main as cli
+from daemon.scenes import COLOURS, objects_mask, scene_at, scene_vocabulary
 
 
 def test_scene_is_deterministic_per_seed_and_index():

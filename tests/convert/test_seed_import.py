@@ -9,10 +9,10 @@ import pytest
 
 import keras
 
-from convert.scenes import scene_at
 from daemon.captioner import Captioner, resize_for_encoder
 from daemon.decoder import log_softmax
 from daemon.cli import main as cli
+from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 
 tf_keras = pytest.importorskip("tf_keras")

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from convert.datasets import object_density, read_flickr_captions, scenes_set
-from convert.scenes import COLOURS, PLURALS, SHAPES, SIZES, scene_at
 from daemon.bundle import BundleError, load_bundle
 from daemon.captioner import Captioner
 from daemon.cli import main as cli
+from daemon.scenes import COLOURS, PLURALS, SHAPES, SIZES, scene_at
 
 
 def _write_images(folder, count, seed):
@@ -131,7 +131,7 @@ def _background_activity(train_dir, scenes):
     import keras
 
     from convert.model import load_captioner
-    from convert.scenes import block_any
+    from daemon.scenes import block_any
 
     encoder = load_captioner(train_dir / "captioner.keras").get_layer("encoder")
     reduced = keras.Model(encoder.input, encoder.get_layer("spatial_reduce").output)

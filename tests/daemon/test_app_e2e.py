@@ -17,8 +17,8 @@ import numpy as np
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from convert.scenes import scene_at
 from daemon.contract import CameraTopics
+from daemon.scenes import scene_at
 from tests.conftest import (AVAILABILITY, CAMERA, CAPTION, PREFIX, REPO, SHIPPED_BUNDLE, SOURCE, START_TIMEOUT,
                             STATS, daemon_config, wait_until)
 

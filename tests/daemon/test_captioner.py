@@ -8,8 +8,8 @@ import numpy as np
 
 
 from convert.model import load_captioner
-from convert.scenes import scene_at
 from daemon.captioner import DEFAULT_BUNDLE, Captioner, resize_for_encoder
+from daemon.scenes import scene_at
 
 HELD_OUT_SEED = 90210  # training uses seed 1, calibration 4242, the converter's report 4343
 
@@ -59,7 +59,7 @@ def test_caption_command_refuses_a_missing_bundle(tmp_path):
 def test_main_process_modules_do_not_import_tensorflow():
     """The capture side (captioner, decoder, encoder, bundle, scenes, CLI) stays TF-free."""
     code = ("import sys, daemon.cli, daemon.captioner, daemon.decoder, daemon.encoder, daemon.bundle, "
-            "daemon.vocab, convert.scenes\n"
+            "daemon.vocab, daemon.scenes\n"
             "from daemon.captioner import Captioner, DEFAULT_BUNDLE\n"
             "import numpy as np\n"
             "Captioner.from_path(DEFAULT_BUNDLE).caption(np.zeros((224, 224, 3), np.uint8))\n"

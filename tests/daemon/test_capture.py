@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 
-from convert.scenes import scene_at
 from daemon.capture import CaptionLoop, frame_change, thumbnail
 from daemon.contract import CameraTopics
 from daemon.captioner import Captioner
@@ -18,6 +17,7 @@ from daemon.broker import free_port
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
+from daemon.scenes import scene_at
 from daemon.snapshot import SnapshotWriter
 from daemon.sources import Frame, FrameGrabber, make_source
 from tests.conftest import SHIPPED_BUNDLE

@@ -4,9 +4,9 @@ import numpy as np
 
 
 from convert.model import load_captioner
-from convert.scenes import scene_at
 from daemon.captioner import DEFAULT_BUNDLE, Captioner, resize_for_encoder
 from daemon.decoder import StepDecoder, log_softmax
+from daemon.scenes import scene_at
 
 
 def _keras_parts():

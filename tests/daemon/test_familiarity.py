@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from convert.feature_stats import new_bundle_feature_stats
-from convert.scenes import scene_at
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import DEFAULT_BUNDLE, Captioner
 from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats
+from daemon.scenes import scene_at
 from tests.conftest import REPO
 
 HELD_OUT_SEED = 5150  # never used for the shipped statistics (they use 4242)

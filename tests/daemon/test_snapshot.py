@@ -1,46 +1,13 @@
-"""Snapshot files: atomic writes, latest.jpg with the caption, latest.json, a self-refreshing index.html."""
+"""Snapshot files: latest.jpg with the caption, latest.json, a self-refreshing index.html."""
 
 from __future__ import annotations
 
 import json
-import os
-import threading
 
 import cv2
 import numpy as np
 
-from daemon.snapshot import SnapshotWriter, atomic_write, draw_caption, encode_jpeg
-
-
-def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
-    target = tmp_path / "latest.json"
-    atomic_write(target, b"old")
-    atomic_write(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert os.listdir(tmp_path) == ["latest.json"]
-    assert (target.stat().st_mode & 0o777) == 0o644
-
-
-def test_a_concurrent_reader_never_sees_a_torn_file(tmp_path):
-    target = tmp_path / "latest.json"
-    atomic_write(target, json.dumps({"n": 0, "pad": "x" * 50_000}).encode())
-    done = threading.Event()
-    torn = []
-
-    def read_constantly():
-        while not done.is_set():
-            try:
-                json.loads(target.read_bytes())
-            except ValueError as exc:
-                torn.append(exc)
-
-    reader = threading.Thread(target=read_constantly)
-    reader.start()
-    for n in range(150):
-        atomic_write(target, json.dumps({"n": n, "pad": "x" * (50_000 + n)}).encode())
-    done.set()
-    reader.join()
-    assert torn == []
+from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
 
 
 def test_draw_caption_scales_the_frame_and_adds_a_band():

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from convert.scenes import scene_at
 from daemon.config import ImagesSourceConfig, OpenCVSourceConfig, Picamera2SourceConfig, ScenesSourceConfig
 from daemon.broker import free_port
+from daemon.scenes import scene_at
 from daemon.sources import FrameGrabber, FrameSource, SourceError, make_source
 from tests.conftest import wait_until
 

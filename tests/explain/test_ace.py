@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from convert.concepts import bottleneck_layer
-from convert.scenes import COLOURS, PLURALS, SHAPES, scene_at
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain import ace
 from daemon.explain.heatmap import decode_png
+from daemon.scenes import COLOURS, PLURALS, SHAPES, scene_at
 
 HELD_OUT_SEED = 6161  # not the bank's discovery stream (5050) nor training (1)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.scenes import scene_at
 from daemon.bundle import load_bundle
 from daemon.explain.backends import explainer_graph
 from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
 HELD_OUT_SEED = 9494  # not used by training (1), calibration (4242), reports (4343) or other tests

@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from convert.scenes import scene_at
 from daemon.bundle import load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.explain.backends.litert import LiteRTBackend
+from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 from tests.conftest import REPO, SHIPPED_BUNDLE
 

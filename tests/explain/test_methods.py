@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from convert.scenes import scene_at
 from daemon.decoder import log_softmax
 from daemon.explain.registry import MAP_METHODS, ExplainOptions
 from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
+from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
 HELD_OUT_SEED = 8181  # neither training (1), calibration (4242) nor the converter's report (4343)
@@ -108,7 +108,7 @@ def test_each_method_gives_a_finite_map_per_word(explainer, method):
 
 
 def test_the_converter_reads_the_moment_map_of_a_moments_head():
-    from convert.bundle import default_gradcam_layer
+    from convert.pack import default_gradcam_layer
     from convert.model import build_captioner, build_encoder
 
     captioner = build_captioner(build_encoder(pooling="moments", stride=16, minimalistic=True), vocab_size=24)
@@ -120,7 +120,7 @@ def test_the_converter_reads_the_moment_map_of_a_moments_head():
 def test_other_heads_read_the_last_map_if_pretrained_else_an_early_one(pooling):
     import keras
 
-    from convert.bundle import default_gradcam_layer
+    from convert.pack import default_gradcam_layer
     from convert.model import build_captioner, build_encoder
 
     captioner = build_captioner(build_encoder(pooling=pooling), vocab_size=24)

@@ -7,9 +7,9 @@ import json
 
 import cv2
 
-from convert.scenes import scene_at
 from daemon.explain import oneshot
 from daemon.explain.heatmap import decode_png
+from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
 

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from convert.scenes import scene_at
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
@@ -18,6 +17,7 @@ from daemon.explain.heatmap import decode_png
 from daemon.explain import service as service_module
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
+from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE, wait_until
 
 EXPLAIN_TIMEOUT = 180

@@ -15,8 +15,8 @@ import time
 import cv2
 import pytest
 
-from convert.scenes import scene_at
 from daemon.broker import free_port
+from daemon.scenes import scene_at
 from tests.conftest import CAMERA, CAPTION, SOURCE, START_TIMEOUT, daemon_config
 from tests.faults.probes import figures, live_captions
 

@@ -16,7 +16,7 @@ import time
 import cv2
 import numpy as np
 
-from convert.scenes import scene_at
+from daemon.scenes import scene_at
 from tests.conftest import CAPTION, START_TIMEOUT, daemon_config, wait_until
 from tests.faults.probes import figures, live_captions
 

@@ -15,7 +15,7 @@ import time
 
 import cv2
 
-from convert.scenes import scene_at
+from daemon.scenes import scene_at
 from tests.conftest import CAMERA, START_TIMEOUT, STATS, daemon_config, wait_until
 from tests.faults.probes import fd_targets, figures, rss_mb, steady, thread_count
 

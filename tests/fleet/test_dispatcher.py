@@ -18,7 +18,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from convert.scenes import scene_at
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig, MqttConfig
 from daemon.explain.heatmap import decode_png, encode_png
@@ -29,6 +28,7 @@ from daemon.contract import CameraTopics, JobMessage, PrefixTopics
 from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.mqtt import MqttPublisher
+from daemon.scenes import scene_at
 from tests.conftest import PREFIX, SHIPPED_BUNDLE, wait_until
 
 CAMERA = "fleetcam"

@@ -57,15 +57,10 @@ def fleet(tmp_path_factory):
 def local_explainer():
     """The explainer a camera's own explainer process would load (same bundle, same options)."""
     from daemon.config import ExplainConfig
-    from daemon.explain.registry import ExplainOptions
     from daemon.explain.worker import WorkerSettings, _load
     from tests.conftest import SHIPPED_BUNDLE
 
-    defaults = ExplainConfig()
-    return _load(WorkerSettings(bundle_path=str(SHIPPED_BUNDLE), threads=1, backend=defaults.backend,
-                                options=ExplainOptions(batch_size=defaults.batch_size,
-                                                       smoothgrad_samples=defaults.smoothgrad_samples,
-                                                       ig_steps=defaults.ig_steps)))
+    return _load(WorkerSettings(bundle_path=str(SHIPPED_BUNDLE), explain=ExplainConfig(threads=1)))
 
 
 def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet, local_explainer):

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from convert.scenes import scene_at
 from daemon.captioner import Captioner
 from daemon.capture import CaptionLoop
 from daemon.config import AppConfig
@@ -23,6 +22,7 @@ from daemon.discovery import discovery_messages
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
+from daemon.scenes import scene_at
 from daemon.sources import Frame, FrameGrabber, make_source
 from tests.conftest import SHIPPED_BUNDLE
 from tests.service.home_assistant import ImageEntity, SensorEntity

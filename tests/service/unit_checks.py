@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon.service import render_unit
+from daemon.install import render_unit
 
 MAX_EXPOSURE = 2.0
 

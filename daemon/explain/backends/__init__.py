@@ -20,7 +20,11 @@ from typing import Protocol
 
 import numpy as np
 
+from daemon.explain.backends.litert import LiteRTBackend
+from daemon.explain.registry import ExplainOptions
+
 BACKEND_CHOICES = ("auto", "litert", "tensorflow")
+DEFAULT_THREADS = 2  # threads of a backend (explain.threads, a worker's threads) unless told
 
 
 class BackendError(Exception):
@@ -113,8 +117,8 @@ def choose_backend(bundle, choice: str = "auto", gradcam_layer: str | None = Non
     return "tensorflow"
 
 
-def load_backend(bundle, choice: str = "auto", threads: int = 2, gradcam_layer: str | None = None,
-                 batch_size: int = 16) -> Backend:
+def load_backend(bundle, choice: str = "auto", threads: int = DEFAULT_THREADS, gradcam_layer: str | None = None,
+                 batch_size: int = ExplainOptions.batch_size) -> Backend:
     """The backend ``choice`` ("auto" | "litert" | "tensorflow") for a loaded bundle.
 
     ``auto``: LiteRT when the manifest names an explainer graph (and no other Grad-CAM
@@ -122,9 +126,7 @@ def load_backend(bundle, choice: str = "auto", threads: int = 2, gradcam_layer: 
     chosen backend cannot run (no graph, TensorFlow not installed).
     """
     if choose_backend(bundle, choice, gradcam_layer) == "litert":
-        from daemon.explain.backends.litert import LiteRTBackend
-
         return LiteRTBackend(bundle, threads=threads)
-    from daemon.explain.backends.tensorflow import TensorFlowBackend
+    from daemon.explain.backends.tensorflow import TensorFlowBackend  # TensorFlow: only when this backend is chosen
 
     return TensorFlowBackend(bundle, threads=threads, gradcam_layer=gradcam_layer, batch_size=batch_size)

@@ -30,7 +30,7 @@ class LiteRTBackend:
 
     name = "litert"
 
-    def __init__(self, bundle: Bundle | str | Path, threads: int = 2):
+    def __init__(self, bundle: Bundle | str | Path, threads: int):
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         graph = self.bundle.manifest.get("explainer")
         if not isinstance(graph, dict) or not self.bundle.has("explainer"):

@@ -17,6 +17,7 @@ import keras
 
 from daemon.explain.backends import token_rows
 from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
+from daemon.explain.registry import ExplainOptions
 
 
 class SplitCaptioner:
@@ -114,7 +115,8 @@ class TensorFlowBackend:
     name = "tensorflow"
 
     def __init__(self, bundle, threads: int | None = None, gradcam_layer: str | None = None,
-                 bottleneck_layer: str | None = None, batch_size: int = 16, captioner: keras.Model | None = None):
+                 bottleneck_layer: str | None = None, batch_size: int = ExplainOptions.batch_size,
+                 captioner: keras.Model | None = None):
         """``captioner`` replaces the bundle's (the randomization test's re-initialised copy);
         the bottleneck defaults to the layer of the bundle's concept bank, else ``default_bottleneck_layer``."""
         if threads:

@@ -1,4 +1,4 @@
-"""``explaincam convert``: quantize a captioner into a model bundle (format in daemon.bundle).
+"""``explaincam convert``: pack a captioner into a model bundle, its encoder quantized (format in daemon.bundle).
 
 Two inputs:
 - a training folder from ``explaincam train`` (``--model DIR``);
@@ -10,11 +10,7 @@ The bundle gets a full-integer int8 encoder (uint8 input, int8 ops only, calibra
 generated scenes or the user's images), the decoder weights for the numpy step decoder,
 the full-precision sequence-form ``captioner.keras``, the vocabulary, hashes and a report
 of what was measured: float vs int8 caption agreement, feature cosine, sizes, latency,
-the calibration used, and a health verdict (``health``): a bundle whose int8 features
-point elsewhere than the float ones (cosine below HEALTH_MIN_COSINE) or whose int8
-captions mostly differ from the float ones (agreement below HEALTH_MIN_AGREEMENT) is
-flagged ``broken`` (a random or wrong encoder gives cosine ~0.7, agreement ~0.1; a sound
-one 0.95+ and 0.5+).
+the calibration used, and a health verdict (``convert.health``).
 
 A seed model was trained on images that Keras' ``load_img`` resized with PIL nearest
 neighbour, so its bundle records ``input.resize: nearest`` and everything that feeds its
@@ -29,27 +25,28 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 import keras
 
-from convert.feature_stats import new_bundle_feature_stats
+from convert.explainer_export import ExportError, add_to_bundle
+from convert.feature_stats import CALIBRATION_SEED, new_bundle_feature_stats
+from convert.health import health
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
-from convert.scenes import scene_at
 from daemon.bundle import load_bundle, write_manifest
+from daemon.captioner import read_rgb, resize_for_encoder
 from daemon.decoder import StepDecoder
 from daemon.encoder import TFLiteEncoder
+from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 
-CALIBRATION_SEED = 4242  # scenes used to calibrate int8 ranges; training uses seed 1
 REPORT_SEED = 4343  # scenes the converter's own report is measured on
 DEFAULT_CALIBRATION = 100  # int8 calibration images: ranges settle by ~100; EfficientNetV2L takes ~6 s each on 2 cores
 SEED_RESIZE = "nearest"  # the seed's Keras load_img(target_size=...) resizes with PIL nearest neighbour
-HEALTH_MIN_COSINE = 0.9  # mean int8/float feature cosine below this: the int8 encoder is broken
-HEALTH_MIN_AGREEMENT = 0.25  # int8/float greedy caption agreement below this: broken
 
 
 class ConvertError(Exception):
@@ -83,8 +80,6 @@ def default_gradcam_layer(captioner: keras.Model, pretrained: bool = True) -> st
 
 def image_folder_batches(folder: str | Path, size: int, limit: int, resize: str = "area") -> list[np.ndarray]:
     """Up to ``limit`` readable images of a folder, RGB at ``size`` (resized by ``resize``), for calibration."""
-    from daemon.captioner import read_rgb, resize_for_encoder
-
     paths = sorted(p for p in Path(folder).rglob("*")
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"))
     images = []
@@ -178,17 +173,6 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
     return report
 
 
-def health(report: dict) -> dict:
-    """The bundle's health verdict from its measured int8/float cosine and agreement."""
-    problems = []
-    if report["feature_cosine_mean"] < HEALTH_MIN_COSINE:
-        problems.append(f"int8/float feature cosine {report['feature_cosine_mean']} < {HEALTH_MIN_COSINE}")
-    if report["int8_float_agreement"] < HEALTH_MIN_AGREEMENT:
-        problems.append(f"int8/float caption agreement {report['int8_float_agreement']} < {HEALTH_MIN_AGREEMENT}")
-    return {"status": "broken" if problems else "ok", "problems": problems,
-            "thresholds": {"feature_cosine_mean": HEALTH_MIN_COSINE, "int8_float_agreement": HEALTH_MIN_AGREEMENT}}
-
-
 def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str, max_length: int,
               encoder_name: str, extra: dict | None, calibration: list[np.ndarray], report_images: list[np.ndarray],
               report_references: list[str] | None, resize: str, calibration_source: str, verbose: bool,
@@ -257,8 +241,6 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
 
 def _add_explainer(bundle_dir: Path, captioner: keras.Model, verbose: bool) -> None:
     """Export the LiteRT explainer graph into the bundle; a graph that cannot be exported leaves it without one."""
-    from convert.explainer_export import ExportError, add_to_bundle
-
     if verbose:
         print("exporting the explainer graph (explainer_float.tflite) ...", flush=True)
     try:
@@ -275,8 +257,6 @@ def calibration_images(size: int, count: int, image_dir: str | None, resize: str
 
 
 def _resized(image: np.ndarray, size: int, resize: str = "area") -> np.ndarray:
-    from daemon.captioner import resize_for_encoder
-
     return resize_for_encoder(image, size, resize)
 
 
@@ -318,8 +298,6 @@ def _h5_layer_weights(path: Path) -> tuple[list[tuple[str, list[np.ndarray]]], d
     Reading the weights with h5py works for files written by Keras 2 (the seed's) and
     Keras 3 alike, where rebuilding the saved graph does not.
     """
-    import h5py
-
     with h5py.File(path, "r") as fh:
         config = json.loads(fh.attrs.get("model_config", "{}") or "{}")
     return legacy_h5_layers(path), config

@@ -24,19 +24,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from daemon.config import CONFIG_FILE, AppConfig, ConfigError, load_config
 from daemon.contract import CameraTopics, explain_request
 from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 
 IMAGE_GRACE_S = 2.0  # how long to wait for the grid picture after the response
-DEFAULT_CONFIG = "config.yaml"  # as for `explaincam run`
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam request``."""
     parser.add_argument("-c", "--config", default=None,
                         help="the daemon's config.yaml, for the broker, camera and prefix defaults "
-                             f"(default: {DEFAULT_CONFIG} if it exists)")
+                             f"(default: {CONFIG_FILE} if it exists)")
     parser.add_argument("--host", default=None, help="MQTT broker host (default: the config's, else localhost)")
     parser.add_argument("--port", type=int, default=None,
                         help="broker port (default: the config's, else 1883, 8883 with TLS)")
@@ -61,9 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def apply_config_defaults(args: argparse.Namespace) -> None:
     """Fill --host, --port, --camera and --prefix left out from the config (``-c``, else ./config.yaml if it
     exists), else localhost, cam, explaincam; ConfigError when a config named with ``-c`` cannot be used."""
-    from daemon.config import AppConfig, load_config
-
-    path = args.config or (DEFAULT_CONFIG if os.path.isfile(DEFAULT_CONFIG) else None)
+    path = args.config or (CONFIG_FILE if os.path.isfile(CONFIG_FILE) else None)
     cfg = load_config(path) if path else AppConfig()
     args.host = args.host or cfg.mqtt.host
     args.port = args.port or (cfg.mqtt.port if path else None)
@@ -162,8 +160,6 @@ class _Exchange:
 
 def main(args: argparse.Namespace) -> int:
     """Send the request, wait for the correlated answer, save and summarise it."""
-    from daemon.config import ConfigError
-
     try:
         apply_config_defaults(args)
         request = build_request(args)

@@ -46,13 +46,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from daemon.bundle import BundleError, load_bundle
 from daemon.explain.backends import explainer_graph
+from daemon.files import write_atomically
 
 UNIT_NAME = "explaincam.service"
 TEMPLATE_NAME = "explaincam@.service"  # explaincam@NAME.service: one daemon per camera
@@ -152,22 +152,6 @@ def render_config(text: str, bundle: str, camera: str | None = None) -> str:
     return rendered
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -213,7 +197,8 @@ class Installer:
             self.report("unchanged", path)
             return False
         existed = path.exists()
-        write_atomic(path, data, mode)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, data, mode)
         self.report("updated" if existed else "wrote", path)
         return True
 
@@ -258,7 +243,8 @@ class Installer:
             changed |= self._install_config(
                 render_config(src_config.read_text(), installed_bundle, self.camera).encode())
             if not self.password.exists():
-                write_atomic(self.password, b"", 0o600)
+                self.password.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(self.password, b"", 0o600)
                 self.report("wrote", self.password, "empty; put the MQTT password here")
             changed |= self._write(self.sysusers, src_users.read_bytes())
             changed |= self._write(self.unit, render_unit(src_unit.read_text(), self.prefix).encode())
