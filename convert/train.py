@@ -242,16 +242,22 @@ def configure(parser) -> None:
     parser.add_argument("--units", type=int, default=128, help="LSTM and dense units")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--min-word-count", type=int, default=1, help="rarer words are dropped (datasets)")
+    parser.add_argument("--validation", type=int, default=500,
+                        help="validation scenes (generated scenes); with --dataset, a tenth of the images, "
+                             "at most this many")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def main(args) -> int:
     """Train and report where the result went."""
+    if args.validation < 1:
+        print("error: --validation must be at least 1")
+        return 2
     try:
         summary = train(args.out, args.encoder, args.weights, args.scenes, args.seed, args.dataset,
                         args.epochs, args.batch_size, args.input_size, args.pooling,
                         args.embedding_dim, args.units, args.learning_rate, args.min_word_count,
-                        stride=args.backbone_stride, minimalistic=args.minimalistic,
+                        validation=args.validation, stride=args.backbone_stride, minimalistic=args.minimalistic,
                         background_penalty=args.background_penalty, object_density=args.object_density,
                         verbose=0 if args.quiet else 1)
     except (FileNotFoundError, ValueError) as exc:

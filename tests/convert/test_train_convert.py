@@ -12,6 +12,10 @@ from daemon.bundle import BundleError, load_bundle
 from daemon.captioner import Captioner
 from daemon.cli import main as cli
 
+# one batch of validation scenes instead of 500: these tests read training curves and the
+# trained encoder, and validating 500 scenes every epoch took about half of each training
+SMALL_VALIDATION = ("--validation", "8")
+
 
 def _write_images(folder, count, seed):
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,7 +150,7 @@ def test_background_penalty_keeps_the_encoder_map_quiet_outside_the_objects(tmp_
         out = tmp_path / f"penalty{penalty}"
         assert cli(["train", "--out", str(out), "--scenes", "48", "--epochs", "2", "--minimalistic",
                     "--backbone-stride", "8", "--background-penalty", penalty, "--batch-size", "8",
-                    "--quiet"]) == 0
+                    *SMALL_VALIDATION, "--quiet"]) == 0
         summary = json.loads((out / "train.json").read_text())
         assert summary["background_penalty"] == float(penalty) and "accuracy" in summary["history"]
         activity[penalty] = _background_activity(out, [scene_at(77, i) for i in range(8)])
@@ -184,8 +188,15 @@ def test_object_density_counts_each_object_once_per_word_that_describes_it():
 def test_object_density_training_fits_the_map_to_the_object_centres(tmp_path):
     out = tmp_path / "density"
     assert cli(["train", "--out", str(out), "--scenes", "48", "--epochs", "2", "--minimalistic",
-                "--backbone-stride", "16", "--object-density", "0.05", "--batch-size", "8", "--quiet"]) == 0
+                "--backbone-stride", "16", "--object-density", "0.05", "--batch-size", "8", *SMALL_VALIDATION,
+                "--quiet"]) == 0
     summary = json.loads((out / "train.json").read_text())
     assert summary["object_density"] == 0.05 and summary["background_penalty"] == 0.0
     errors = summary["history"]["object_density_error"]
     assert len(errors) == 2 and errors[1] < errors[0], errors
+
+
+def test_training_needs_at_least_one_validation_scene(tmp_path, capsys):
+    assert cli(["train", "--out", str(tmp_path / "t"), "--validation", "0", "--quiet"]) == 2
+    assert "--validation must be at least 1" in capsys.readouterr().out
+    assert not (tmp_path / "t").exists()
