@@ -58,18 +58,6 @@ def test_reads_both_flickr_layouts(tmp_path):
         read_flickr_captions(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    """A model trained for one epoch on a tiny Flickr8k folder and converted to a bundle."""
-    root = tmp_path_factory.mktemp("tiny")
-    write_flickr8k(root / "data")
-    assert cli(["train", "--dataset", str(root / "data"), "--out", str(root / "train"), "--epochs", "1",
-                "--input-size", "64", "--batch-size", "8", "--quiet"]) == 0
-    assert cli(["convert", "--model", str(root / "train"), "--out", str(root / "bundle"),
-                "--images", str(root / "data" / "Images"), "--calibration", "8", "--quiet"]) == 0
-    return root
-
-
 def test_training_on_flickr30k_layout(tmp_path):
     write_flickr30k(tmp_path / "data", 8)
     assert cli(["train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--epochs", "1",
@@ -79,23 +67,26 @@ def test_training_on_flickr30k_layout(tmp_path):
     assert summary["training_images"] > 0 and {"startseq", "endseq", "a"} <= set(vocab)
 
 
-def test_bundle_has_every_file_and_a_report(tiny_bundle):
-    bundle = load_bundle(tiny_bundle / "bundle")
+# photo_bundle (conftest.py): a captioner trained on a Flickr8k-format folder of real photos and
+# converted; test_own_data.py captions and evaluates with it
+def test_bundle_has_every_file_and_a_report(photo_bundle):
+    _, folder = photo_bundle
+    bundle = load_bundle(folder)
     m = bundle.manifest
     for name in ("captioner.keras", "encoder_int8.tflite", "decoder.npz", "vocab.txt", "report.json",
                  "explainer_float.tflite"):
-        assert (tiny_bundle / "bundle" / name).is_file()
+        assert (folder / name).is_file()
         assert len(m["sha256"][name]) == 64
     assert m["input"]["size"] == 64 and m["special_tokens"]["start"] == "startseq"
-    report = json.loads((tiny_bundle / "bundle" / "report.json").read_text())
+    report = json.loads((folder / "report.json").read_text())
     assert 0.0 <= report["int8_float_agreement"] <= 1.0
     assert report["sizes_bytes"]["encoder_int8.tflite"] > 10_000
 
 
-def test_int8_encoder_is_full_integer_with_uint8_input(tiny_bundle):
+def test_int8_encoder_is_full_integer_with_uint8_input(photo_bundle):
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(tiny_bundle / "bundle" / "encoder_int8.tflite"))
+    interp = Interpreter(model_path=str(photo_bundle[1] / "encoder_int8.tflite"))
     interp.allocate_tensors()
     assert interp.get_input_details()[0]["dtype"] == np.uint8
     float_ops = [t for t in interp.get_tensor_details()
@@ -103,17 +94,17 @@ def test_int8_encoder_is_full_integer_with_uint8_input(tiny_bundle):
     assert not float_ops, [t["name"] for t in float_ops[:5]]
 
 
-def test_captioner_runs_on_the_tiny_bundle(tiny_bundle):
-    cap = Captioner.from_path(tiny_bundle / "bundle")
+def test_captioner_runs_on_the_tiny_bundle(photo_bundle):
+    cap = Captioner.from_path(photo_bundle[1])
     result = cap.caption(np.zeros((120, 90, 3), np.uint8))
     assert isinstance(result.caption, str) and result.timings["encoder_ms"] > 0
 
 
-def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+def test_tampered_bundle_is_refused(photo_bundle, tmp_path):
     import shutil
 
     copy = tmp_path / "b"
-    shutil.copytree(tiny_bundle / "bundle", copy)
+    shutil.copytree(photo_bundle[1], copy)
     with open(copy / "decoder.npz", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(BundleError, match="decoder.npz does not match its sha256"):
