@@ -116,6 +116,13 @@ def test_imagenet_without_network_says_where_to_put_the_file(files, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def _sigint_at_default() -> None:
+    """In the child, before exec: SIGINT at its default, so Python turns it into KeyboardInterrupt
+    also when pytest was started with SIGINT ignored (a background job of a non-interactive
+    shell), which the child would inherit and which made it calibrate all 5000 images."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_no_temporary_folder_after_a_conversion_or_an_interrupted_one(files, tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
@@ -129,7 +136,8 @@ def test_no_temporary_folder_after_a_conversion_or_an_interrupted_one(files, tmp
 
     args = [sys.executable, "-m", "daemon.cli", *_convert(files, tmp_path / "cut", "--weights", "none",
                                                            "--allow-random-encoder", "--calibration", "5000")]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env,
+                            preexec_fn=_sigint_at_default)
     seen = b""
     deadline = time.monotonic() + 600
     while b"calibrating:" not in seen and time.monotonic() < deadline and proc.poll() is None:
