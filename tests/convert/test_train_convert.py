@@ -12,6 +12,10 @@ from daemon.captioner import Captioner
 from daemon.cli import main as cli
 from daemon.scenes import COLOURS, PLURALS, SHAPES, SIZES, scene_at
 
+# one batch of validation scenes instead of 500: these tests read training curves and the
+# trained encoder, and validating 500 scenes every epoch took about half of each training
+SMALL_VALIDATION = ("--validation", "8")
+
 
 def _write_images(folder, count, seed):
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,44 +58,37 @@ def test_reads_both_flickr_layouts(tmp_path):
         read_flickr_captions(tmp_path)
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    """A model trained for one epoch on a tiny Flickr8k folder and converted to a bundle."""
-    root = tmp_path_factory.mktemp("tiny")
-    write_flickr8k(root / "data")
-    assert cli(["train", "--dataset", str(root / "data"), "--out", str(root / "train"), "--epochs", "1",
-                "--input-size", "64", "--batch-size", "8", "--quiet"]) == 0
-    assert cli(["convert", "--model", str(root / "train"), "--out", str(root / "bundle"),
-                "--images", str(root / "data" / "Images"), "--calibration", "8", "--quiet"]) == 0
-    return root
-
-
 def test_training_on_flickr30k_layout(tmp_path):
     write_flickr30k(tmp_path / "data", 8)
+    # the small MobileNetV3 (half the time of the default one): this test reads the layout, not the model
     assert cli(["train", "--dataset", str(tmp_path / "data"), "--out", str(tmp_path / "t"), "--epochs", "1",
-                "--input-size", "64", "--batch-size", "8", "--quiet"]) == 0
+                "--input-size", "64", "--batch-size", "8", "--minimalistic", "--backbone-stride", "8",
+                "--quiet"]) == 0
     summary = json.loads((tmp_path / "t" / "train.json").read_text())
     vocab = (tmp_path / "t" / "vocab.txt").read_text().split()
     assert summary["training_images"] > 0 and {"startseq", "endseq", "a"} <= set(vocab)
 
 
-def test_bundle_has_every_file_and_a_report(tiny_bundle):
-    bundle = load_bundle(tiny_bundle / "bundle")
+# photo_bundle (conftest.py): a captioner trained on a Flickr8k-format folder of real photos and
+# converted; test_own_data.py captions and evaluates with it
+def test_bundle_has_every_file_and_a_report(photo_bundle):
+    _, folder = photo_bundle
+    bundle = load_bundle(folder)
     m = bundle.manifest
     for name in ("captioner.keras", "encoder_int8.tflite", "decoder.npz", "vocab.txt", "report.json",
                  "explainer_float.tflite"):
-        assert (tiny_bundle / "bundle" / name).is_file()
+        assert (folder / name).is_file()
         assert len(m["sha256"][name]) == 64
     assert m["input"]["size"] == 64 and m["special_tokens"]["start"] == "startseq"
-    report = json.loads((tiny_bundle / "bundle" / "report.json").read_text())
+    report = json.loads((folder / "report.json").read_text())
     assert 0.0 <= report["int8_float_agreement"] <= 1.0
     assert report["sizes_bytes"]["encoder_int8.tflite"] > 10_000
 
 
-def test_int8_encoder_is_full_integer_with_uint8_input(tiny_bundle):
+def test_int8_encoder_is_full_integer_with_uint8_input(photo_bundle):
     from ai_edge_litert.interpreter import Interpreter
 
-    interp = Interpreter(model_path=str(tiny_bundle / "bundle" / "encoder_int8.tflite"))
+    interp = Interpreter(model_path=str(photo_bundle[1] / "encoder_int8.tflite"))
     interp.allocate_tensors()
     assert interp.get_input_details()[0]["dtype"] == np.uint8
     float_ops = [t for t in interp.get_tensor_details()
@@ -99,17 +96,17 @@ def test_int8_encoder_is_full_integer_with_uint8_input(tiny_bundle):
     assert not float_ops, [t["name"] for t in float_ops[:5]]
 
 
-def test_captioner_runs_on_the_tiny_bundle(tiny_bundle):
-    cap = Captioner.from_path(tiny_bundle / "bundle")
+def test_captioner_runs_on_the_tiny_bundle(photo_bundle):
+    cap = Captioner.from_path(photo_bundle[1])
     result = cap.caption(np.zeros((120, 90, 3), np.uint8))
     assert isinstance(result.caption, str) and result.timings["encoder_ms"] > 0
 
 
-def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+def test_tampered_bundle_is_refused(photo_bundle, tmp_path):
     import shutil
 
     copy = tmp_path / "b"
-    shutil.copytree(tiny_bundle / "bundle", copy)
+    shutil.copytree(photo_bundle[1], copy)
     with open(copy / "decoder.npz", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(BundleError, match="decoder.npz does not match its sha256"):
@@ -146,7 +143,7 @@ def test_background_penalty_keeps_the_encoder_map_quiet_outside_the_objects(tmp_
         out = tmp_path / f"penalty{penalty}"
         assert cli(["train", "--out", str(out), "--scenes", "48", "--epochs", "2", "--minimalistic",
                     "--backbone-stride", "8", "--background-penalty", penalty, "--batch-size", "8",
-                    "--quiet"]) == 0
+                    *SMALL_VALIDATION, "--quiet"]) == 0
         summary = json.loads((out / "train.json").read_text())
         assert summary["background_penalty"] == float(penalty) and "accuracy" in summary["history"]
         activity[penalty] = _background_activity(out, [scene_at(77, i) for i in range(8)])
@@ -184,8 +181,15 @@ def test_object_density_counts_each_object_once_per_word_that_describes_it():
 def test_object_density_training_fits_the_map_to_the_object_centres(tmp_path):
     out = tmp_path / "density"
     assert cli(["train", "--out", str(out), "--scenes", "48", "--epochs", "2", "--minimalistic",
-                "--backbone-stride", "16", "--object-density", "0.05", "--batch-size", "8", "--quiet"]) == 0
+                "--backbone-stride", "16", "--object-density", "0.05", "--batch-size", "8", *SMALL_VALIDATION,
+                "--quiet"]) == 0
     summary = json.loads((out / "train.json").read_text())
     assert summary["object_density"] == 0.05 and summary["background_penalty"] == 0.0
     errors = summary["history"]["object_density_error"]
     assert len(errors) == 2 and errors[1] < errors[0], errors
+
+
+def test_training_needs_at_least_one_validation_scene(tmp_path, capsys):
+    assert cli(["train", "--out", str(tmp_path / "t"), "--validation", "0", "--quiet"]) == 2
+    assert "--validation must be at least 1" in capsys.readouterr().out
+    assert not (tmp_path / "t").exists()
