@@ -73,7 +73,8 @@ class Received:
 
 
 class MessageCollector:
-    """A real MQTT 5 client that subscribes (again after every reconnect) and keeps what arrives."""
+    """A real MQTT 5 client that subscribes (again after every reconnect) and keeps what arrives;
+    ``connected`` is set once the broker has its subscriptions."""
 
     def __init__(self, port: int, topics: list[str], host: str = "127.0.0.1"):
         self.topics = topics
@@ -86,11 +87,18 @@ class MessageCollector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.connect_async(host, port, keepalive=10)
         self.client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
-        client.subscribe([(t, 0) for t in self.topics])
+        if self.topics:
+            client.subscribe([(t, 0) for t in self.topics])
+        else:
+            self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        # Ready once the broker has the subscriptions: a message published before then would be missed.
         self.connected.set()
 
     def _on_message(self, client, userdata, message):
