@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 import keras
+import tf_keras
 
 from daemon.captioner import Captioner, resize_for_encoder
 from daemon.decoder import log_softmax
 from daemon.cli import main as cli
 from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
-
-tf_keras = pytest.importorskip("tf_keras")
 
 MAX_LENGTH = 74  # the seed's pre-padded prefix length
 FEATURES = 1280

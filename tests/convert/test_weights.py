@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import keras
+import tf_keras
 from keras import layers
 
 from convert.model import build_encoder
@@ -66,7 +67,6 @@ def test_a_local_weights_file_loads_with_or_without_top(files, name, top):
 
 def test_a_legacy_keras2_h5_with_its_top_loads(tmp_path):
     """A Keras 2 file (MobileNetV3's layers were renamed in Keras 3: Conv/BatchNorm -> conv_bn)."""
-    tf_keras = pytest.importorskip("tf_keras")
     full = tf_keras.applications.MobileNetV3Small(weights=None, input_shape=(SIZE, SIZE, 3))
     full.save_weights(tmp_path / "mnv3s.h5")
     pooled = tf_keras.applications.MobileNetV3Small(weights=None, include_top=False, pooling="avg",

@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import numpy as np
+import skimage.data
+import sklearn.datasets
 import pytest
 
 from convert.feature_stats import new_bundle_feature_stats
@@ -24,12 +26,10 @@ GREY_PHOTOS = ("camera", "coins", "moon", "grass", "gravel", "brick", "clock", "
 
 def real_photos() -> dict[str, np.ndarray]:
     """The photographs bundled with scikit-image and scikit-learn (offline), as RGB uint8."""
-    skimage_data = pytest.importorskip("skimage.data")
-    sklearn_datasets = pytest.importorskip("sklearn.datasets")
-    photos = {name: getattr(skimage_data, name)() for name in COLOUR_PHOTOS}
-    photos.update({name: np.repeat(getattr(skimage_data, name)()[..., None], 3, axis=2) for name in GREY_PHOTOS})
-    photos["motorcycle"] = skimage_data.stereo_motorcycle()[0]
-    sample = sklearn_datasets.load_sample_images()
+    photos = {name: getattr(skimage.data, name)() for name in COLOUR_PHOTOS}
+    photos.update({name: np.repeat(getattr(skimage.data, name)()[..., None], 3, axis=2) for name in GREY_PHOTOS})
+    photos["motorcycle"] = skimage.data.stereo_motorcycle()[0]
+    sample = sklearn.datasets.load_sample_images()
     photos.update({path.rsplit("/", 1)[-1].split(".")[0]: image for path, image in zip(sample.filenames, sample.images)})
     return {name: np.ascontiguousarray(image[..., :3], dtype=np.uint8) for name, image in photos.items()}
 

@@ -7,6 +7,7 @@ import json
 import re
 import threading
 
+import jinja2  # Home Assistant's template engine
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -102,7 +103,6 @@ def test_icons_categories_and_configuration_url():
 
 
 def test_unfamiliar_scene_sensor_follows_the_captions_flag():
-    jinja2 = pytest.importorskip("jinja2")  # Home Assistant's template engine
     sensor = by_key()["unfamiliar"]
     assert sensor["state_topic"] == f"{PREFIX}/{CAMERA}/caption" and sensor["device_class"] == "problem"
     template = jinja2.Environment().from_string(sensor["value_template"])
