@@ -34,9 +34,12 @@ ops, and the bundle keeps working on the TensorFlow backend.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,6 +53,7 @@ from tensorflow.python.ops import nn_grad
 import keras
 
 from convert.concepts import bottleneck_layer
+from convert.memory import peak_rss_bytes, release_freed_memory
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.explain.backends.tensorflow import SplitCaptioner
 from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
@@ -238,13 +242,12 @@ class ExplainerGraphs(tf.Module):
         images = tf.TensorSpec([batch, *size, 3], tf.float32, name="images")
         token_rows = tf.TensorSpec([batch, tokens], tf.int32, name="tokens")
         weights = tf.TensorSpec([batch, tokens - 1], tf.float32, name="weights")
-        self.functions = {
-            "logits": tf.function(self._logits, input_signature=[images, token_rows]),
-            "layer_gradients": tf.function(self._layer_gradients, input_signature=[images, token_rows, weights]),
-            "image_gradients": tf.function(self._image_gradients, input_signature=[images, token_rows, weights]),
-            "bottleneck_activations": tf.function(self._bottleneck_activations, input_signature=[images]),
-            "bottleneck_gradients": tf.function(self._bottleneck_gradients,
-                                                input_signature=[images, token_rows, weights]),
+        self._entry_points = {
+            "logits": (self._logits, [images, token_rows]),
+            "layer_gradients": (self._layer_gradients, [images, token_rows, weights]),
+            "image_gradients": (self._image_gradients, [images, token_rows, weights]),
+            "bottleneck_activations": (self._bottleneck_activations, [images]),
+            "bottleneck_gradients": (self._bottleneck_gradients, [images, token_rows, weights]),
         }
 
     @staticmethod
@@ -279,9 +282,10 @@ class ExplainerGraphs(tf.Module):
         acts, _ = self.bottleneck.encode(images)
         return {"activations": acts}
 
-    def concrete_functions(self) -> list:
-        """The traced functions of the exported signatures, in their order."""
-        return [self.functions[name].get_concrete_function() for name in self.signatures_exported]
+    def concrete_function(self, name: str):
+        """A fresh trace of one entry point (not kept here: a large model's traces are freed between signatures)."""
+        function, signature = self._entry_points[name]
+        return tf.function(function, input_signature=signature).get_concrete_function()
 
 
 # ------------------------------------------------------------------------- conversion
@@ -307,23 +311,21 @@ def operator_names(model: bytes) -> list[str]:
     return out
 
 
-class _FrozenGraphs(tf.Module):
-    """The entry points with every variable folded into constants, ready to save without variables.
+class _FrozenSignature(tf.Module):
+    """One entry point with every variable folded into constants, ready to save without variables.
 
     The converter would otherwise keep the batch-norm statistics as resource variables
     (VAR_HANDLE/READ_VARIABLE and a per-call RSQRT in the file).
     """
 
-    def __init__(self, graphs: ExplainerGraphs):
+    def __init__(self, graphs: ExplainerGraphs, name: str):
         super().__init__()
-        self.entry_points = {}
-        self.names = graphs.signatures_exported
-        for name, function in zip(self.names, graphs.concrete_functions()):
-            frozen = convert_variables_to_constants_v2(function)
-            outputs = sorted(function.structured_outputs)  # the frozen function's flat output order
-            specs = function.structured_input_signature[0]
-            call = tf.function(self._caller(frozen, outputs), input_signature=list(specs))
-            self.entry_points[name] = call.get_concrete_function()
+        function = graphs.concrete_function(name)
+        frozen = convert_variables_to_constants_v2(function)
+        outputs = sorted(function.structured_outputs)  # the frozen function's flat output order
+        specs = function.structured_input_signature[0]
+        call = tf.function(self._caller(frozen, outputs), input_signature=list(specs))
+        self.entry_point = call.get_concrete_function()
 
     @staticmethod
     def _caller(frozen, outputs):
@@ -346,14 +348,16 @@ def _stderr_to(path: Path):
         os.close(saved)
 
 
-def convert_graphs(graphs: ExplainerGraphs) -> bytes:
-    """The float32 TFLITE_BUILTINS-only flatbuffer of the entry points; ExportError naming the ops otherwise."""
-    frozen = _FrozenGraphs(graphs)
+def convert_signature(graphs: ExplainerGraphs, name: str) -> bytes:
+    """The float32 TFLITE_BUILTINS-only flatbuffer of one entry point; ExportError naming the ops otherwise."""
     with tempfile.TemporaryDirectory(prefix="explainer-export-") as tmp:
+        frozen = _FrozenSignature(graphs, name)
         # the gradients are ops of the traced graphs already; nothing needs tracing again
-        tf.saved_model.save(frozen, tmp, signatures=frozen.entry_points,
+        tf.saved_model.save(frozen, tmp, signatures={name: frozen.entry_point},
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(frozen.names))
+        del frozen  # the saved copy is what converts; the frozen constants are a copy of every weight
+        release_freed_memory()
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[name])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.allow_custom_ops = False
         try:
@@ -366,10 +370,101 @@ def convert_graphs(graphs: ExplainerGraphs) -> bytes:
             lines = str(exc).strip().splitlines()
             raise ExportError("the explainer graph does not convert to TFLite builtins: "
                               + (lines[-1] if lines else type(exc).__name__)) from None
-    custom = sorted({name for name in operator_names(model) if name.startswith("CUSTOM")})
+    custom = sorted({op for op in operator_names(model) if op.startswith("CUSTOM")})
     if custom:
         raise ExportError(f"the explainer graph needs ops with no TFLite builtin: {', '.join(custom)}")
     return model
+
+
+def convert_graphs(graphs: ExplainerGraphs) -> bytes:
+    """The float32 TFLITE_BUILTINS-only flatbuffer of all the entry points; ExportError naming the ops otherwise.
+
+    Each signature converts on its own, its memory freed before the next (all five in one
+    conversion took 24 GB for EfficientNetV2L at 480), and ``merge_signatures`` joins them
+    into one file whose signatures share every identical weight.
+    """
+    with tempfile.TemporaryDirectory(prefix="explainer-parts-") as tmp:
+        parts = []
+        for name in graphs.signatures_exported:
+            part = Path(tmp) / f"{name}.tflite"
+            part.write_bytes(convert_signature(graphs, name))
+            release_freed_memory()
+            parts.append(part)
+        return merge_signatures(parts)
+
+
+# ---------------------------------------------------------------- one file, weights shared
+
+def _version(text: bytes) -> tuple[int, ...]:
+    """A metadata version string such as b'2.3.0\\0\\0' as a comparable tuple."""
+    return tuple(int(n) for n in re.findall(rb"\d+", text))
+
+
+def merge_signatures(paths: list[Path]) -> bytes:
+    """One .tflite holding the signatures of several single-signature .tflite files.
+
+    Each file's subgraph, operator codes and signature are carried over; a constant buffer
+    whose bytes another file already brought is stored once and shared (the forward pass's
+    weights are in every signature). The result must fit a flatbuffer (2 GB).
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    merged = schema.ModelT()
+    merged.version, merged.description = 3, b"explaincam explainer"
+    merged.buffers, merged.operatorCodes, merged.subgraphs, merged.signatureDefs = [schema.BufferT()], [], [], []
+    stored: dict[bytes, int] = {}  # sha256 of a constant's bytes -> its buffer in the merged file
+    codes: dict[tuple, int] = {}
+    runtime = b""
+    for path in paths:
+        part = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(path.read_bytes(), 0))
+        if len(part.subgraphs) != 1 or len(part.signatureDefs or []) != 1:
+            raise ExportError(f"{path.name}: expected one subgraph and one signature, found "
+                              f"{len(part.subgraphs)} and {len(part.signatureDefs or [])}")
+        buffer_of = {}
+        for index, buffer in enumerate(part.buffers):
+            data = buffer.data
+            if data is None or len(data) == 0:  # no constant: the sentinel 0, or a tensor's own empty buffer
+                buffer_of[index] = len(merged.buffers) if index else 0
+                if index:
+                    merged.buffers.append(schema.BufferT())
+                continue
+            key = hashlib.sha256(data).digest()
+            if key not in stored:
+                stored[key] = len(merged.buffers)
+                merged.buffers.append(schema.BufferT(data=np.array(data)))  # a copy: the part is freed
+            buffer_of[index] = stored[key]
+        code_of = {}
+        for index, code in enumerate(part.operatorCodes):
+            key = (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
+            code_of[index] = codes.setdefault(key, len(codes))
+            if code_of[index] == len(merged.operatorCodes):
+                merged.operatorCodes.append(code)
+        (subgraph,) = part.subgraphs
+        for tensor in subgraph.tensors:
+            tensor.buffer = buffer_of[tensor.buffer]
+        for operator in subgraph.operators:
+            operator.opcodeIndex = code_of[operator.opcodeIndex]
+        (signature,) = part.signatureDefs
+        signature.subgraphIndex = len(merged.subgraphs)
+        merged.subgraphs.append(subgraph)
+        merged.signatureDefs.append(signature)
+        for entry in part.metadata or []:
+            if entry.name == b"min_runtime_version":
+                version = bytes(part.buffers[entry.buffer].data)
+                runtime = max(runtime, version, key=_version)
+        del part
+    if runtime:
+        merged.metadata = [schema.MetadataT()]
+        merged.metadata[0].name, merged.metadata[0].buffer = b"min_runtime_version", len(merged.buffers)
+        merged.buffers.append(schema.BufferT(data=np.frombuffer(runtime, np.uint8)))
+    size = sum(len(b.data) for b in merged.buffers if b.data is not None)
+    if size >= 2 ** 31 - 2 ** 26:
+        raise ExportError(f"the explainer graph's weights take {size / 2 ** 30:.1f} GB even shared, more than "
+                          "a .tflite file holds (2 GB)")
+    builder = flatbuffers.Builder(size + 2 ** 24)  # room for everything: the builder never grows (a copy)
+    builder.Finish(merged.Pack(builder), file_identifier=b"TFL3")
+    return bytes(memoryview(builder.Bytes)[builder.Head():])
 
 
 # ---------------------------------------------------------------------------- bundles
@@ -439,5 +534,45 @@ def main(args) -> int:
     except (ExportError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    entry["peak_rss_bytes"] = peak_rss_bytes()  # this process only exported: its peak is the export's
     print(json.dumps(entry, indent=2))
     return 0
+
+
+def export_in_subprocess(bundle_dir: str | Path, batch: int = DEFAULT_BATCH) -> dict:
+    """Run ``explaincam export-explainer`` on a finished bundle in a process of its own; its entry, or why not.
+
+    Returns the manifest entry (with export_seconds, bytes and peak_rss_bytes) on success, else
+    ``{"error": one line}``: the export failed alone (an op without a builtin, the kernel
+    killing it for memory, ...) and the bundle is as it was, explaining with the TensorFlow
+    backend. A process of its own also starts the export with none of the conversion's heap.
+    """
+    root = str(Path(__file__).resolve().parents[1])  # the checkout this module runs from
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-m", "daemon.cli", "export-explainer", "--bundle", str(bundle_dir),
+                                  "--batch", str(batch)], stdout=out, stderr=err, env=env)
+        try:
+            _, status, usage = os.wait4(child.pid, 0)
+        except BaseException:  # interrupted: the export goes with the conversion
+            child.kill()
+            child.wait()
+            raise
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    seconds = time.perf_counter() - started
+    if child.returncode == 0:
+        return json.loads(stdout[stdout.index("{"):])
+    if child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        why = (f"the export process was killed ({name}) after {seconds:.0f} s at "
+               f"{usage.ru_maxrss / 2 ** 20:.1f} GB peak RSS")
+        if -child.returncode == signal.SIGKILL:
+            why += ", most likely by the kernel for lack of memory"
+        return {"error": f"{why}; the bundle is unchanged and explains with the TensorFlow backend"}
+    errors = [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    return {"error": errors[-1] if errors else (lines[-1] if lines else f"exit status {child.returncode}")}

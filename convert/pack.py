@@ -30,9 +30,10 @@ import numpy as np
 
 import keras
 
-from convert.explainer_export import ExportError, add_to_bundle
+from convert.explainer_export import export_in_subprocess
 from convert.feature_stats import CALIBRATION_SEED, new_bundle_feature_stats
 from convert.health import health
+from convert.memory import release_freed_memory
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
 from convert.quantize import to_int8_tflite
@@ -95,10 +96,15 @@ def image_folder_batches(folder: str | Path, size: int, limit: int, resize: str 
     return images
 
 
-def float_features(encoder: keras.Model, images: list[np.ndarray], batch_size: int = 32) -> np.ndarray:
-    """Full-precision encoder features of RGB uint8 images."""
-    stack = np.stack(images).astype(np.float32)
-    return np.asarray(encoder.predict(stack, batch_size=batch_size, verbose=0))
+def float_features(encoder: keras.Model, images: list[np.ndarray]) -> np.ndarray:
+    """Full-precision encoder features of RGB uint8 images.
+
+    A million input pixels per batch (32 images at 96 px, 4 at 480): a large backbone's
+    activations at 32 images of 480 px would take gigabytes more than its conversion.
+    """
+    height, width = images[0].shape[:2]
+    batch_size = max(1, min(32, 2 ** 20 // (height * width)))
+    return np.asarray(encoder.predict(np.stack(images).astype(np.float32), batch_size=batch_size, verbose=0))
 
 
 def measure(bundle_dir: Path, encoder: keras.Model, images: list[np.ndarray],
@@ -150,9 +156,11 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
                  calibration_source: str = "generated scenes", verbose: bool = True, explainer: bool = True) -> dict:
     """Quantize, export and hash everything into the bundle folder ``out``; return the report.
 
-    ``explainer``: also export the LiteRT explainer graph (``convert.explainer_export``).
     The bundle is assembled in ``out.partial``, which is removed if anything fails (or the
-    user interrupts), and renamed to ``out`` at the end.
+    user interrupts), and renamed to ``out`` at the end. ``explainer``: then also export the
+    LiteRT explainer graph into it (``convert.explainer_export``) in a process of its own,
+    which fails alone (memory, an op without a builtin): the bundle stays whole and explains
+    with the TensorFlow backend, and the report's ``explainer`` says why.
     """
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
@@ -163,20 +171,22 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
         report = _assemble(tmp, captioner, vocab, name=name, max_length=max_length, encoder_name=encoder_name,
                            extra=extra, calibration=calibration, report_images=report_images,
                            report_references=report_references, resize=resize,
-                           calibration_source=calibration_source, verbose=verbose, explainer=explainer)
+                           calibration_source=calibration_source, verbose=verbose)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+    if explainer:
+        report["explainer"] = _add_explainer(out, verbose)
     return report
 
 
 def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str, max_length: int,
               encoder_name: str, extra: dict | None, calibration: list[np.ndarray], report_images: list[np.ndarray],
-              report_references: list[str] | None, resize: str, calibration_source: str, verbose: bool,
-              explainer: bool) -> dict:
+              report_references: list[str] | None, resize: str, calibration_source: str,
+              verbose: bool) -> dict:
     """Write every bundle file into ``tmp`` (see write_bundle) and return the report."""
     encoder = captioner.get_layer("encoder")
     size = int(encoder.input_shape[1])
@@ -195,6 +205,7 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
         calibration_started.append(time.time())
 
     (tmp / "encoder_int8.tflite").write_bytes(to_int8_tflite(encoder, representative))
+    release_freed_memory()  # the quantizer's gigabytes, before the float encoder runs for the report
     quantize_s = time.time() - started
     calibration_s = calibration_started[-1] - calibration_started[0]
     np.savez(tmp / "decoder.npz", **decoder_weights(captioner))
@@ -232,21 +243,24 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
     report["feature_stats"] = new_bundle_feature_stats(tmp, files, calibration)  # out-of-distribution warning
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(tmp, manifest)
-    if explainer:
-        _add_explainer(tmp, captioner, verbose)
     if verbose and report["health"]["status"] != "ok":
         print(f"warning: this bundle looks broken: {'; '.join(report['health']['problems'])}", file=sys.stderr)
     return report
 
 
-def _add_explainer(bundle_dir: Path, captioner: keras.Model, verbose: bool) -> None:
-    """Export the LiteRT explainer graph into the bundle; a graph that cannot be exported leaves it without one."""
+def _add_explainer(bundle_dir: Path, verbose: bool) -> dict:
+    """Export the LiteRT explainer graph into a finished bundle; its manifest entry, or {"error": why} without one."""
     if verbose:
         print("exporting the explainer graph (explainer_float.tflite) ...", flush=True)
-    try:
-        add_to_bundle(bundle_dir, captioner=captioner)
-    except ExportError as exc:
-        print(f"warning: {exc}", flush=True)
+    release_freed_memory()  # the export's process starts while this one waits: keep only what is in use
+    entry = export_in_subprocess(bundle_dir)
+    if "error" in entry:
+        print(f"warning: no explainer graph: {entry['error']}; add it later with "
+              f"`explaincam export-explainer --bundle {bundle_dir}`", flush=True)
+    elif verbose:
+        print(f"explainer graph: {entry['bytes'] / 2 ** 20:.0f} MB in {entry['export_seconds']:.0f} s, "
+              f"{entry['peak_rss_bytes'] / 2 ** 30:.1f} GB peak RSS", flush=True)
+    return entry
 
 
 def calibration_images(size: int, count: int, image_dir: str | None, resize: str = "area") -> list[np.ndarray]:
