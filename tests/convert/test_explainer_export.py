@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,14 +16,15 @@ import keras
 import tensorflow as tf
 
 from convert.explainer_export import (EXPLAINER_FILE, SIGNATURES, ExplainerGraphs, ExportError, UnrolledDecoder,
-                                      add_to_bundle, convert_graphs, operator_names)
+                                      add_to_bundle, convert_graphs, export_in_subprocess,
+                                      operator_names)
 from convert.model import build_captioner, build_encoder, load_captioner
 from daemon.bundle import load_bundle, write_manifest
 from daemon.captioner import resize_for_encoder
 from daemon.explain.backends.tensorflow import SplitCaptioner
 from daemon.explain.layers import MomentMap
 from daemon.scenes import scene_at
-from tests.conftest import SHIPPED_BUNDLE
+from tests.conftest import SHIPPED_BUNDLE, wait_until
 
 HELD_OUT_SEED = 9494  # scenes no other test, training or conversion step uses
 
@@ -168,3 +173,64 @@ def test_a_graph_at_a_larger_batch_answers_every_row_as_alone(tmp_path):
         np.testing.assert_allclose(together[0][row], alone[0][0], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(together[1][row], alone[1][0], rtol=1e-5, atol=1e-7)
     assert np.abs(together[0]).max() > 0
+
+
+def _bundle_with_captioner(tmp_path, captioner: keras.Model):
+    """A copy of the shipped bundle without its explainer graph, its captioner.keras replaced by ``captioner``."""
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(SHIPPED_BUNDLE, bundle_dir)
+    (bundle_dir / EXPLAINER_FILE).unlink()
+    captioner.save(bundle_dir / "captioner.keras")
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    del manifest["files"]["explainer"], manifest["explainer"]
+    write_manifest(bundle_dir, manifest)
+    return bundle_dir
+
+
+def test_an_export_apart_that_fails_says_why_in_one_line_and_leaves_the_bundle_whole(tmp_path):
+    """``convert`` runs the export in a process of its own after the bundle is written."""
+    bundle_dir = _bundle_with_captioner(tmp_path, _tiny_captioner(keras.layers.MaxPooling2D(2)))
+    before = (bundle_dir / "manifest.json").read_bytes()
+    entry = export_in_subprocess(bundle_dir)
+    assert set(entry) == {"error"} and "MaxPoolGrad" in entry["error"] and "TensorFlow backend" in entry["error"]
+    assert len(entry["error"].splitlines()) == 1
+    assert (bundle_dir / "manifest.json").read_bytes() == before and not (bundle_dir / EXPLAINER_FILE).exists()
+    assert not load_bundle(bundle_dir).has("explainer")
+
+
+def test_an_export_killed_for_memory_is_reported_and_the_bundle_keeps_working(tmp_path):
+    """The kernel's OOM killer sends SIGKILL; here the test sends it, a few seconds into the export."""
+    keras.utils.set_random_seed(5)
+    bundle_dir = _bundle_with_captioner(tmp_path, _tiny_captioner(keras.layers.Identity()))
+    before = (bundle_dir / "manifest.json").read_bytes()
+    answer = {}
+    exporting = threading.Thread(target=lambda: answer.update(export_in_subprocess(bundle_dir)))
+    exporting.start()
+    child = wait_until(lambda: _child_running("export-explainer"), timeout=60, message="the export process")
+    time.sleep(3)
+    os.kill(child, signal.SIGKILL)
+    exporting.join(timeout=60)
+    assert "killed (SIGKILL)" in answer["error"] and "lack of memory" in answer["error"], answer
+    assert "TensorFlow backend" in answer["error"] and len(answer["error"].splitlines()) == 1
+    assert (bundle_dir / "manifest.json").read_bytes() == before and not (bundle_dir / EXPLAINER_FILE).exists()
+    assert load_bundle(bundle_dir).has("captioner")  # hashes verified: whole, and explainable with TensorFlow
+    entry = export_in_subprocess(bundle_dir)  # run again later, it completes
+    assert entry["bytes"] == (bundle_dir / EXPLAINER_FILE).stat().st_size and entry["peak_rss_bytes"] > 0
+    assert load_bundle(bundle_dir).has("explainer")
+
+
+def _child_running(marker: str) -> int | None:
+    """The pid of a child of this process whose command line holds ``marker``, or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and marker in command:
+            return int(entry)
+    return None
