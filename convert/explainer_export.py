@@ -360,6 +360,7 @@ def convert_signature(graphs: ExplainerGraphs, name: str) -> bytes:
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[name])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.allow_custom_ops = False
+        converter.exclude_conversion_metadata = True  # its pass copies the whole flatbuffer twice more
         try:
             with _stderr_to(Path(tmp) / "converter.log"):
                 model = converter.convert()

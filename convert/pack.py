@@ -36,7 +36,7 @@ from convert.health import health
 from convert.memory import release_freed_memory
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
-from convert.quantize import to_int8_tflite
+from convert.quantize import to_int8_tflite_apart
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
 from daemon.bundle import load_bundle, write_manifest
 from daemon.captioner import read_rgb, resize_for_encoder
@@ -194,20 +194,13 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
     started = time.time()
     if verbose:
         print(f"quantizing the encoder to int8 on {len(calibration)} calibration images ...", flush=True)
-    calibration_started = []
-
-    def representative():  # called once the encoder is exported: the ETA counts calibration only
-        calibration_started.append(time.time())
-        calibration_progress = Progress("calibrating", verbose)
-        for i, image in enumerate(calibration):
-            yield image
-            calibration_progress(i + 1, len(calibration))
-        calibration_started.append(time.time())
-
-    (tmp / "encoder_int8.tflite").write_bytes(to_int8_tflite(encoder, representative))
-    release_freed_memory()  # the quantizer's gigabytes, before the float encoder runs for the report
+    try:
+        model, calibration_s = to_int8_tflite_apart(encoder, calibration, verbose)
+    except RuntimeError as exc:
+        raise ConvertError(str(exc)) from None
+    (tmp / "encoder_int8.tflite").write_bytes(model)
+    del model
     quantize_s = time.time() - started
-    calibration_s = calibration_started[-1] - calibration_started[0]
     np.savez(tmp / "decoder.npz", **decoder_weights(captioner))
     captioner.save(tmp / "captioner.keras")
     vocab.save(tmp / "vocab.txt")
