@@ -513,9 +513,14 @@ def add_to_bundle(bundle_dir: str | Path, batch: int = DEFAULT_BATCH, captioner:
                           "TensorFlow backend") from None
     manifest = dict(bundle.manifest)
     manifest["files"] = dict(manifest["files"], explainer=EXPLAINER_FILE)
-    manifest["explainer"] = {k: v for k, v in entry.items() if k not in ("export_seconds", "bytes")}
+    manifest["explainer"] = manifest_entry(entry)
     write_manifest(bundle.path, manifest)
     return entry
+
+
+def manifest_entry(entry: dict) -> dict:
+    """The manifest's ``explainer`` entry of an export's entry: what the graph is, not how it was made."""
+    return {k: v for k, v in entry.items() if k not in ("export_seconds", "bytes", "peak_rss_bytes")}
 
 
 def configure(parser) -> None:
@@ -535,25 +540,26 @@ def main(args) -> int:
     except (ExportError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    entry["peak_rss_bytes"] = peak_rss_bytes()  # this process only exported: its peak is the export's
     print(json.dumps(entry, indent=2))
     return 0
 
 
-def export_in_subprocess(bundle_dir: str | Path, batch: int = DEFAULT_BATCH) -> dict:
-    """Run ``explaincam export-explainer`` on a finished bundle in a process of its own; its entry, or why not.
+def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_layer: str, bottleneck_layer: str,
+                         tokens: int, batch: int = DEFAULT_BATCH) -> dict:
+    """``export_explainer`` of a saved captioner in a process of its own; its entry, or ``{"error": one line}``.
 
-    Returns the manifest entry (with export_seconds, bytes and peak_rss_bytes) on success, else
-    ``{"error": one line}``: the export failed alone (an op without a builtin, the kernel
-    killing it for memory, ...) and the bundle is as it was, explaining with the TensorFlow
-    backend. A process of its own also starts the export with none of the conversion's heap.
+    On success ``out`` is written and the entry has export_seconds, bytes and peak_rss_bytes
+    (that process's). Otherwise ``out`` is not there and the line says why: an op without a
+    builtin, or the process killed (the kernel's answer to running out of memory).
     """
+    out = Path(out)
     root = str(Path(__file__).resolve().parents[1])  # the checkout this module runs from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     started = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([sys.executable, "-m", "daemon.cli", "export-explainer", "--bundle", str(bundle_dir),
-                                  "--batch", str(batch)], stdout=out, stderr=err, env=env)
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen([sys.executable, "-m", "convert.explainer_export", str(captioner_path), str(out),
+                                  gradcam_layer, bottleneck_layer, str(tokens), str(batch)],
+                                 stdout=stdout, stderr=stderr, env=env)
         try:
             _, status, usage = os.wait4(child.pid, 0)
         except BaseException:  # interrupted: the export goes with the conversion
@@ -561,19 +567,36 @@ def export_in_subprocess(bundle_dir: str | Path, batch: int = DEFAULT_BATCH) -> 
             child.wait()
             raise
         child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    seconds = time.perf_counter() - started
+        stdout.seek(0)
+        stderr.seek(0)
+        printed, errors = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
     if child.returncode == 0:
-        return json.loads(stdout[stdout.index("{"):])
+        return json.loads(printed[printed.index("{"):])
+    for stray in out.parent.glob(f".{out.name}.*.tmp"):  # write_atomically's file of a killed process
+        stray.unlink()
     if child.returncode < 0:
-        name = signal.Signals(-child.returncode).name
-        why = (f"the export process was killed ({name}) after {seconds:.0f} s at "
-               f"{usage.ru_maxrss / 2 ** 20:.1f} GB peak RSS")
-        if -child.returncode == signal.SIGKILL:
-            why += ", most likely by the kernel for lack of memory"
-        return {"error": f"{why}; the bundle is unchanged and explains with the TensorFlow backend"}
-    errors = [line[len("error: "):] for line in stderr.splitlines() if line.startswith("error: ")]
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    return {"error": errors[-1] if errors else (lines[-1] if lines else f"exit status {child.returncode}")}
+        why = (f"the export process was killed ({signal.Signals(-child.returncode).name}) after "
+               f"{time.perf_counter() - started:.0f} s at {usage.ru_maxrss / 2 ** 20:.1f} GB peak RSS")
+        return {"error": why + (", most likely by the kernel for lack of memory" if child.returncode == -signal.SIGKILL
+                                else "")}
+    named = [line[len("error: "):] for line in errors.splitlines() if line.startswith("error: ")]
+    lines = [line for line in errors.splitlines() if line.strip()]
+    return {"error": named[-1] if named else (lines[-1] if lines else f"exit status {child.returncode}")}
+
+
+def _export_saved_captioner(argv: list[str]) -> int:
+    """The process of ``export_in_subprocess``: argv = captioner path, out, Grad-CAM layer, bottleneck, tokens, batch."""
+    captioner_path, out, gradcam_layer, bottleneck, tokens, batch = argv
+    captioner = keras.models.load_model(captioner_path, compile=False)
+    try:
+        entry = export_explainer(captioner, out, gradcam_layer, bottleneck, tokens=int(tokens), batch=int(batch))
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    entry["peak_rss_bytes"] = peak_rss_bytes()  # this process only exported: its peak is the export's
+    print(json.dumps(entry))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_export_saved_captioner(sys.argv[1:]))

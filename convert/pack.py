@@ -30,13 +30,14 @@ import numpy as np
 
 import keras
 
-from convert.explainer_export import export_in_subprocess
+from convert.concepts import bottleneck_layer
+from convert.explainer_export import EXPLAINER_FILE, export_in_subprocess, manifest_entry
 from convert.feature_stats import CALIBRATION_SEED, new_bundle_feature_stats
 from convert.health import health
 from convert.memory import release_freed_memory
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
-from convert.quantize import to_int8_tflite_apart
+from convert.quantize import to_int8_tflite
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
 from daemon.bundle import load_bundle, write_manifest
 from daemon.captioner import read_rgb, resize_for_encoder
@@ -157,10 +158,12 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
     """Quantize, export and hash everything into the bundle folder ``out``; return the report.
 
     The bundle is assembled in ``out.partial``, which is removed if anything fails (or the
-    user interrupts), and renamed to ``out`` at the end. ``explainer``: then also export the
-    LiteRT explainer graph into it (``convert.explainer_export``) in a process of its own,
-    which fails alone (memory, an op without a builtin): the bundle stays whole and explains
-    with the TensorFlow backend, and the report's ``explainer`` says why.
+    user interrupts), and renamed to ``out`` at the end. ``explainer``: also export the
+    LiteRT explainer graph (``convert.explainer_export``), first and in a process of its
+    own: it fails alone (memory, an op without a builtin), the bundle is then written
+    without it (the TensorFlow backend explains) and the report's ``explainer`` says why;
+    and it runs before quantization, while this process is small (the quantizer leaves
+    gigabytes of TensorFlow heap behind that no later step could use).
     """
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
@@ -171,41 +174,51 @@ def write_bundle(out: str | Path, captioner: keras.Model, vocab: Vocabulary, *, 
         report = _assemble(tmp, captioner, vocab, name=name, max_length=max_length, encoder_name=encoder_name,
                            extra=extra, calibration=calibration, report_images=report_images,
                            report_references=report_references, resize=resize,
-                           calibration_source=calibration_source, verbose=verbose)
+                           calibration_source=calibration_source, verbose=verbose, explainer=explainer)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    if explainer:
-        report["explainer"] = _add_explainer(out, verbose)
     return report
 
 
 def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str, max_length: int,
               encoder_name: str, extra: dict | None, calibration: list[np.ndarray], report_images: list[np.ndarray],
               report_references: list[str] | None, resize: str, calibration_source: str,
-              verbose: bool) -> dict:
+              verbose: bool, explainer: bool) -> dict:
     """Write every bundle file into ``tmp`` (see write_bundle) and return the report."""
     encoder = captioner.get_layer("encoder")
     size = int(encoder.input_shape[1])
+    gradcam_layer = default_gradcam_layer(captioner, pretrained=any(
+        isinstance(section, dict) and section.get("weights") not in (None, "none") for section in (extra or {}).values()))
+    captioner.save(tmp / "captioner.keras")
+    graph = _export_explainer(tmp, captioner, gradcam_layer, max_length, verbose) if explainer else None
 
     started = time.time()
     if verbose:
         print(f"quantizing the encoder to int8 on {len(calibration)} calibration images ...", flush=True)
-    try:
-        model, calibration_s = to_int8_tflite_apart(encoder, calibration, verbose)
-    except RuntimeError as exc:
-        raise ConvertError(str(exc)) from None
-    (tmp / "encoder_int8.tflite").write_bytes(model)
-    del model
+    calibration_started = []
+
+    def representative():  # called once the encoder is exported: the ETA counts calibration only
+        calibration_started.append(time.time())
+        calibration_progress = Progress("calibrating", verbose)
+        for i, image in enumerate(calibration):
+            yield image
+            calibration_progress(i + 1, len(calibration))
+        calibration_started.append(time.time())
+
+    (tmp / "encoder_int8.tflite").write_bytes(to_int8_tflite(encoder, representative))
+    release_freed_memory()  # the quantizer's gigabytes, before the float encoder runs for the report
     quantize_s = time.time() - started
+    calibration_s = calibration_started[-1] - calibration_started[0]
     np.savez(tmp / "decoder.npz", **decoder_weights(captioner))
-    captioner.save(tmp / "captioner.keras")
     vocab.save(tmp / "vocab.txt")
     files = {"captioner": "captioner.keras", "encoder_int8": "encoder_int8.tflite",
              "decoder": "decoder.npz", "vocab": "vocab.txt", "report": "report.json"}
+    if graph and "error" not in graph:
+        files["explainer"] = EXPLAINER_FILE
     manifest = {
         "model_name": name,
         "encoder": encoder_name,
@@ -216,12 +229,12 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
         "max_length": int(max_length),
         "vocab_size": len(vocab),
         "feature_dim": int(encoder.output_shape[-1]),
-        "gradcam_layer": default_gradcam_layer(captioner, pretrained=any(
-            isinstance(section, dict) and section.get("weights") not in (None, "none")
-            for section in (extra or {}).values())),
+        "gradcam_layer": gradcam_layer,
         "files": files,
         **(extra or {}),
     }
+    if graph and "error" not in graph:
+        manifest["explainer"] = manifest_entry(graph)
     (tmp / "report.json").write_text("{}")
     write_manifest(tmp, manifest)
     report = measure(tmp, encoder, report_images, report_references, Progress("measuring int8 vs float", verbose))
@@ -234,6 +247,8 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
     report["encoder_params"] = int(encoder.count_params())
     report["decoder_params"] = int(sum(v.size for v in decoder_weights(captioner).values()))
     report["feature_stats"] = new_bundle_feature_stats(tmp, files, calibration)  # out-of-distribution warning
+    if graph:
+        report["explainer"] = graph
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(tmp, manifest)
     if verbose and report["health"]["status"] != "ok":
@@ -241,19 +256,20 @@ def _assemble(tmp: Path, captioner: keras.Model, vocab: Vocabulary, *, name: str
     return report
 
 
-def _add_explainer(bundle_dir: Path, verbose: bool) -> dict:
-    """Export the LiteRT explainer graph into a finished bundle; its manifest entry, or {"error": why} without one."""
+def _export_explainer(tmp: Path, captioner: keras.Model, gradcam_layer: str, max_length: int, verbose: bool) -> dict:
+    """Export the LiteRT explainer graph of ``tmp/captioner.keras`` into ``tmp``; its entry, or {"error": why}."""
     if verbose:
         print("exporting the explainer graph (explainer_float.tflite) ...", flush=True)
-    release_freed_memory()  # the export's process starts while this one waits: keep only what is in use
-    entry = export_in_subprocess(bundle_dir)
-    if "error" in entry:
-        print(f"warning: no explainer graph: {entry['error']}; add it later with "
-              f"`explaincam export-explainer --bundle {bundle_dir}`", flush=True)
+    release_freed_memory()  # the export's process runs while this one waits: keep only what is in use
+    graph = export_in_subprocess(tmp / "captioner.keras", tmp / EXPLAINER_FILE, gradcam_layer,
+                                 bottleneck_layer(captioner), tokens=max_length + 1)
+    if "error" in graph:
+        print(f"warning: no explainer graph: {graph['error']}; the bundle explains with the TensorFlow backend; "
+              f"add the graph later with `explaincam export-explainer --bundle BUNDLE`", flush=True)
     elif verbose:
-        print(f"explainer graph: {entry['bytes'] / 2 ** 20:.0f} MB in {entry['export_seconds']:.0f} s, "
-              f"{entry['peak_rss_bytes'] / 2 ** 30:.1f} GB peak RSS", flush=True)
-    return entry
+        print(f"explainer graph: {graph['bytes'] / 2 ** 20:.0f} MB in {graph['export_seconds']:.0f} s, "
+              f"{graph['peak_rss_bytes'] / 2 ** 30:.1f} GB peak RSS", flush=True)
+    return graph
 
 
 def calibration_images(size: int, count: int, image_dir: str | None, resize: str = "area") -> list[np.ndarray]:
