@@ -58,14 +58,13 @@ from convert.model import load_captioner
 from convert.progress import Progress
 from convert.scenes import read_scenes
 from daemon.bundle import BundleError, load_bundle, write_manifest
-from daemon.captioner import read_rgb
 from daemon.explain.ace import (BACKGROUND, N_SEGMENTS, ConceptBank, embed, extract_patch, provenance_label, segment,
                                 thumbnail, word_gradients)
 from daemon.explain.backends.tensorflow import TensorFlowBackend, default_bottleneck_layer
 from daemon.explain.explainer import Explainer
-from daemon.explain.heatmap import encode_png
 from daemon.explain.targets import teacher_tokens
 from daemon.files import write_atomically
+from daemon.imaging import encode_png, read_rgb
 from daemon.scenes import scene_at
 
 DEFAULT_SEED = 5050  # scene stream of the discovery set (training uses 1, tests others)

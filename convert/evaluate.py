@@ -44,10 +44,11 @@ from convert.health import bundle_health
 from convert.progress import Progress
 from convert.scenes import read_scenes
 from daemon.bundle import BundleError
-from daemon.captioner import Captioner, read_rgb
+from daemon.captioner import Captioner
 from daemon.explain.backends import BACKEND_CHOICES, BackendError
 from daemon.explain.explainer import Explainer
 from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.imaging import read_rgb
 from daemon.scenes import COLOURS, PLURALS, SHAPES, objects_mask
 
 DELETION_STEPS = 20

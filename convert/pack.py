@@ -38,9 +38,10 @@ from convert.progress import Progress
 from convert.quantize import to_int8_tflite
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
 from daemon.bundle import load_bundle, write_manifest
-from daemon.captioner import read_rgb, resize_for_encoder
+from daemon.captioner import resize_for_encoder
 from daemon.decoder import StepDecoder
 from daemon.encoder import TFLiteEncoder
+from daemon.imaging import read_rgb
 from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 

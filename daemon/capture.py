@@ -20,10 +20,11 @@ from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption_state_message, source_message
 from daemon.framecache import CachedFrame, FrameCache
+from daemon.imaging import encode_jpeg
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
 from daemon.problems import RecurringProblem
-from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
+from daemon.snapshot import SnapshotWriter, draw_caption
 from daemon.sources import Frame, FrameGrabber
 from daemon.stats import CaptionStats
 

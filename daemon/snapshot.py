@@ -58,14 +58,6 @@ def draw_caption(rgb: np.ndarray, caption: str, width: int = 640) -> np.ndarray:
     return np.vstack([image, band])
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    """JPEG bytes of an RGB uint8 image."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 PAGE_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -37,7 +37,6 @@ SLIC; the float model is reached through the explainer's backend (``bottleneck_a
 
 from __future__ import annotations
 
-import base64
 import io
 import time
 from collections import Counter
@@ -51,6 +50,7 @@ from daemon.explain.base import Method, MethodResult
 from daemon.explain.heatmap import TILE
 from daemon.explain.targets import teacher_tokens
 from daemon.files import write_atomically
+from daemon.imaging import png_base64
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
 # under 0.1% of the image dropped, a segment overlapping an already kept one of a coarser
@@ -285,14 +285,6 @@ def draw_concept_map(image: np.ndarray, labels: np.ndarray, alpha: float = 0.6) 
     edges = cv2.morphologyEx(labels.astype(np.float32), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
     out[edges] = 255
     return out
-
-
-def png_base64(image: np.ndarray) -> str:
-    """Base64 text of the PNG of an RGB uint8 image."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return base64.b64encode(buf.tobytes()).decode("ascii")
 
 
 # ------------------------------------------------------------- per-frame explanation

@@ -28,6 +28,7 @@ from daemon.explain.base import MethodResult, Subject
 from daemon.explain.registry import ExplainOptions, load_method
 from daemon.explain.requests import response
 from daemon.explain.targets import log_softmax, teacher_tokens, word_logprobs
+from daemon.imaging import encode_png
 from daemon.vocab import Vocabulary
 
 
@@ -60,7 +61,7 @@ class Explanation:
                 if result.maps is None:
                     continue
                 peak = result.peaks[k]
-                record[name] = {"heatmap": heatmap.png_base64(result.maps[k]),
+                record[name] = {"heatmap": heatmap.heatmap_png_base64(result.maps[k]),
                                 "peak": None if peak is None else list(peak),
                                 **(result.word_fields[k] if result.word_fields else {})}
             records.append(record)
@@ -181,6 +182,6 @@ def answer(explainer: Explainer, image: np.ndarray, tokens: list[int], indices: 
                        float_caption=explainer.vocab.decode(float_tokens), words=explanation.word_records(),
                        timings_ms={**timings, **explanation.timings_ms})
     payload.update(explanation.blocks())
-    picture = heatmap.encode_png(explanation.picture())
+    picture = encode_png(explanation.picture())
     payload["timings_ms"]["render_ms"] = round((time.perf_counter() - render_started) * 1e3, 1)
     return payload, picture

@@ -8,10 +8,10 @@ the picture of one explanation: per word, the frame and one overlay per method.
 
 from __future__ import annotations
 
-import base64
-
 import cv2
 import numpy as np
+
+from daemon.imaging import png_base64, png_from_base64
 
 TILE = 192  # side of one grid panel in pixels
 _LABEL_HEIGHT = 22
@@ -58,32 +58,14 @@ def to_uint8(heatmap: np.ndarray) -> np.ndarray:
     return np.round(np.clip(heatmap, 0, 1) * 255).astype(np.uint8)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a grey (H, W) or RGB (H, W, 3) uint8 image."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """Grey or RGB uint8 image of PNG bytes; raise ValueError if they are not an image."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("not a decodable PNG")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
-
-
-def png_base64(heatmap: np.ndarray) -> str:
+def heatmap_png_base64(heatmap: np.ndarray) -> str:
     """Base64 text of the 8-bit grey PNG of a 0..1 map (what the MQTT response carries)."""
-    return base64.b64encode(encode_png(to_uint8(heatmap))).decode("ascii")
+    return png_base64(to_uint8(heatmap))
 
 
 def heatmap_from_base64(text: str) -> np.ndarray:
     """The 0..1 map of a response's base64 PNG heatmap."""
-    return decode_png(base64.b64decode(text, validate=True)).astype(np.float32) / 255.0
+    return png_from_base64(text).astype(np.float32) / 255.0
 
 
 def colourise(heatmap: np.ndarray) -> np.ndarray:

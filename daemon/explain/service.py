@@ -41,9 +41,9 @@ from daemon.contract import CameraTopics, explanation_info
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.explain.worker import Job, WorkerSettings, serve
 from daemon.files import write_atomically
+from daemon.imaging import encode_jpeg
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.snapshot import encode_jpeg
 
 log = logging.getLogger("explaincam.explain")
 

@@ -7,7 +7,8 @@ import json
 import cv2
 import numpy as np
 
-from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
+from daemon.imaging import encode_jpeg
+from daemon.snapshot import SnapshotWriter, draw_caption
 
 
 def test_draw_caption_scales_the_frame_and_adds_a_band():

@@ -9,7 +9,7 @@ from convert.concepts import bottleneck_layer
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain import ace
-from daemon.explain.heatmap import decode_png
+from daemon.imaging import decode_png, png_base64
 from daemon.scenes import COLOURS, PLURALS, SHAPES, scene_at
 
 HELD_OUT_SEED = 6161  # not the bank's discovery stream (5050) nor training (1)
@@ -120,7 +120,7 @@ def test_concept_map_gives_each_pixel_its_best_fitting_concept():
     assert labels.tolist() == [[2, 2, 2, 2], [2, 2, 2, 2], [1, 1, -1, -1], [1, 1, -1, -1]]
     drawn = ace.draw_concept_map(np.zeros((4, 4, 3), np.uint8), labels)
     assert drawn.shape == (4, 4, 3) and drawn.dtype == np.uint8
-    png = decode_png(base64.b64decode(ace.png_base64(drawn)))
+    png = decode_png(base64.b64decode(png_base64(drawn)))
     assert np.array_equal(png, drawn)
 
 

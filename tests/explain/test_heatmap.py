@@ -3,6 +3,7 @@
 import numpy as np
 
 from daemon.explain import heatmap
+from daemon.imaging import decode_png, encode_png
 
 
 def test_normalise_maps_to_unit_range_and_flat_maps_to_zero():
@@ -34,10 +35,10 @@ def test_peak_smoothing_ignores_a_single_noisy_pixel():
 
 def test_png_base64_round_trip():
     m = np.linspace(0, 1, 224 * 224, dtype=np.float32).reshape(224, 224)
-    back = heatmap.heatmap_from_base64(heatmap.png_base64(m))
+    back = heatmap.heatmap_from_base64(heatmap.heatmap_png_base64(m))
     assert back.shape == m.shape and np.abs(back - m).max() <= 1 / 255 + 1e-6
     rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
-    assert np.array_equal(heatmap.decode_png(heatmap.encode_png(rgb)), rgb)
+    assert np.array_equal(decode_png(encode_png(rgb)), rgb)
 
 
 def test_overlay_and_grid_shapes():

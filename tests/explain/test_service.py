@@ -13,7 +13,7 @@ import pytest
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
-from daemon.explain.heatmap import decode_png
+from daemon.imaging import decode_png
 from daemon.explain import service as service_module
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache

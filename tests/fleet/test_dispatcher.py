@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig, MqttConfig
-from daemon.explain.heatmap import decode_png, encode_png
+from daemon.imaging import decode_png, encode_png
 from daemon.explain.requests import response
 from daemon.explain.service import ExplainService
 from daemon import contract
