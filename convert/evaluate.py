@@ -207,7 +207,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     exact = exact_float = agree = skipped = 0
     # ACE (daemon.explain.ace): removal test of each object colour/shape word's top concept
     ace_wins: list[bool] = []
-    concepts = explainer.concepts() if explanations and explainer.bundle.has("concepts") else None
+    concepts = explainer.resources("ace") if explanations and explainer.bundle.has("concepts") else None
     for n, record in enumerate(records):
         image = captioner.resize(read_rgb(record["path"]))
         result = captioner.caption(image)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.bundle import Bundle, BundleError, load_bundle
+from daemon.bundle import Bundle, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
-from daemon.explain import heatmap
-from daemon.explain.ace import ConceptBank, ConceptExplainer
+from daemon.explain import heatmap, picture
 from daemon.explain.backends import DEFAULT_THREADS, load_backend
 from daemon.explain.base import MethodResult, Subject
 from daemon.explain.registry import ExplainOptions, load_method
@@ -77,7 +76,7 @@ class Explanation:
         maps, peaks = self.maps, self.peaks
         rows = [(f"#{index} {word}", [(m, maps[m][k], peaks[m][k]) for m in maps])
                 for k, (index, word) in enumerate(zip(self.indices, self.words))]
-        parts = [heatmap.grid(self.image, rows)]
+        parts = [picture.grid(self.image, rows)]
         parts += [r.picture_row for r in self.results.values() if r.picture_row is not None]
         width = max(p.shape[1] for p in parts)
         return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts])
@@ -99,7 +98,7 @@ class Explainer:
         self.backend = backend
         self.layer = backend.gradcam_layer
         self.size = self.bundle.input_size
-        self._concepts = None
+        self._resources: dict[str, object] = {}
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An RGB frame at the model's input size, as float32 0..255."""
@@ -138,14 +137,12 @@ class Explainer:
         teacher = teacher_tokens(self.vocab.start, tokens)
         return word_logprobs(self.backend.logits(np.asarray(images, np.float32), teacher), teacher)
 
-    def concepts(self):
-        """The ACE engine with the bundle's concept bank, loaded on first use (BundleError without a bank)."""
-        if self._concepts is None:
-            if not self.bundle.has("concepts"):
-                raise BundleError(f"{self.bundle.path}: the bundle has no concept bank (concepts.npz); "
-                                  "build one with `explaincam concepts`")
-            self._concepts = ConceptExplainer(self, ConceptBank.load(self.bundle.file("concepts")))
-        return self._concepts
+    def resources(self, method: str):
+        """What method ``method`` loads beside the backend (its ``Method.load``: ACE's concept bank),
+        loaded on first use and kept for this explainer."""
+        if method not in self._resources:
+            self._resources[method] = load_method(method).load(self)
+        return self._resources[method]
 
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 methods: list[str] | tuple[str, ...] = ("gradcam",)) -> Explanation:

@@ -20,7 +20,7 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from daemon.explain import heatmap
+from daemon.explain import heatmap, picture
 from daemon.explain.registry import METHODS
 from daemon.imaging import encode_png, from_base64
 
@@ -203,7 +203,7 @@ def save_explanation(out: str | Path, payload: dict, grid_png: bytes | None) -> 
             panels.append((method, heatmap.heatmap_from_base64(value["heatmap"]), peak))
         rows.append((f"#{record['index']} {record['word']}", panels))
     if grid_png is None:
-        grid_png = encode_png(heatmap.grid(None, rows))
+        grid_png = encode_png(picture.grid(None, rows))
     (out / "grid.png").write_bytes(grid_png)
     written.append(out / "grid.png")
     return written

@@ -12,7 +12,7 @@ from convert.scenes import write_scenes
 from daemon.bundle import load_bundle, sha256_file
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.cli import main as cli
-from daemon.explain.ace import BACKGROUND, ConceptBank
+from daemon.explain.concept_bank import BACKGROUND, ConceptBank
 from daemon.imaging import decode_png
 from daemon.scenes import scene_at
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from daemon.explain import heatmap
+from daemon.explain import heatmap, picture
 from daemon.imaging import decode_png, encode_png
 
 
@@ -45,9 +45,9 @@ def test_overlay_and_grid_shapes():
     image = np.full((224, 224, 3), 100, np.uint8)
     hot = np.zeros((7, 7), np.float32)
     hot[3, 3] = 1
-    out = heatmap.overlay(image, hot, peak_xy=(112, 112))
+    out = picture.overlay(image, hot, peak_xy=(112, 112))
     assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
     rows = [("#0 a", [("gradcam", hot, (1, 1)), ("saliency", hot, None)]), ("#1 red", [("gradcam", hot, None)])]
-    grid = heatmap.grid(image, rows, tile=64)
+    grid = picture.grid(image, rows, tile=64)
     assert grid.shape == (2 * (64 + 22), 3 * 64, 3)
-    assert heatmap.grid(None, rows, tile=64).shape == grid.shape
+    assert picture.grid(None, rows, tile=64).shape == grid.shape
