@@ -45,9 +45,9 @@ from convert.progress import Progress
 from convert.scenes import read_scenes
 from daemon.bundle import BundleError
 from daemon.captioner import Captioner
-from daemon.explain.backends import BACKEND_CHOICES, BackendError
+from daemon.explain.backends import BackendError
 from daemon.explain.explainer import Explainer
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.explain_settings import BACKEND_CHOICES, MAP_METHODS, ExplainOptions
 from daemon.imaging import read_rgb
 from daemon.scenes import COLOURS, PLURALS, SHAPES, objects_mask
 

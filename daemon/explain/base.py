@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.explain import heatmap
-from daemon.explain.registry import ExplainOptions
 from daemon.explain.targets import weight_rows, word_targets
+from daemon.explain_settings import ExplainOptions
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The answer pipeline: a bundle's float model behind a backend, explaining captions word by word.
 
-One pipeline serves the explainer process (``daemon.explain.worker``), ``explaincam explain``
+One pipeline serves the explainer process (``daemon.explain.process``), fleet workers, ``explaincam explain``
 and ``explaincam evaluate``: ``Explainer.explain`` runs the requested methods (each a
 registered ``Method``, ACE included) over the backend, and ``answer`` turns that into the
 MQTT response and the explanation picture, each heatmap and the picture encoded once. It
@@ -22,11 +22,12 @@ from daemon.bundle import Bundle, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
 from daemon.explain import heatmap, picture
-from daemon.explain.backends import DEFAULT_THREADS, load_backend
+from daemon.explain.backends import load_backend
 from daemon.explain.base import MethodResult, Subject
-from daemon.explain.registry import ExplainOptions, load_method
+from daemon.explain.registry import load_method
 from daemon.explain.requests import response
 from daemon.explain.targets import log_softmax, teacher_tokens, word_logprobs
+from daemon.explain_settings import DEFAULT_THREADS, ExplainOptions
 from daemon.imaging import encode_png
 from daemon.vocab import Vocabulary
 

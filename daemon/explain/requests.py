@@ -21,7 +21,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from daemon.explain import heatmap, picture
-from daemon.explain.registry import METHODS
+from daemon.explain_settings import METHODS
 from daemon.imaging import encode_png, from_base64
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",

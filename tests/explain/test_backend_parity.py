@@ -12,7 +12,7 @@ import pytest
 
 from daemon.bundle import load_bundle
 from daemon.explain.backends import explainer_graph
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.explain_settings import MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from daemon.decoder import log_softmax
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
 from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
+from daemon.explain_settings import MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
