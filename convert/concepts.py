@@ -34,10 +34,10 @@ The bottleneck is, unless ``--layer`` says otherwise, the encoder's reduced map
 (``spatial_reduce``) where the head has one, else the last layer of the backbone: the
 most semantic map, as ACE and TCAV use late layers. The reduced map is the one the decoder
 reads, position by position, and in a model trained with ``--object-density`` its first
-channels are the object words themselves. Measured on 40 unseen scenes (seed 6161, 112
-colour and shape words) with such a model: removing a word's top concept beat removing
-random segments for 95.5% of words with the bank at the reduced map, 83.9% at the
-backbone's last layer, whose concepts more often covered only part of an object.
+channels are the object words themselves. With such a model, removing a word's top
+concept beats removing random segments more often with the bank at the reduced map than at
+the backbone's last layer, whose concepts more often cover only part of an object (README,
+"Concepts (ACE)", has the figures).
 """
 
 from __future__ import annotations

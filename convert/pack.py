@@ -62,8 +62,8 @@ def default_gradcam_layer(captioner: keras.Model, pretrained: bool = True) -> st
     ImageNet weights, the backbone's last feature map (Grad-CAM's usual layer). Otherwise,
     from scratch, the first rectified (ReLU) map at 1/8 of the input resolution (the last
     layer if there is none): deep maps of a backbone trained from scratch behind a
-    flattened head kept an object's evidence at its place for 4-28 % of object words,
-    that map for 38-52 %.
+    flattened head keep an object's evidence at its place far less often than that map
+    (README, "The shipped model and how it was made", has the figures).
     """
     encoder = captioner.get_layer("encoder")
     if "moment_map" in [layer.name for layer in encoder.layers]:
