@@ -21,14 +21,34 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol
 
 from daemon.contract import CameraTopics, explanation_info
 from daemon.explain.job import Job
 from daemon.explain.requests import ErrorResponse, check_words, validate_request
 from daemon.mqtt import topic_problem
 
+if TYPE_CHECKING:
+    from daemon.explain.local import LocalDispatcher
+
 log = logging.getLogger("explaincam.explain")
+
+
+class Dispatcher(Protocol):
+    """What explains the jobs the service accepted: ``LocalDispatcher`` (this box's explainer process)
+    or ``RemoteDispatcher`` (a fleet's workers)."""
+
+    def start(self, reply: Callable, deliver: Callable) -> None:
+        """Begin; answer errors with ``reply(payload, pending)``, explanations with ``deliver(payload, grid, pending)``."""
+
+    def takes(self) -> bool:
+        """Whether the next request goes to this dispatcher."""
+
+    def submit(self, job: Job, reply) -> ErrorResponse | None:
+        """Take a job, or answer at once why not (busy, shutting_down)."""
+
+    def stop(self) -> None:
+        """Answer what still waits ``shutting_down`` and end."""
 
 
 @dataclass
@@ -50,8 +70,8 @@ class ExplainService:
     publish: Callable  # the MqttPublisher's publish
     topics: CameraTopics
     frame_cache: object  # the FrameCache the requests name their frames in
-    local: object  # the LocalDispatcher: this box's explainer process
-    remote: object = None  # the RemoteDispatcher of a fleet's workers, or None
+    local: LocalDispatcher  # this box's explainer process
+    remote: Dispatcher | None = None  # the RemoteDispatcher of a fleet's workers
     snapshot: object = None  # the SnapshotFolder the explanation files go to, or None
     model_name: str | None = None
     _keys: Iterator[int] = field(default_factory=lambda: itertools.count(1), init=False, repr=False)
