@@ -29,6 +29,12 @@ copy deals with each while keeping the weights:
 
 A graph that still holds an op without a builtin is not written; ``ExportError`` names the
 ops, and the bundle keeps working on the TensorFlow backend.
+
+Memory: the signatures are converted one at a time, each from a frozen copy of the
+weights that is freed before the next, and merged into one file in which the signatures
+share every identical constant (``merge_signatures``). ``explaincam convert`` runs the
+export in a process of its own (``export_in_subprocess``), so that running out of memory
+there costs the explainer graph only, never the bundle.
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 from tensorflow.python.ops import nn_grad
 
 import keras
@@ -311,29 +316,6 @@ def operator_names(model: bytes) -> list[str]:
     return out
 
 
-class _FrozenSignature(tf.Module):
-    """One entry point with every variable folded into constants, ready to save without variables.
-
-    The converter would otherwise keep the batch-norm statistics as resource variables
-    (VAR_HANDLE/READ_VARIABLE and a per-call RSQRT in the file).
-    """
-
-    def __init__(self, graphs: ExplainerGraphs, name: str):
-        super().__init__()
-        function = graphs.concrete_function(name)
-        frozen = convert_variables_to_constants_v2(function)
-        outputs = sorted(function.structured_outputs)  # the frozen function's flat output order
-        specs = function.structured_input_signature[0]
-        call = tf.function(self._caller(frozen, outputs), input_signature=list(specs))
-        self.entry_point = call.get_concrete_function()
-
-    @staticmethod
-    def _caller(frozen, outputs):
-        def call(*inputs):
-            return dict(zip(outputs, frozen(*inputs)))
-        return call
-
-
 @contextlib.contextmanager
 def _stderr_to(path: Path):
     """Send the process's stderr (the converter's MLIR diagnostics, which its exception repeats) to a file."""
@@ -351,11 +333,16 @@ def _stderr_to(path: Path):
 def convert_signature(graphs: ExplainerGraphs, name: str) -> bytes:
     """The float32 TFLITE_BUILTINS-only flatbuffer of one entry point; ExportError naming the ops otherwise."""
     with tempfile.TemporaryDirectory(prefix="explainer-export-") as tmp:
-        frozen = _FrozenSignature(graphs, name)
-        # the gradients are ops of the traced graphs already; nothing needs tracing again
-        tf.saved_model.save(frozen, tmp, signatures={name: frozen.entry_point},
+        # Saved with its variables, held by a module that has no function of its own: the
+        # converter sees that nothing assigns them and folds them into constants itself.
+        # (Folding them here, with convert_variables_to_constants_v2, took ten times the
+        # weights' size in memory, and saving the folded graph more.)
+        holder = tf.Module()
+        holder.weights = [getattr(v, "value", v) for v in graphs.captioner.variables]  # Keras 3 wraps tf.Variable
+        # the gradients are ops of the traced graph already; nothing needs tracing again
+        tf.saved_model.save(holder, tmp, signatures={name: graphs.concrete_function(name)},
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        del frozen  # the saved copy is what converts; the frozen constants are a copy of every weight
+        del holder
         release_freed_memory()
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[name])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -381,8 +368,9 @@ def convert_graphs(graphs: ExplainerGraphs) -> bytes:
     """The float32 TFLITE_BUILTINS-only flatbuffer of all the entry points; ExportError naming the ops otherwise.
 
     Each signature converts on its own, its memory freed before the next (all five in one
-    conversion took 24 GB for EfficientNetV2L at 480), and ``merge_signatures`` joins them
-    into one file whose signatures share every identical weight.
+    conversion copy every weight per signature, several times over: README, "The seed's
+    model"), and ``merge_signatures`` joins them into one file whose signatures share every
+    identical weight.
     """
     with tempfile.TemporaryDirectory(prefix="explainer-parts-") as tmp:
         parts = []
