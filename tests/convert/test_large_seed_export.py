@@ -28,6 +28,7 @@ import pytest
 import keras
 import tf_keras
 
+from convert.explainer_export import operator_names
 from daemon.bundle import load_bundle
 from daemon.captioner import Captioner, resize_for_encoder
 from daemon.decoder import log_softmax
@@ -113,6 +114,8 @@ def test_large_seed_model_converts_with_its_explainer_within_the_memory_bound(se
     assert peak <= MEMORY_BOUND_GB * 2 ** 30, f"peak RSS {peak / 2 ** 30:.2f} GB"
     bundle = load_bundle(out)  # every hash verified, the explainer's included
     assert bundle.has("explainer") and bundle.manifest["explainer"]["tokens"] == MAX_LENGTH
+    ops = operator_names(bundle.file("explainer").read_bytes())
+    assert not [op for op in ops if op.startswith("CUSTOM") or op in ("VAR_HANDLE", "READ_VARIABLE", "WHILE")], ops
     assert bundle.manifest["vocab_size"] == WORDS and bundle.max_length == MAX_LENGTH - 1
 
     # the step decoder on the float encoder's features is the seed's decoder
