@@ -66,6 +66,30 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
     return buf.tobytes()
 
 
+SMALLER_JPEG_QUALITIES = (70, 55, 40, 30)  # tried in turn when a JPEG must fit a broker's packet limit
+
+
+def jpeg_within(rgb: np.ndarray, room: int) -> bytes | None:
+    """The best JPEG of an RGB image of at most ``room`` bytes: lower qualities first, then halving its
+    size (not below 96 px wide); None when none fits."""
+    while True:
+        for quality in SMALLER_JPEG_QUALITIES:
+            data = encode_jpeg(rgb, quality)
+            if len(data) <= room:
+                return data
+        if rgb.shape[1] < 192:
+            return None
+        rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An encoded image (PNG, JPEG) as RGB uint8; ValueError if it is not one."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 PAGE_TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

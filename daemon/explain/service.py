@@ -6,8 +6,12 @@ a job to the explainer process (``worker.serve``, started lazily with ``spawn``,
 gone after ``idle_exit_s`` without work and started again by the next request). A result
 thread publishes each answer to the request's MQTT 5 Response Topic with its Correlation
 Data (else to the default response topic), writes ``explanation.png``,
-``explanation.jpg`` (the frame) and ``explanation.json`` atomically to the snapshot folder and publishes the PNG retained on
-the explain image topic, with its info (``made_at``) beside it.
+``explanation.jpg`` (the frame) and ``explanation.json`` atomically to the snapshot folder and publishes the
+picture as a JPEG (:func:`picture_jpeg`) retained on the explain image topic, with its info (``made_at``) beside it.
+
+Where the broker caps the packet size, the publisher makes the picture a smaller JPEG and
+an answer too large leaves out its inline heatmaps (``requests.fitted_response``): a
+requester always gets an answer.
 
 Every explainer process gets channels of its own. When one dies (the OOM killer picks the
 idle explainer first), is killed while explaining, or leaves waiting jobs untaken for
@@ -37,18 +41,30 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Callable
 
+from daemon.bundle import manifest_sha256
 from daemon.contract import CameraTopics, explanation_info
-from daemon.explain.requests import ErrorResponse, check_words, validate_request
-from daemon.explain.worker import Job, WorkerSettings, serve
+from daemon.explain.requests import ErrorResponse, check_words, fitted_response, validate_request
+from daemon.explain.worker import BUNDLE_CHANGED, Job, WorkerSettings, serve
 from daemon.files import write_atomically
 from daemon.mqtt import topic_problem
 from daemon.problems import RecurringProblem
-from daemon.snapshot import encode_jpeg
+from daemon.snapshot import decode_image, encode_jpeg, jpeg_within
 
 log = logging.getLogger("explaincam.explain")
 
 RESULT_POLL_S = 0.25  # how often the result thread looks at the explainer process when idle
 STUCK_S = 60.0  # an explainer that leaves waiting jobs untaken this long (and runs none) is replaced
+PICTURE_JPEG_QUALITY = 90  # the explanation picture on MQTT: an 8-word gradcam + saliency grid is ~200 KB
+
+
+def picture_jpeg(png: bytes) -> tuple[bytes, Callable[[int], bytes | None]]:
+    """The explanation picture (a PNG) as the JPEG published on MQTT, and how to make it fit a smaller room.
+
+    A lossless PNG of the grid holds a copy of the frame per word and method: 1.1-1.6 MB for
+    eight words; the JPEG is about a seventh of it.
+    """
+    rgb = decode_image(png)
+    return encode_jpeg(rgb, PICTURE_JPEG_QUALITY), lambda room: jpeg_within(rgb, room)
 
 
 @dataclass
@@ -86,14 +102,17 @@ class ExplainService:
     """Answers explain requests of the capture process with a separate explainer process."""
 
     def __init__(self, config, bundle_path, snapshot_dir, publish: Callable, topics: CameraTopics,
-                 frame_cache, model_name: str | None = None, remote=None):
+                 frame_cache, model_name: str | None = None, remote=None, bundle_sha256: str | None = None):
+        """``bundle_sha256``: the sha256 of the manifest the capture process loaded (default: the one
+        on disk now); the explainer process explains that bundle or answers ``bundle_changed``."""
         self.config = config
         self.publish = publish
         self.topics = topics
         self.frame_cache = frame_cache
         self.model_name = model_name
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
-        self.settings = WorkerSettings(str(bundle_path), config)
+        self.settings = WorkerSettings(str(bundle_path), config, bundle_sha256 or manifest_sha256(bundle_path))
+        self._bundle_changed_said = False
         self._context = multiprocessing.get_context("spawn")
         _start_resource_tracker()
         self._worker: _Worker | None = None
@@ -232,8 +251,13 @@ class ExplainService:
         if reply is None:
             return
         if kind == "failed":
-            log.error("explanation %r failed: %s", reply.request_id, message[2])
-            self._reply(ErrorResponse(reply.request_id, "internal", message[2]).payload(), reply)
+            code = message[3]
+            if code != BUNDLE_CHANGED:
+                log.error("explanation %r failed: %s", reply.request_id, message[2])
+            elif not self._bundle_changed_said:  # every request says it; the log once
+                self._bundle_changed_said = True
+                log.error("%s; until then explain requests are answered %s (logged once)", message[2], BUNDLE_CHANGED)
+            self._reply(ErrorResponse(reply.request_id, code, message[2]).payload(), reply)
             return
         payload, grid = message[2], message[3]
         now = time.monotonic()
@@ -249,7 +273,8 @@ class ExplainService:
         text = json.dumps(payload)
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
-        self.publish(self.topics.explain_image, grid, qos=1, retain=True)
+        picture, fit = picture_jpeg(grid)
+        self.publish(self.topics.explain_image, picture, qos=1, retain=True, fit=fit)
         self._write_snapshot(grid, dict(payload, model=self.model_name, made_at=info["made_at"], ts=round(time.time(), 3)),
                              reply.image)
         self._reply(payload, reply, text)
@@ -332,7 +357,11 @@ class ExplainService:
             log.warning("answer to explain request %r dropped: its Response Topic %r %s",
                         reply.request_id, topic, problem)
             return
-        self.publish(topic, text or json.dumps(payload), qos=1, correlation_data=reply.correlation_data)
+        fit = None
+        if payload.get("status") == "ok":
+            image_topic = self.topics.explain_image
+            fit = lambda room: fitted_response(payload, room, image_topic)  # noqa: E731
+        self.publish(topic, text or json.dumps(payload), qos=1, correlation_data=reply.correlation_data, fit=fit)
 
     # --- shutdown --------------------------------------------------------------------
 

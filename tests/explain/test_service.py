@@ -13,7 +13,7 @@ import pytest
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
-from daemon.explain.heatmap import decode_png
+from daemon.snapshot import decode_image
 from daemon.explain import service as service_module
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
@@ -31,7 +31,7 @@ class Published:
         self.messages = []
         self.lock = threading.Lock()
 
-    def __call__(self, topic, payload, qos=0, retain=False, correlation_data=None):
+    def __call__(self, topic, payload, qos=0, retain=False, correlation_data=None, fit=None):
         with self.lock:
             self.messages.append((topic, payload, retain, correlation_data))
 
@@ -75,7 +75,7 @@ def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeyp
         assert (one["status"], topic, correlation) == ("ok", "reply/one", b"c1")
         assert one["frame_id"] == 101 and one["caption"] == frames.get(101).caption.caption
         image = next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image and retain)
-        assert decode_png(image).ndim == 3
+        assert image.startswith(b"\xff\xd8") and decode_image(image).ndim == 3  # the picture as a JPEG
         info = json.loads(next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image_info))
         assert (info["request_id"], info["frame_id"], info["methods"]) == ("one", 101, ["gradcam"])
         snapshot = json.loads((tmp_path / "snap" / "explanation.json").read_text())
