@@ -477,7 +477,7 @@ class MqttPublisher:
             return None
         now = time.monotonic()
         if (self._last_sent is not None and now - self._last_sent[0] <= PACKET_SUSPECT_S
-                and self._last_sent[1] > self._largest_taken):
+                and self._last_sent[1] > self._largest_taken > 0):
             self._short_connections = 0
             size, topic = self._last_sent[1], self._last_sent[2]
             self.last_error = f"connection closed right after a {size}-byte packet on {topic}"
