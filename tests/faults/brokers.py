@@ -59,6 +59,14 @@ class AmqttBroker:
                 self._process.wait()
         self._process = None
 
+    def kill(self) -> None:
+        """End the broker at once (SIGKILL), as a crash or a power cut would: no goodbye to its clients."""
+        if self._process is None:
+            return
+        self._process.kill()
+        self._process.wait()
+        self._process = None
+
     def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down ``down_s`` seconds, start again on the same port."""
         self.stop()

@@ -235,46 +235,37 @@ def test_a_bundle_swapped_on_disk_is_never_explained_for_the_loaded_one(tmp_path
     figures("bundle_swap", answers=[a["status"] if a["status"] == "ok" else a["error"]["code"] for a in answers])
 
 
-@pytest.mark.parametrize("implementation", ["mosquitto", "amqtt"])
-def test_a_twin_daemon_is_named_and_requests_get_one_answer(implementation, tmp_path, collect, daemon_process):
-    broker = (LocalBroker(free_port(), tmp_path / "broker", extra_config=NODELAY) if implementation == "mosquitto"
-              else AmqttBroker(free_port(), tmp_path / "broker"))
-    protocol = "5" if implementation == "mosquitto" else "3.1.1"
-    broker.start()
-    try:
-        # a config copied to a second box: same camera and prefix, each its own client id
-        first = daemon_process(daemon_config(tmp_path / "a", broker.port, mqtt={"protocol": protocol},
-                                             explain={"idle_exit_s": 600, "threads": 1}))
-        watch = collect(broker.port, CAPTION, RESPONSE, AVAILABILITY,
-                        protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311)
-        watch.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
-        second = daemon_process(daemon_config(tmp_path / "b", broker.port, mqtt={"protocol": protocol},
-                                              explain={"idle_exit_s": 600, "threads": 1}))
-        named = "another daemon publishes as camera 'testcam'"
-        wait_until(lambda: named in first.log() and named in second.log(), START_TIMEOUT, interval=0.2,
-                   message="each daemon naming its twin")
-        assert "host " in first.log().split(named, 1)[1].splitlines()[0]
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="twin-requester",
-                             protocol=paho.MQTTv5 if protocol == "5" else paho.MQTTv311)
-        client.connect("127.0.0.1", broker.port)
-        client.loop_start()
-        ids = [f"twin-{k}" for k in range(3)]
-        for request_id in ids:
-            client.publish(REQUEST, json.dumps({**EXPLAIN, "id": request_id, "methods": ["gradcam"], "words": [0]}),
-                           qos=1)
-        wait_until(lambda: {m.json()["id"] for m in watch.on(RESPONSE)} >= set(ids), 90, interval=0.2,
-                   message="every request answered")
-        time.sleep(3)  # a second answer would come by now
-        client.disconnect()
-        client.loop_stop()
-        answered = [m.json()["id"] for m in watch.on(RESPONSE)]
-        assert sorted(answered) == ids, answered  # one answer each
-        # the one that stops must not leave the camera offline while the other captions on
-        stopped = time.monotonic()
-        first.stop()
-        wait_until(lambda: [m.payload for m in watch.on(AVAILABILITY, since=stopped)][-1:] == [b"online"], 10,
-                   interval=0.2, message="the camera online again")
-        assert second.log().count(named) == 1
-    finally:
-        broker.stop()
-    figures(f"twins_{implementation}", answers=len(answered), requests=len(ids))
+def test_a_twin_daemon_is_named_and_requests_get_one_answer(broker, tmp_path, collect, daemon_process):
+    protocol = broker.protocol
+    # a config copied to a second box: same camera and prefix, each its own client id
+    first = daemon_process(daemon_config(tmp_path / "a", broker.port, mqtt={"protocol": protocol},
+                                         explain={"idle_exit_s": 600, "threads": 1}))
+    watch = collect(broker.port, CAPTION, RESPONSE, AVAILABILITY, protocol=broker.paho_protocol)
+    watch.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
+    second = daemon_process(daemon_config(tmp_path / "b", broker.port, mqtt={"protocol": protocol},
+                                          explain={"idle_exit_s": 600, "threads": 1}))
+    named = "another daemon publishes as camera 'testcam'"
+    wait_until(lambda: named in first.log() and named in second.log(), START_TIMEOUT, interval=0.2,
+               message="each daemon naming its twin")
+    assert "host " in first.log().split(named, 1)[1].splitlines()[0]
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="twin-requester", protocol=broker.paho_protocol)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    ids = [f"twin-{k}" for k in range(3)]
+    for request_id in ids:
+        client.publish(REQUEST, json.dumps({**EXPLAIN, "id": request_id, "methods": ["gradcam"], "words": [0]}),
+                       qos=1)
+    wait_until(lambda: {m.json()["id"] for m in watch.on(RESPONSE)} >= set(ids), 90, interval=0.2,
+               message="every request answered")
+    time.sleep(3)  # a second answer would come by now
+    client.disconnect()
+    client.loop_stop()
+    answered = [m.json()["id"] for m in watch.on(RESPONSE)]
+    assert sorted(answered) == ids, answered  # one answer each
+    # the one that stops must not leave the camera offline while the other captions on
+    stopped = time.monotonic()
+    first.stop()
+    wait_until(lambda: [m.payload for m in watch.on(AVAILABILITY, since=stopped)][-1:] == [b"online"], 10,
+               interval=0.2, message="the camera online again")
+    assert second.log().count(named) == 1
+    figures(f"twins_mqtt{protocol}", answers=len(answered), requests=len(ids))
