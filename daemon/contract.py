@@ -16,7 +16,7 @@ topic                                       dir  retained  payload
 ``{prefix}/{camera}/snapshot``              out  yes       JPEG with the caption drawn on it, at
                                                            most every ``mqtt.jpeg_interval_s``
 ``{prefix}/{camera}/source``                out  yes       :func:`source_message`, on a change
-``{prefix}/{camera}/claim``                 i/o  yes       :func:`claim_message`: which daemon publishes
+``{prefix}/{camera}/claim``                 i/o  no        :func:`claim_message`: which daemon publishes
                                                            as this camera (``daemon.twins``), repeated
 ``{prefix}/{camera}/explain/request``       in   no        :func:`explain_request`
 ``{prefix}/{camera}/explain/response``      out  no        the response (``daemon.explain.requests``),
@@ -104,8 +104,8 @@ class CameraTopics:
                                               "changes (:func:`caption_state_message`).")
     snapshot = Subtopic("snapshot", "JPEG of a recent frame with its caption drawn on it, retained.")
     source = Subtopic("source", "The camera source's state, retained, on a change (:func:`source_message`).")
-    claim = Subtopic("claim", "Which daemon publishes as this camera (:func:`claim_message`), retained and "
-                              "repeated; a daemon that hears another's claim has a twin (``daemon.twins``).")
+    claim = Subtopic("claim", "Which daemon publishes as this camera (:func:`claim_message`), repeated; a daemon "
+                              "that hears another's claim has a twin (``daemon.twins``).")
     explain_request = Subtopic("explain/request", "Explanation requests to this daemon (:func:`explain_request`).")
     explain_response = Subtopic("explain/response", "Answers to requests that named no MQTT 5 Response Topic.")
     explain_image = Subtopic("explain/image", "JPEG grid of the last explanation (or the placeholder), retained.")

@@ -4,10 +4,11 @@ Two daemons with one camera name and prefix write the same topics: their caption
 interleave, both answer every explain request, and the one that stops marks the camera
 offline while the other goes on. Each daemon therefore publishes a *claim* on
 ``{prefix}/{camera}/claim`` (``contract.claim_message``: a random instance id per run, host,
-pid, client id, start time), retained and again every ``CLAIM_INTERVAL_S``, and listens to
-that topic. A fresh claim of another instance is a twin, said as an error naming its host,
-once per twin: at start (the retained claim) and while both run (its repeated claims).
-A claim of the same host and client id is this daemon's own previous run, not a twin.
+pid, client id, start time) when it starts and again every ``CLAIM_INTERVAL_S``, and listens
+to that topic. A claim of another instance is a twin, said as an error naming its host, once
+per twin; a daemon that hears a new twin answers with its own claim at once, so both say so
+within a moment of the second one's start, and again while both run. Claims are not
+retained: a daemon that was killed leaves no claim behind to be taken for a twin.
 
 Of two twins the one that started first keeps answering explain requests; the other
 answers none while the twin's claims keep coming, so one request never gets two answers.
@@ -79,29 +80,30 @@ class TwinWatch:
 
     def _claim(self) -> None:
         message = claim_message(self.instance, self.host, os.getpid(), self.client_id, self.started, self.clock())
-        self.publish(self.topics.claim, json.dumps(message), qos=1, retain=True,
-                     message_expiry_s=int(STALE_AFTER * self.interval_s))
+        self.publish(self.topics.claim, json.dumps(message), qos=1, message_expiry_s=int(self.interval_s))
 
     def _repeat(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._claim()
 
     def _on_claim(self, payload: bytes, properties) -> None:
-        """A claim on this camera: a twin's when it is fresh and not this run's or this daemon's last run's."""
+        """A claim on this camera: a twin's when it is fresh (not held up on its way) and not this run's or
+        this daemon's last run's (a quick restart on the same host and client id)."""
         try:
             claim = json.loads(payload)
             instance, ts = str(claim["instance"]), float(claim["ts"])
             claim["started"] = float(claim["started"])
         except (ValueError, KeyError, TypeError):
-            return  # an empty payload clears the claim; anything else is not ours to judge
+            return  # not a claim: not ours to judge
         if instance == self.instance or (claim.get("host") == self.host and claim.get("client_id") == self.client_id):
             return
         if self.clock() - ts > STALE_AFTER * self.interval_s:
-            return  # a daemon that stopped long ago
+            return  # said long ago (queued for a session): that daemon may be gone
         with self._lock:
             first = instance not in self._twins
             self._twins[instance] = (claim, time.monotonic())
         if first:
+            self._claim()  # the twin hears of this daemon now, not an interval later
             log.error("another daemon publishes as camera %r under %r: host %s (pid %s, client id %s): its captions "
                       "and ours interleave on %s; give each camera its own camera.name (or mqtt.topic_prefix). "
                       "Until then %s", self.topics.camera, self.topics.prefix, claim.get("host"), claim.get("pid"),
