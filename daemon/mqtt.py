@@ -176,7 +176,8 @@ class MqttPublisher:
         self.limit = PacketLimit(configured=config.max_packet_size)
         self.notices = RefusalNotices(log)
         self._largest_taken = 0  # the largest packet the broker has acknowledged
-        self._last_sent: tuple[float, int, str] | None = None  # (monotonic time, bytes, topic) of the last packet
+        # (monotonic time, bytes, topic) of packets sent in the last PACKET_SUSPECT_S larger than any the broker took
+        self._recent_large: deque[tuple[float, int, str]] = deque()
         self._attempt = 0  # connection attempts whose socket opened
         self._connack_missed: set[int] = set()  # attempts closed for want of a CONNACK
         self._answered = 0  # the last attempt that got a CONNACK
@@ -476,11 +477,13 @@ class MqttPublisher:
             self._short_connections = 0
             return None
         now = time.monotonic()
-        if (self._last_sent is not None and now - self._last_sent[0] <= PACKET_SUSPECT_S
-                and self._last_sent[1] > self._largest_taken > 0):
+        suspects = [(size, topic) for sent, size, topic in self._recent_large
+                    if now - sent <= PACKET_SUSPECT_S and size > self._largest_taken > 0]
+        self._recent_large.clear()
+        if suspects:
             self._short_connections = 0
-            size, topic = self._last_sent[1], self._last_sent[2]
-            self.last_error = f"connection closed right after a {size}-byte packet on {topic}"
+            size, topic = max(suspects)
+            self.last_error = f"connection lost right after a {size}-byte packet on {topic}"
             if topic in self._packet_hinted:
                 return None
             self._packet_hinted.add(topic)
@@ -574,6 +577,15 @@ class MqttPublisher:
             if qos > 0:
                 self._confirm(mid, code)
 
+    def _note_sent(self, size: int, topic: str) -> None:
+        """Keep a packet larger than any the broker took for PACKET_SUSPECT_S: a close right after it
+        blames its size (caller holds the lock)."""
+        now = time.monotonic()
+        while self._recent_large and now - self._recent_large[0][0] > PACKET_SUSPECT_S:
+            self._recent_large.popleft()
+        if size > self._largest_taken:
+            self._recent_large.append((now, size, topic))
+
     # -- sender thread ------------------------------------------------------------------
     def _next_batch(self) -> list[OutgoingMessage] | None:
         """Messages to send now (waiting for some), or None when stopping with nothing sendable."""
@@ -642,7 +654,7 @@ class MqttPublisher:
                 with self._cond:
                     if sent:
                         self.sent += 1
-                        self._last_sent = (time.monotonic(), size, message.topic)
+                        self._note_sent(size, message.topic)
                     if sent or kept:
                         self._track(info.mid, message.qos, message.topic, size)
                     elif not message.retain:  # retained values are re-published after the reconnect

@@ -93,6 +93,21 @@ def test_a_16_kb_packet_cap_costs_no_connection_and_no_answer(protocol, tmp_path
             too_large=stats["too_large"])
 
 
+def test_an_unknown_3_1_1_packet_cap_is_blamed_on_the_packet_size_not_a_twin_client(tmp_path, daemon_process):
+    broker = started_broker(tmp_path, f"max_packet_size {CAP}\n")
+    try:  # MQTT 3.1.1 and no mqtt.max_packet_size: the broker just closes the connection after a large packet
+        daemon = daemon_process(daemon_config(tmp_path, broker.port, mqtt={"protocol": "3.1.1", "jpeg_interval_s": 0}))
+        wait_until(lambda: daemon.log().count("MQTT: connection lost") >= 4, START_TIMEOUT, interval=0.2,
+                   message="four lost connections")
+        log = daemon.log()
+    finally:
+        broker.stop()
+    assert "it probably caps the packet size" in log and "set mqtt.max_packet_size" in log, log
+    assert "same client id" not in log, log  # no other client is blamed
+    figures("unknown_cap_3.1.1", lost=log.count("MQTT: connection lost"),
+            hints=log.count("it probably caps the packet size"))
+
+
 def dynsec_config(tmp_path) -> str:
     """Mosquitto's dynamic security plugin with an ACL slip: anonymous clients may not subscribe to this
     camera's explain requests nor publish its explanation picture."""
