@@ -8,14 +8,16 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
-from daemon.snapshot import decode_image
 from daemon.explain import service as service_module
-from daemon.explain.service import ExplainService
+from daemon.explain.explainer import Explainer, answer
+from daemon.explain.service import ExplainService, picture_jpeg
+from daemon.snapshot import decode_image
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE, wait_until
@@ -107,3 +109,22 @@ def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeyp
     finally:
         service.stop()
     assert service.worker_pid is None
+
+
+def test_the_picture_of_an_eight_word_caption_is_a_fraction_of_its_png():
+    captioner = Captioner.from_path(SHIPPED_BUNDLE)
+    scene = next(s for s in (scene_at(777, i) for i in range(200)) if len(s.caption.split()) == 8)
+    tokens = list(captioner.caption(scene.image).tokens)
+    assert len(tokens) == 8
+    payload, png = answer(Explainer(SHIPPED_BUNDLE, backend="litert", threads=1), scene.image, tokens,
+                          list(range(8)), ["gradcam", "saliency"], "eight")
+    jpeg, fit = picture_jpeg(png)
+    assert len(jpeg) <= 300_000 and len(png) > 4 * len(jpeg), (len(png), len(jpeg))
+    # the picture a person sees: PSNR against the lossless one (above about 35 dB the difference
+    # is hard to see; the scenes' sensor noise is most of what JPEG changes)
+    error = ((decode_image(jpeg).astype(float) - decode_image(png).astype(float)) ** 2).mean()
+    psnr = 10 * np.log10(255 ** 2 / error)
+    print(f"picture: PNG {len(png)} bytes, JPEG {len(jpeg)} bytes, PSNR {psnr:.1f} dB")
+    assert psnr > 35, psnr
+    smaller = fit(20_000)  # a broker's packet limit: a smaller JPEG of the same picture, or nothing
+    assert smaller is not None and len(smaller) <= 20_000 and decode_image(smaller).shape[2] == 3
