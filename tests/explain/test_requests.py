@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from daemon.explain.registry import METHODS
 from daemon.explain.requests import (ERROR_CODES, ErrorResponse, ExplainRequest, check_words, fitted_response,
                                      parse_words, response, validate_request)
+from daemon.explain_settings import METHODS
 
 MAX = 16384
 DEFAULTS = ["gradcam", "saliency"]
