@@ -179,7 +179,7 @@ class MqttPublisher:
         # (monotonic time, bytes, topic) of packets sent in the last PACKET_SUSPECT_S larger than any the broker took
         self._recent_large: deque[tuple[float, int, str]] = deque()
         self._attempt = 0  # connection attempts whose socket opened
-        self._connack_missed: set[int] = set()  # attempts closed for want of a CONNACK
+        self._connack_missed = 0  # the last attempt closed for want of a CONNACK
         self._answered = 0  # the last attempt that got a CONNACK
         self._packet_hinted: set[str] = set()  # topics named in a packet-size hint
         self._suback_topics: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topics, in order
@@ -415,7 +415,7 @@ class MqttPublisher:
         with self._cond:
             if attempt != self._attempt or self.state in ("connected", "stopped") or self._stopping:
                 return
-            self._connack_missed.add(attempt)
+            self._connack_missed = attempt
         reason = (f"no CONNACK from {self.config.host}:{self.config.port} within {self.config.connack_timeout_s:g} s "
                   f"of CONNECT (MQTT {self.config.protocol})")
         if self.is_v5:
@@ -450,7 +450,7 @@ class MqttPublisher:
             for mid in lost:  # a QoS 0 message the broker never confirmed is gone with the connection
                 del self._unconfirmed[mid]
             self.dropped += len(lost)
-            timed_out = self._attempt in self._connack_missed
+            timed_out = self._connack_missed == self._attempt
             if was_connected and not self._stopping:
                 self.last_error = f"connection lost: {reason_code}"
                 hint = self._disconnect_hint(reason_code)
