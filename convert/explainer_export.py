@@ -30,11 +30,12 @@ copy deals with each while keeping the weights:
 A graph that still holds an op without a builtin is not written; ``ExportError`` names the
 ops, and the bundle keeps working on the TensorFlow backend.
 
-Memory: the signatures are converted one at a time, each from a frozen copy of the
-weights that is freed before the next, and merged into one file in which the signatures
-share every identical constant (``merge_signatures``). ``explaincam convert`` runs the
-export in a process of its own (``export_in_subprocess``), so that running out of memory
-there costs the explainer graph only, never the bundle.
+Memory: the signatures are converted one at a time, each saved with the captioner's
+variables for the converter to fold, its memory freed before the next, and merged into one
+file in which the signatures share every identical constant (``merge_signatures``, one part
+in memory at a time). ``explaincam convert`` runs the export in a process of its own
+(``export_in_subprocess``), so that running out of memory there costs the explainer graph
+only, never the bundle.
 """
 
 from __future__ import annotations
@@ -288,9 +289,14 @@ class ExplainerGraphs(tf.Module):
         return {"activations": acts}
 
     def concrete_function(self, name: str):
-        """A fresh trace of one entry point (not kept here: a large model's traces are freed between signatures)."""
+        """A fresh trace of one entry point (not kept here: a large model's traces are freed between signatures).
+
+        Traced without AutoGraph: the entry points have no tensor-dependent Python control
+        flow (the LSTM is unrolled in Python), and AutoGraph's converted method calls once
+        lost ``self`` (``_split_gradients() missing ... 'weights'``) in a seed conversion.
+        """
         function, signature = self._entry_points[name]
-        return tf.function(function, input_signature=signature).get_concrete_function()
+        return tf.function(function, input_signature=signature, autograph=False).get_concrete_function()
 
 
 # ------------------------------------------------------------------------- conversion
@@ -364,13 +370,13 @@ def convert_signature(graphs: ExplainerGraphs, name: str) -> bytes:
     return model
 
 
-def convert_graphs(graphs: ExplainerGraphs) -> bytes:
-    """The float32 TFLITE_BUILTINS-only flatbuffer of all the entry points; ExportError naming the ops otherwise.
+def convert_graphs(graphs: ExplainerGraphs, out: str | Path) -> int:
+    """Write the float32 TFLITE_BUILTINS-only flatbuffer of all the entry points to ``out`` (atomically); its size.
 
-    Each signature converts on its own, its memory freed before the next (all five in one
-    conversion copy every weight per signature, several times over: README, "The seed's
-    model"), and ``merge_signatures`` joins them into one file whose signatures share every
-    identical weight.
+    ExportError naming the ops otherwise. Each signature converts on its own, its memory
+    freed before the next (all five in one conversion copy every weight per signature,
+    several times over: README, "The seed's model"), and ``merge_signatures`` joins them
+    into one file whose signatures share every identical weight.
     """
     with tempfile.TemporaryDirectory(prefix="explainer-parts-") as tmp:
         parts = []
@@ -379,7 +385,9 @@ def convert_graphs(graphs: ExplainerGraphs) -> bytes:
             part.write_bytes(convert_signature(graphs, name))
             release_freed_memory()
             parts.append(part)
-        return merge_signatures(parts)
+        model = merge_signatures(parts)
+        write_atomically(out, model)
+        return len(model)
 
 
 # ---------------------------------------------------------------- one file, weights shared
@@ -389,19 +397,60 @@ def _version(text: bytes) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(rb"\d+", text))
 
 
-def merge_signatures(paths: list[Path]) -> bytes:
-    """One .tflite holding the signatures of several single-signature .tflite files.
+class _Packed:
+    """A table already written into the builder, standing in for its object in the model's vectors."""
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+    def Pack(self, builder) -> int:  # noqa: N802 (the flatbuffers object API's name)
+        """The table's offset in the builder."""
+        return self.offset
+
+
+def _constants(path: Path):
+    """(sha256, size) of each non-empty buffer of a .tflite file, and the file's size."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = path.read_bytes()
+    model = schema.Model.GetRootAsModel(data, 0)
+    found = []
+    for index in range(model.BuffersLength()):
+        buffer = model.Buffers(index)
+        if not buffer.DataIsNone() and buffer.DataLength():
+            found.append((hashlib.sha256(buffer.DataAsNumpy()).digest(), buffer.DataLength()))
+    return found, len(data)
+
+
+def merge_signatures(paths: list[Path]) -> memoryview:
+    """One .tflite (its bytes) holding the signatures of several single-signature .tflite files.
 
     Each file's subgraph, operator codes and signature are carried over; a constant buffer
     whose bytes another file already brought is stored once and shared (the forward pass's
     weights are in every signature). The result must fit a flatbuffer (2 GB).
+
+    Memory: one part file at a time besides the result. A first pass sizes the result (the
+    builder never grows, which would copy it); the second writes each part's new constants,
+    subgraph and signature straight into the builder and lets the part go.
     """
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
+    unique, structure = {}, 0
+    for path in paths:
+        constants, size = _constants(path)
+        unique.update(constants)
+        structure += size - sum(n for _, n in constants)
+    size = sum(unique.values())
+    if size >= 2 ** 31 - 2 ** 26:
+        raise ExportError(f"the explainer graph's weights take {size / 2 ** 30:.1f} GB even shared, more than "
+                          "a .tflite file holds (2 GB)")
+    builder = flatbuffers.Builder(size + structure + 2 ** 20)
+
     merged = schema.ModelT()
     merged.version, merged.description = 3, b"explaincam explainer"
-    merged.buffers, merged.operatorCodes, merged.subgraphs, merged.signatureDefs = [schema.BufferT()], [], [], []
+    merged.buffers = [_Packed(schema.BufferT().Pack(builder))]  # buffer 0: the empty sentinel
+    merged.operatorCodes, merged.subgraphs, merged.signatureDefs = [], [], []
     stored: dict[bytes, int] = {}  # sha256 of a constant's bytes -> its buffer in the merged file
     codes: dict[tuple, int] = {}
     runtime = b""
@@ -416,12 +465,12 @@ def merge_signatures(paths: list[Path]) -> bytes:
             if data is None or len(data) == 0:  # no constant: the sentinel 0, or a tensor's own empty buffer
                 buffer_of[index] = len(merged.buffers) if index else 0
                 if index:
-                    merged.buffers.append(schema.BufferT())
+                    merged.buffers.append(_Packed(schema.BufferT().Pack(builder)))
                 continue
             key = hashlib.sha256(data).digest()
             if key not in stored:
                 stored[key] = len(merged.buffers)
-                merged.buffers.append(schema.BufferT(data=np.array(data)))  # a copy: the part is freed
+                merged.buffers.append(_Packed(schema.BufferT(data=data).Pack(builder)))
             buffer_of[index] = stored[key]
         code_of = {}
         for index, code in enumerate(part.operatorCodes):
@@ -436,24 +485,20 @@ def merge_signatures(paths: list[Path]) -> bytes:
             operator.opcodeIndex = code_of[operator.opcodeIndex]
         (signature,) = part.signatureDefs
         signature.subgraphIndex = len(merged.subgraphs)
-        merged.subgraphs.append(subgraph)
-        merged.signatureDefs.append(signature)
+        # written now: the unpacked subgraph's arrays are views of the part's bytes
+        merged.subgraphs.append(_Packed(subgraph.Pack(builder)))
+        merged.signatureDefs.append(_Packed(signature.Pack(builder)))
         for entry in part.metadata or []:
             if entry.name == b"min_runtime_version":
                 version = bytes(part.buffers[entry.buffer].data)
                 runtime = max(runtime, version, key=_version)
-        del part
+        del part, subgraph, signature
     if runtime:
         merged.metadata = [schema.MetadataT()]
         merged.metadata[0].name, merged.metadata[0].buffer = b"min_runtime_version", len(merged.buffers)
         merged.buffers.append(schema.BufferT(data=np.frombuffer(runtime, np.uint8)))
-    size = sum(len(b.data) for b in merged.buffers if b.data is not None)
-    if size >= 2 ** 31 - 2 ** 26:
-        raise ExportError(f"the explainer graph's weights take {size / 2 ** 30:.1f} GB even shared, more than "
-                          "a .tflite file holds (2 GB)")
-    builder = flatbuffers.Builder(size + 2 ** 24)  # room for everything: the builder never grows (a copy)
     builder.Finish(merged.Pack(builder), file_identifier=b"TFL3")
-    return bytes(memoryview(builder.Bytes)[builder.Head():])
+    return memoryview(builder.Bytes)[builder.Head():]
 
 
 # ---------------------------------------------------------------------------- bundles
@@ -473,13 +518,17 @@ def export_explainer(captioner: keras.Model, out: str | Path, gradcam_layer: str
 
     Raises ExportError naming the ops when the graph has ops without a TFLite builtin.
     """
-    out = Path(out)
     started = time.perf_counter()
-    model = convert_graphs(ExplainerGraphs(captioner, gradcam_layer, bottleneck_layer, batch, tokens))
-    write_atomically(out, model)
-    return {"file": out.name, "batch": int(batch), "tokens": int(tokens), "gradcam_layer": gradcam_layer,
+    size = convert_graphs(ExplainerGraphs(captioner, gradcam_layer, bottleneck_layer, batch, tokens), out)
+    return _entry(out, gradcam_layer, bottleneck_layer, tokens, batch, started, size)
+
+
+def _entry(out: str | Path, gradcam_layer: str, bottleneck_layer: str, tokens: int, batch: int,
+           started: float, size: int) -> dict:
+    """The entry of an export of all the signatures into ``out`` that began at ``started`` (perf_counter)."""
+    return {"file": Path(out).name, "batch": int(batch), "tokens": int(tokens), "gradcam_layer": gradcam_layer,
             "bottleneck_layer": bottleneck_layer, "signatures": list(SIGNATURES),
-            "export_seconds": round(time.perf_counter() - started, 1), "bytes": len(model)}
+            "export_seconds": round(time.perf_counter() - started, 1), "bytes": int(size)}
 
 
 def add_to_bundle(bundle_dir: str | Path, batch: int = DEFAULT_BATCH, captioner: keras.Model | None = None) -> dict:
@@ -534,19 +583,44 @@ def main(args) -> int:
 
 def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_layer: str, bottleneck_layer: str,
                          tokens: int, batch: int = DEFAULT_BATCH) -> dict:
-    """``export_explainer`` of a saved captioner in a process of its own; its entry, or ``{"error": one line}``.
+    """``export_explainer`` of a saved captioner, each signature in a process of its own; its entry, or
+    ``{"error": one line}``.
 
-    On success ``out`` is written and the entry has export_seconds, bytes and peak_rss_bytes
-    (that process's). Otherwise ``out`` is not there and the line says why: an op without a
-    builtin, or the process killed (the kernel's answer to running out of memory).
+    A fresh process per signature holds the model and that one conversion only: one process
+    for all five carried what the earlier ones left behind into the largest (EfficientNetV2L
+    at 480: 2.0 GB before ``image_gradients`` began, 1.3 GB fresh). The parts are merged
+    here, which needs no TensorFlow. On success ``out`` is written and the entry has
+    export_seconds, bytes and peak_rss_bytes (the largest of those processes'). Otherwise
+    ``out`` is not there and the line says why: an op without a builtin, or a process
+    killed (the kernel's answer to running out of memory).
     """
     out = Path(out)
+    started = time.perf_counter()
+    peak = 0
+    with tempfile.TemporaryDirectory(prefix="explainer-parts-") as tmp:
+        parts = []
+        for name in SIGNATURES:
+            part = Path(tmp) / f"{name}.tflite"
+            answer = _signature_in_subprocess([str(captioner_path), str(part), gradcam_layer, bottleneck_layer,
+                                               str(tokens), str(batch), name], started)
+            if "error" in answer:
+                return answer
+            peak = max(peak, answer["peak_rss_bytes"])
+            parts.append(part)
+        try:
+            model = merge_signatures(parts)
+        except ExportError as exc:  # more weights than a .tflite file holds
+            return {"error": str(exc)}
+        write_atomically(out, model)
+    return dict(_entry(out, gradcam_layer, bottleneck_layer, tokens, batch, started, len(model)), peak_rss_bytes=peak)
+
+
+def _signature_in_subprocess(argv: list[str], started: float) -> dict:
+    """Run ``_export_signature(argv)`` in a process of its own; its answer, or ``{"error": one line}``."""
     root = str(Path(__file__).resolve().parents[1])  # the checkout this module runs from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    started = time.perf_counter()
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "convert.explainer_export", str(captioner_path), str(out),
-                                  gradcam_layer, bottleneck_layer, str(tokens), str(batch)],
+        child = subprocess.Popen([sys.executable, "-m", "convert.explainer_export", *argv],
                                  stdout=stdout, stderr=stderr, env=env)
         try:
             _, status, usage = os.wait4(child.pid, 0)
@@ -560,10 +634,8 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
         printed, errors = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
     if child.returncode == 0:
         return json.loads(printed[printed.index("{"):])
-    for stray in out.parent.glob(f".{out.name}.*.tmp"):  # write_atomically's file of a killed process
-        stray.unlink()
     if child.returncode < 0:
-        why = (f"the export process was killed ({signal.Signals(-child.returncode).name}) after "
+        why = (f"the export process of {argv[-1]} was killed ({signal.Signals(-child.returncode).name}) after "
                f"{time.perf_counter() - started:.0f} s at {usage.ru_maxrss / 2 ** 20:.1f} GB peak RSS")
         return {"error": why + (", most likely by the kernel for lack of memory" if child.returncode == -signal.SIGKILL
                                 else "")}
@@ -572,19 +644,21 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
     return {"error": named[-1] if named else (lines[-1] if lines else f"exit status {child.returncode}")}
 
 
-def _export_saved_captioner(argv: list[str]) -> int:
-    """The process of ``export_in_subprocess``: argv = captioner path, out, Grad-CAM layer, bottleneck, tokens, batch."""
-    captioner_path, out, gradcam_layer, bottleneck, tokens, batch = argv
+def _export_signature(argv: list[str]) -> int:
+    """The process of one signature: argv = captioner path, part file, Grad-CAM layer, bottleneck, tokens, batch,
+    signature; prints its peak RSS."""
+    captioner_path, part, gradcam_layer, bottleneck, tokens, batch, name = argv
     captioner = keras.models.load_model(captioner_path, compile=False)
+    graphs = ExplainerGraphs(captioner, gradcam_layer, bottleneck, int(batch), int(tokens), signatures=(name,))
     try:
-        entry = export_explainer(captioner, out, gradcam_layer, bottleneck, tokens=int(tokens), batch=int(batch))
+        model = convert_signature(graphs, name)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    entry["peak_rss_bytes"] = peak_rss_bytes()  # this process only exported: its peak is the export's
-    print(json.dumps(entry))
+    Path(part).write_bytes(model)
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))  # this process exported one signature: its peak
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_export_saved_captioner(sys.argv[1:]))
+    sys.exit(_export_signature(sys.argv[1:]))

@@ -116,7 +116,7 @@ def test_an_op_without_builtin_gradient_is_named_and_the_bundle_keeps_working(tm
 
 
 @pytest.mark.slow
-def test_efficientnetv2_captioner_exports_op_clean_and_matches_tensorflow():
+def test_efficientnetv2_captioner_exports_op_clean_and_matches_tensorflow(tmp_path):
     """Swish, squeeze-excite sigmoids, strided depthwise convolutions and the in-model rescaling.
 
     The two gradient signatures hold every op the others have (a forward pass of the whole
@@ -128,7 +128,9 @@ def test_efficientnetv2_captioner_exports_op_clean_and_matches_tensorflow():
     backbone_layer = encoder.get_layer("backbone").layers[-1].name
     graphs = ExplainerGraphs(captioner, "moment_map", backbone_layer, batch=2, tokens=6,
                              signatures=("image_gradients", "bottleneck_gradients"))
-    model = convert_graphs(graphs)
+    size = convert_graphs(graphs, tmp_path / EXPLAINER_FILE)
+    model = (tmp_path / EXPLAINER_FILE).read_bytes()
+    assert size == len(model)
     assert not [op for op in operator_names(model) if op.startswith("CUSTOM")]
     images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     tokens = np.array([[1, 5, 7, 9, 3, 2], [1, 4, 4, 0, 0, 0]], np.int32)
