@@ -3,9 +3,9 @@
 EfficientNetV2L (118 M parameters, the seed's backbone) with a seed decoder written by
 tf-keras at the seed's real size (7,307 words, 74-token prefix) goes through ``explaincam
 convert --from-seed`` in a process of its own while this test samples the resident memory
-of that process and its children (the explainer export runs in one). Exporting the five
-explainer signatures in one conversion copied every weight per signature, and copies of
-copies, and took 24 GB at the seed's input of 480 px.
+of that process and its children (each explainer signature is exported in one).
+Exporting the five explainer signatures in one conversion copied every weight per
+signature, and copies of copies, and took 24 GB at the seed's input of 480 px.
 
 The input here is 64 px, not 480, to keep the test to minutes: what the bound guards
 against grows with the weights, which do not depend on the input size (the same 118 M
@@ -15,6 +15,7 @@ smaller here. At 480 px the same conversion measured 7.9 GB (README, "The seed's
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from convert.explainer_export import operator_names
 from daemon.bundle import load_bundle
 from daemon.captioner import Captioner, resize_for_encoder
 from daemon.decoder import log_softmax
-from daemon.explain.explainer import Explainer
+from daemon.explain.backends import load_backend
 from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 from tests.convert.test_seed_import import MAX_LENGTH, seed_decoder, seed_greedy_search
@@ -40,7 +41,10 @@ from tests.convert.test_seed_import import MAX_LENGTH, seed_decoder, seed_greedy
 ENCODER = "EfficientNetV2L"
 SIZE = 64
 WORDS = 7307  # the seed's vocabulary: 7,305 words, startseq and endseq
-MEMORY_BOUND_GB = 6.0  # the whole conversion's peak; all five signatures at once took over 12 GB here
+# The whole conversion's peak (GiB), the issue's bound: the int8 quantization of the encoder in
+# the converting process sets it (7.8 GiB here, 7.9 at 480 px: it scales with the weights); the
+# explainer's processes stay below it. All five signatures in one process took over 12 GiB.
+MEMORY_BOUND_GB = 8.0
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -112,11 +116,14 @@ def test_large_seed_model_converts_with_its_explainer_within_the_memory_bound(se
     assert result.returncode == 0, result.stdout[-3000:]
     assert "warning: no explainer graph" not in result.stdout
     assert peak <= MEMORY_BOUND_GB * 2 ** 30, f"peak RSS {peak / 2 ** 30:.2f} GB"
+    explainer = json.loads((out / "report.json").read_text())["explainer"]
+    print(f"explainer export: {explainer['peak_rss_bytes'] / 2 ** 30:.2f} GB peak RSS "
+          f"in {explainer['export_seconds']} s")
     bundle = load_bundle(out)  # every hash verified, the explainer's included
     assert bundle.has("explainer") and bundle.manifest["explainer"]["tokens"] == MAX_LENGTH
     ops = operator_names(bundle.file("explainer").read_bytes())
     assert not [op for op in ops if op.startswith("CUSTOM") or op in ("VAR_HANDLE", "READ_VARIABLE", "WHILE")], ops
-    assert bundle.manifest["vocab_size"] == WORDS and bundle.max_length == MAX_LENGTH - 1
+    assert bundle.manifest["vocab_size"] == len(vocab) and bundle.max_length == MAX_LENGTH - 1
 
     # the step decoder on the float encoder's features is the seed's decoder
     captioner = Captioner.from_path(out)
@@ -131,11 +138,18 @@ def test_large_seed_model_converts_with_its_explainer_within_the_memory_bound(se
         prefix = tf_keras.preprocessing.sequence.pad_sequences([steps[:t + 1]], maxlen=MAX_LENGTH)
         np.testing.assert_allclose(ours[t], decoder.predict_on_batch([feats[None], prefix])[0], atol=1e-5)
 
-    # explanations on the box (LiteRT) are the TensorFlow backend's
-    tokens = captioner.caption(image).tokens[:3]
-    maps = {backend: Explainer(bundle, backend=backend).explain(image, tokens, methods=["gradcam", "saliency"]).maps
-            for backend in ("litert", "tensorflow")}
-    for method in ("gradcam", "saliency"):
-        for lite, reference in zip(maps["litert"][method], maps["tensorflow"][method]):
-            assert np.std(reference) > 0
-            assert np.corrcoef(lite.ravel(), reference.ravel())[0, 1] >= 0.99, method
+    # explanations on the box (LiteRT) are the TensorFlow backend's: the gradients Grad-CAM and
+    # saliency are made of, per word (a random backbone's Grad-CAM map is often all zero after its ReLU)
+    caption = captioner.caption(image).tokens[:3]
+    tokens = np.array([vocab.start] + caption, np.int32)
+    weights = np.eye(len(caption), len(tokens) - 1, dtype=np.float32)
+    images = np.repeat(image[None].astype(np.float32), len(caption), axis=0)
+    answers = {}
+    for backend in ("litert", "tensorflow"):
+        runner = load_backend(bundle, backend, threads=2)
+        answers[backend] = (runner.layer_gradients(images, tokens, weights)[1],
+                            runner.image_gradients(images, tokens, weights)[0])
+    for lite, reference in zip(answers["litert"], answers["tensorflow"]):
+        for row in range(len(caption)):
+            assert np.std(reference[row]) > 0
+            assert np.corrcoef(lite[row].ravel(), reference[row].ravel())[0, 1] >= 0.99
