@@ -16,11 +16,20 @@ METHODS: dict[str, str] = {
     "smoothgrad": "daemon.explain.smoothgrad",
     "integrated_gradients": "daemon.explain.integrated_gradients",
     "ace": "daemon.explain.ace",
+    "occlusion": "daemon.explain.occlusion",
+    "rise": "daemon.explain.rise",
 }
 
 # The methods that draw a heatmap per word (what the faithfulness metrics of ``explaincam
 # evaluate`` score); ACE answers concepts, and evaluate scores it by its removal test.
-MAP_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "saliency", "smoothgrad", "integrated_gradients")
+MAP_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "saliency", "smoothgrad", "integrated_gradients",
+                                 "occlusion", "rise")
+
+# Which model each method explains. The perturbation methods run the deployed int8 encoder
+# and the numpy step decoder (no gradients, no explainer graph, no TensorFlow); the others
+# need gradients, so they explain the bundle's float32 twin on a backend.
+INT8_METHODS: tuple[str, ...] = ("occlusion", "rise")
+FLOAT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in INT8_METHODS)
 
 DEFAULT_METHODS = ["gradcam", "saliency"]  # what a request that names no method gets (explain.default_methods)
 
@@ -44,4 +53,9 @@ class ExplainOptions:
     smoothgrad_noise: float = 0.15  # noise sigma as a share of the 0..255 input range
     ig_steps: int = 64  # points on the path from the black baseline: median completeness error 3.4% on
     # held-out scenes (8.5% at 32, 1.8% at 128; see daemon.explain.integrated_gradients)
-    seed: int = 0  # noise of SmoothGrad, so repeated requests give the same map
+    seed: int = 0  # noise of SmoothGrad and RISE's masks, so repeated requests give the same map
+    occlusion_grid: int = 5  # occlusion patches of side 1/grid of the frame ...
+    occlusion_steps: int = 9  # ... at this many positions per axis (steps^2 frames through the int8 encoder)
+    rise_masks: int = 256  # RISE's random masks (frames through the int8 encoder)
+    rise_grid: int = 7  # cells per side of a RISE mask before upsampling
+    rise_keep: float = 0.5  # share of a RISE mask's cells that keep the frame
