@@ -1,15 +1,16 @@
 """Occlusion (Zeiler & Fergus, 2014) on the int8 captioner: how much each word's log-odds
 (``daemon.explain.perturbation``) changes when a square patch of the frame is replaced by its mean colour.
 
-Patches of side ``side / occlusion_grid`` stand at ``occlusion_steps`` positions per axis
-(9 x 9 = 81 frames by default: patches of 45 px every 22 px on a 224 px frame). A pixel's
-value is the sum of the changes of the patches that hide it (the change grid smoothed by
-the patch): an object hidden by several overlapping patches stands out, and a pixel near
-the border, hidden by fewer patches, is not favoured as it is by a mean over them (on 30
-scenes of each of seeds 5150 / 6161 / 7373 the sum pointed at the named object for 0.87 /
-0.89 / 0.88 of the words, the mean for 0.79 / 0.74 / 0.79). The map is the *size* of the change:
-hiding an object can also raise a word's score (a large red square with its middle hidden
-is, to this model, even more surely red), and either way the word depends on what was hidden.
+``occlusion_steps`` patch positions per axis (11 x 11 = 121 frames by default) a stride
+L / (steps - 1) apart; a patch is two strides wide (45 px on a 224 px frame) and the first
+and last ones stand half outside the frame, so every pixel is hidden by exactly four
+patches. A pixel's value is the sum of the changes of the patches that hide it. Equal
+cover matters twice: a pixel near the border is not favoured (a mean over fewer patches
+there pulled peaks to the border), and the map carries no pattern of the layout that a
+randomized model would share (with patches inside the frame only, the interior, hidden
+more often, always outranked the border). The map is the *size* of the change: hiding an
+object can also raise a word's score (a large red square with its middle hidden is, to
+this model, even more surely red), and either way the word depends on what was hidden.
 One batch of perturbed frames through the int8 encoder scores every word at once.
 """
 
@@ -20,19 +21,20 @@ import numpy as np
 from daemon.explain.perturbation import PerturbationMethod
 
 
-def patch_spans(length: int, grid: int, steps: int) -> list[slice]:
-    """Patch extents along one axis: side ceil(length/grid), ``steps`` of them from one end to the other."""
-    side = int(np.ceil(length / grid))
-    starts = np.round(np.linspace(0, length - side, steps)).astype(int)
-    return [slice(int(s), int(s) + side) for s in starts]
+def patch_spans(length: int, steps: int) -> list[slice]:
+    """Patch extents along one axis: ``steps`` patches two strides wide, a stride length/(steps-1)
+    apart, the first and last centred on the frame's edges (cut to the frame)."""
+    stride = length / (steps - 1)
+    starts = [-stride + k * stride for k in range(steps)]
+    return [slice(max(0, int(round(s))), min(length, int(round(s + 2 * stride)))) for s in starts]
 
 
-def patch_masks(size: tuple[int, int], grid: int, steps: int) -> np.ndarray:
-    """(M, H, W) keep masks, row by row: 0 inside one patch, 1 elsewhere."""
+def patch_masks(size: tuple[int, int], steps: int) -> np.ndarray:
+    """(steps^2, H, W) keep masks, row by row: 0 inside one patch, 1 elsewhere."""
     height, width = size
     masks = []
-    for rows in patch_spans(height, grid, steps):
-        for cols in patch_spans(width, grid, steps):
+    for rows in patch_spans(height, steps):
+        for cols in patch_spans(width, steps):
             keep = np.ones((height, width), np.float32)
             keep[rows, cols] = 0.0
             masks.append(keep)
@@ -40,13 +42,13 @@ def patch_masks(size: tuple[int, int], grid: int, steps: int) -> np.ndarray:
 
 
 class Occlusion(PerturbationMethod):
-    """Each pixel: the size of the change of a word's int8 log-odds when patches near it are hidden."""
+    """Each pixel: the summed size of the changes of a word's int8 log-odds when the patches over it are hidden."""
 
     name = "occlusion"
 
     def keep(self, size, options) -> np.ndarray:
-        """The sliding patches of ``options.occlusion_grid``."""
-        return patch_masks(size, options.occlusion_grid, options.occlusion_steps)
+        """The ``options.occlusion_steps``^2 patches."""
+        return patch_masks(size, options.occlusion_steps)
 
     def combine(self, keep, scores, base) -> np.ndarray:
         """Per word and pixel: the sum of |score change| over the patches that hide the pixel."""

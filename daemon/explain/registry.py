@@ -54,8 +54,7 @@ class ExplainOptions:
     ig_steps: int = 64  # points on the path from the black baseline: median completeness error 3.4% on
     # held-out scenes (8.5% at 32, 1.8% at 128; see daemon.explain.integrated_gradients)
     seed: int = 0  # noise of SmoothGrad and RISE's masks, so repeated requests give the same map
-    occlusion_grid: int = 5  # occlusion patches of side 1/grid of the frame ...
-    occlusion_steps: int = 9  # ... at this many positions per axis (steps^2 frames through the int8 encoder)
+    occlusion_steps: int = 11  # occlusion patch positions per axis: steps^2 frames through the int8 encoder
     rise_masks: int = 256  # RISE's random masks (frames through the int8 encoder)
     rise_grid: int = 7  # cells per side of a RISE mask before upsampling
     rise_keep: float = 0.5  # share of a RISE mask's cells that keep the frame
