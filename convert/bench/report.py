@@ -59,6 +59,15 @@ def format_table(r: dict) -> str:
     for name in methods:
         lines.append(row(f"{name} (ms, warm / first)", lambda b: b["explain_ms"] and
                          f"{b['explain_ms'][name]:.0f}/{b['explain_ms_first_call'][name]:.0f}"))
+    int8 = r.get("int8_explain")
+    if int8:
+        lines += ["", f"on the int8 model, all {int8['words']} words of one frame, no TensorFlow in the process "
+                      f"(loaded: {', '.join(int8['tensorflow_modules']) or 'none'}): "
+                  + ", ".join(f"{m} {int8['warm_ms'][m]:.0f} ms warm / {int8['first_ms'][m]:.0f} first"
+                              for m in int8["warm_ms"])]
+        for m, a in (int8.get("agreement_with_int8_occlusion") or {}).items():
+            lines.append(f"  {m} map vs int8 occlusion map, Pearson per word ({a['words']} words): "
+                         f"mean {a['mean']}, median {a['median']}, min {a['min']}")
     if r["macs"]:
         gops = ", ".join(f"{v} GOPS at {n} thread(s)" for n, v in r["encoder_gops"].items())
         lines += ["", f"encoder: {r['macs'] / 1e6:.1f} M MACs (TFLite graph: "

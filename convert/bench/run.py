@@ -16,6 +16,8 @@ from daemon.encoder import TFLiteEncoder
 from daemon.explain.backends import BackendError, choose_backend
 
 BACKENDS = ("litert", "tensorflow")  # compared side by side
+INT8_CAPTION_WORDS = 8  # occlusion and RISE are timed on a caption this long (the shipped bundle's longest)
+AGREEMENT_SCENES = 10  # held-out scenes of the float-vs-int8 agreement figures
 
 
 class _Report:
@@ -102,6 +104,16 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         if "error" in times:
             report.null_reasons[f"backends.{backend}.explain_ms"] = times["error"]
 
+    note("occlusion and RISE on the int8 model, no TensorFlow ...")
+    # LiteRT only: the float maps of the agreement figures without TensorFlow in the process
+    int8 = run_child("int8", {**base, "backend": "litert", "threads": threads,
+                              "words": INT8_CAPTION_WORDS, "agreement_scenes": AGREEMENT_SCENES}, 600 + 60 * seconds)
+    if "error" in int8:
+        report.null_reasons["int8_explain"] = int8["error"]
+        int8 = None
+    elif "agreement_error" in int8:
+        report.null_reasons["int8_explain.agreement_with_int8_occlusion"] = int8["agreement_error"]
+
     seed = report.take("decode_ms.seed_beam3", keras[threads].get("seed"), keras[threads].get("error"))
     decode_ms["seed_beam3"] = seed["decode"] if seed else None
     macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
@@ -164,6 +176,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "rss_mb": {"capture": capture.get("capture_rss")},
         "backends": backends,
         "explain_words": len(caption.tokens),
+        "int8_explain": int8,
         "macs": macs["total"] if macs else None,
         "macs_by_kind": macs,
         "macs_tflite": int8_graph["macs"]["total"] if int8_graph else None,

@@ -16,6 +16,8 @@ One batch of perturbed frames through the int8 encoder scores every word at once
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from daemon.explain.perturbation import PerturbationMethod
@@ -29,8 +31,9 @@ def patch_spans(length: int, steps: int) -> list[slice]:
     return [slice(max(0, int(round(s))), min(length, int(round(s + 2 * stride)))) for s in starts]
 
 
+@functools.lru_cache(maxsize=4)
 def patch_masks(size: tuple[int, int], steps: int) -> np.ndarray:
-    """(steps^2, H, W) keep masks, row by row: 0 inside one patch, 1 elsewhere."""
+    """(steps^2, H, W) keep masks, row by row: 0 inside one patch, 1 elsewhere (cached, read-only)."""
     height, width = size
     masks = []
     for rows in patch_spans(height, steps):
@@ -38,7 +41,9 @@ def patch_masks(size: tuple[int, int], steps: int) -> np.ndarray:
             keep = np.ones((height, width), np.float32)
             keep[rows, cols] = 0.0
             masks.append(keep)
-    return np.stack(masks)
+    masks = np.stack(masks)
+    masks.flags.writeable = False
+    return masks
 
 
 class Occlusion(PerturbationMethod):
@@ -48,7 +53,7 @@ class Occlusion(PerturbationMethod):
 
     def keep(self, size, options) -> np.ndarray:
         """The ``options.occlusion_steps``^2 patches."""
-        return patch_masks(size, options.occlusion_steps)
+        return patch_masks(tuple(size), options.occlusion_steps)
 
     def combine(self, keep, scores, base) -> np.ndarray:
         """Per word and pixel: the sum of |score change| over the patches that hide the pixel."""

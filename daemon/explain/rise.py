@@ -14,14 +14,19 @@ of the words against 0.87. The masks come from ``options.seed``, so a request re
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
 from daemon.explain.perturbation import PerturbationMethod
 
 
-def smooth_masks(size: tuple[int, int], count: int, grid: int, keep: float, rng: np.random.Generator) -> np.ndarray:
-    """(count, H, W) float32 masks in 0..1: random coarse grids upsampled bilinearly and randomly shifted."""
+@functools.lru_cache(maxsize=4)
+def smooth_masks(size: tuple[int, int], count: int, grid: int, keep: float, seed: int) -> np.ndarray:
+    """(count, H, W) float32 masks in 0..1: random coarse grids upsampled bilinearly and randomly shifted
+    (the same for the same arguments; cached, read-only)."""
+    rng = np.random.default_rng(seed)
     height, width = size
     cell_h, cell_w = int(np.ceil(height / grid)), int(np.ceil(width / grid))
     up_h, up_w = (grid + 1) * cell_h, (grid + 1) * cell_w
@@ -31,6 +36,7 @@ def smooth_masks(size: tuple[int, int], count: int, grid: int, keep: float, rng:
         big = cv2.resize(coarse[i], (up_w, up_h), interpolation=cv2.INTER_LINEAR)
         dy, dx = int(rng.integers(0, cell_h)), int(rng.integers(0, cell_w))
         masks[i] = big[dy:dy + height, dx:dx + width]
+    masks.flags.writeable = False
     return masks
 
 
@@ -41,8 +47,7 @@ class RISE(PerturbationMethod):
 
     def keep(self, size, options) -> np.ndarray:
         """``options.rise_masks`` smooth random masks."""
-        return smooth_masks(size, options.rise_masks, options.rise_grid, options.rise_keep,
-                            np.random.default_rng(options.seed))
+        return smooth_masks(tuple(size), options.rise_masks, options.rise_grid, options.rise_keep, options.seed)
 
     def combine(self, keep, scores, base) -> np.ndarray:
         """Per word: sum_i (s_i - mean s) * m_i / (N * keep share), s the log-odds."""
