@@ -366,6 +366,8 @@ def configure(parser) -> None:
                         help="run the randomization test on the first N scenes only (default: all)")
     parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples)
     parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps)
+    parser.add_argument("--occlusion-steps", type=int, default=defaults.occlusion_steps)
+    parser.add_argument("--rise-masks", type=int, default=defaults.rise_masks)
     parser.add_argument("--seed", type=int, default=0, help="seed of random orderings and re-initialised weights")
     parser.add_argument("--gradcam-layer", default=None,
                         help="backbone layer for gradcam/gradcampp (default: the bundle manifest's)")
@@ -417,7 +419,8 @@ def main(args) -> int:
               "make one with `explaincam scenes --out DIR`", file=sys.stderr)
         return 2
     started = time.monotonic()
-    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed)
+    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed,
+                             occlusion_steps=args.occlusion_steps, rise_masks=args.rise_masks)
     try:
         if args.dataset:
             report = evaluate_dataset(args.bundle, args.dataset, args.limit, Progress("evaluating"))

@@ -33,6 +33,7 @@ from daemon.config import CONFIG_FILE, AppConfig, ConfigError, load_config
 from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
 from daemon.explain.backends import BackendError, choose_backend
+from daemon.explain.registry import INT8_METHODS
 from daemon.explain.service import ExplainService
 from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import FrameCache
@@ -245,7 +246,8 @@ def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, caption
         try:
             choose_backend(captioner.bundle, cfg.explain.backend, cfg.explain.gradcam_layer)
         except BackendError as exc:
-            log.warning("explanations on this box will fail: %s", exc)
+            log.warning("gradient explanations on this box will fail: %s; the int8 methods (%s) still answer",
+                        exc, ", ".join(INT8_METHODS))
     try:
         remote = None
         if cfg.explain.mode != "local":

@@ -285,8 +285,9 @@ class ExplainConfig(StrictModel):
     queue_size: int = Field(4, ge=1, description="requests waiting at most; more are answered `busy`")
     nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
     max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
-    default_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
-                                       description="methods used when a request names none")
+    default_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS), description=(
+        "methods used when a request names none; gradcam, gradcampp, saliency, smoothgrad, integrated_gradients "
+        "and ace explain the float32 twin (gradients), occlusion and rise the int8 model that captions"))
     backend: ExplainBackend = Field("auto", description=(
         "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
         "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
@@ -296,6 +297,10 @@ class ExplainConfig(StrictModel):
                                     description="noisy copies per word for smoothgrad")
     ig_steps: int = Field(ExplainOptions.ig_steps, ge=2, le=512,
                           description="path steps per word for integrated_gradients")
+    occlusion_steps: int = Field(ExplainOptions.occlusion_steps, ge=2, le=32, description=(
+        "occlusion patch positions per axis: steps^2 frames through the int8 encoder (11: 121 frames)"))
+    rise_masks: int = Field(ExplainOptions.rise_masks, ge=8, le=4096,
+                            description="random masks (frames through the int8 encoder) for rise")
     gradcam_layer: str | None = Field(None, description=(
         "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
 
@@ -311,7 +316,8 @@ class ExplainConfig(StrictModel):
     def options(self) -> ExplainOptions:
         """How hard the methods work, as these settings say."""
         return ExplainOptions(batch_size=self.batch_size, smoothgrad_samples=self.smoothgrad_samples,
-                              ig_steps=self.ig_steps)
+                              ig_steps=self.ig_steps, occlusion_steps=self.occlusion_steps,
+                              rise_masks=self.rise_masks)
 
 
 class AppConfig(StrictModel):

@@ -174,6 +174,8 @@ def summary_lines(payload: dict) -> list[str]:
         peaks = ", ".join(f"{k} peak {tuple(v['peak']) if v['peak'] else None}" for k, v in record.items()
                           if isinstance(v, dict) and "peak" in v)
         lines.append(f"  #{record['index']} {record['word']}: {peaks}")
+    for method, why in (payload.get("unavailable") or {}).items():
+        lines.append(f"not run: {method}: {why}")
     timings = payload.get("timings_ms") or {}
     if timings:
         lines.append("timings (ms): " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} {v}"
