@@ -15,15 +15,23 @@ from tests.conftest import SHIPPED_BUNDLE
 
 def test_caption_and_explanation_metrics_on_two_scenes(tmp_path):
     scenes = write_scenes(tmp_path / "scenes", 2, seed=8282)
-    report = ev.evaluate(SHIPPED_BUNDLE, scenes, explanations=True, methods=["gradcam", "saliency"],
-                         options=ExplainOptions(ig_steps=4, smoothgrad_samples=2))
+    report = ev.evaluate(SHIPPED_BUNDLE, scenes, explanations=True, methods=["gradcam", "saliency", "occlusion"],
+                         options=ExplainOptions(ig_steps=4, smoothgrad_samples=2, occlusion_steps=6))
     assert report["counts"]["scenes"] == 2 and report["counts"]["object_words"] >= 4
     for key in ("exact_match", "bleu4", "int8_float_agreement"):
         assert 0 <= report[key] <= 1
-    assert set(report["pointing_game"]) == {"gradcam", "saliency"}
-    assert set(report["deletion_auc"]) == set(report["insertion_auc"]) == {"gradcam", "saliency", "random"}
-    assert all(0 <= v <= 1 for v in report["deletion_auc"].values())
-    assert set(report["randomization_similarity"]) == {"gradcam", "saliency", "mean"}
+    methods = {"gradcam", "saliency", "occlusion"}
+    assert set(report["pointing_game"]) == methods
+    for key in ("deletion_auc", "insertion_auc", "deletion_auc_int8", "insertion_auc_int8"):
+        assert set(report[key]) == methods | {"random"} and all(0 <= v <= 1 for v in report[key].values())
+    # the float twin's maps against the int8 occlusion maps, and the flagged words' stability
+    assert set(report["agreement_with_int8_occlusion"]) == {"gradcam", "saliency"}
+    assert all(-1 <= v <= 1 for v in report["agreement_with_int8_occlusion"].values())
+    stability = report["gradient_stability"]["gradcam"]
+    assert stability["resolved"]["words"] + stability["below_resolution"]["words"] == report["counts"]["object_words"]
+    # occlusion's randomization runs on an int8 quantization of each randomized stage
+    assert set(report["randomization_similarity"]) == methods | {"mean"}
+    assert all(-1 <= v <= 1 for stage in report["randomization_cascade"].values() for v in stage.values())
     # the shipped Grad-CAM layer is in the encoder head, so the backbone is randomized from its top down
     assert list(report["randomization_cascade"]) == ["decoder", "encoder_head", "backbone_top"]
     assert report["settings"]["gradcam_layer"] == load_bundle(SHIPPED_BUNDLE).manifest["gradcam_layer"]
