@@ -16,7 +16,7 @@ from convert.faithfulness import pearson
 from daemon.bundle import load_bundle
 from daemon.config import ExplainConfig
 from daemon.explain.explainer import Explainer
-from daemon.explain.registry import INT8_METHODS
+from daemon.explain_settings import INT8_METHODS
 from daemon.scenes import scene_at
 
 TIMING_SEED = 2727  # scenes searched for a caption of the wanted length

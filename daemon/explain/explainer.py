@@ -1,6 +1,6 @@
 """The answer pipeline: a bundle's float model behind a backend, explaining captions word by word.
 
-One pipeline serves the explainer process (``daemon.explain.worker``), ``explaincam explain``
+One pipeline serves the explainer process (``daemon.explain.process``), fleet workers, ``explaincam explain``
 and ``explaincam evaluate``: ``Explainer.explain`` runs the requested methods (each a
 registered ``Method``, ACE included) over the backend, and ``answer`` turns that into the
 MQTT response and the explanation picture, each heatmap and the picture encoded once. It
@@ -18,18 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.bundle import Bundle, BundleError, load_bundle
+from daemon.bundle import Bundle, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
-from daemon.explain import heatmap
-from daemon.explain.ace import ConceptBank, ConceptExplainer
-from daemon.explain.backends import DEFAULT_THREADS, BackendError, load_backend
+from daemon.explain import heatmap, picture
+from daemon.explain.backends import BackendError, load_backend
 from daemon.explain.base import MethodResult, Subject
 from daemon.explain.perturbation import Int8Scorer
-from daemon.explain.registry import INT8_METHODS, ExplainOptions, load_method
+from daemon.explain.registry import load_method
 from daemon.explain.resolution import resolution_fields
 from daemon.explain.requests import response
 from daemon.explain.targets import log_softmax, teacher_tokens, word_logprobs
+from daemon.explain_settings import DEFAULT_THREADS, INT8_METHODS, ExplainOptions
+from daemon.imaging import encode_png
 from daemon.vocab import Vocabulary
 
 
@@ -63,7 +64,7 @@ class Explanation:
                 if result.maps is None:
                     continue
                 peak = result.peaks[k]
-                record[name] = {"heatmap": heatmap.png_base64(result.maps[k]),
+                record[name] = {"heatmap": heatmap.heatmap_png_base64(result.maps[k]),
                                 "peak": None if peak is None else list(peak),
                                 **(result.word_fields[k] if result.word_fields else {})}
             records.append(record)
@@ -82,7 +83,7 @@ class Explanation:
         maps, peaks = self.maps, self.peaks
         rows = [(f"#{index} {word}", [(m, maps[m][k], peaks[m][k]) for m in maps])
                 for k, (index, word) in enumerate(zip(self.indices, self.words))]
-        parts = [heatmap.grid(self.image, rows)]
+        parts = [picture.grid(self.image, rows)]
         parts += [r.picture_row for r in self.results.values() if r.picture_row is not None]
         width = max(p.shape[1] for p in parts)
         return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts])
@@ -109,13 +110,14 @@ class Explainer:
         self.backend = backend
         self.layer = backend.gradcam_layer if backend is not None else gradcam_layer
         self.size = self.bundle.input_size
-        self._concepts = None
+        self._resources: dict[str, object] = {}
         self._int8 = None
 
     def int8_scorer(self) -> Int8Scorer:
         """The deployed int8 encoder + step decoder, batched (what the perturbation methods run), on first use."""
         if self._int8 is None:
-            self._int8 = Int8Scorer(self.bundle.file("encoder_int8"), self.decoder, self.threads, self.options.batch_size)
+            self._int8 = Int8Scorer(self.bundle.file("encoder_int8"), self.decoder, self.threads,
+                                    self.options.batch_size)
         return self._int8
 
     def unavailable(self, methods) -> dict[str, str]:
@@ -163,14 +165,12 @@ class Explainer:
         teacher = teacher_tokens(self.vocab.start, tokens)
         return word_logprobs(self.backend.logits(np.asarray(images, np.float32), teacher), teacher)
 
-    def concepts(self):
-        """The ACE engine with the bundle's concept bank, loaded on first use (BundleError without a bank)."""
-        if self._concepts is None:
-            if not self.bundle.has("concepts"):
-                raise BundleError(f"{self.bundle.path}: the bundle has no concept bank (concepts.npz); "
-                                  "build one with `explaincam concepts`")
-            self._concepts = ConceptExplainer(self, ConceptBank.load(self.bundle.file("concepts")))
-        return self._concepts
+    def resources(self, method: str):
+        """What method ``method`` loads beside the backend (its ``Method.load``: ACE's concept bank),
+        loaded on first use and kept for this explainer."""
+        if method not in self._resources:
+            self._resources[method] = load_method(method).load(self)
+        return self._resources[method]
 
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 methods: list[str] | tuple[str, ...] = ("gradcam",)) -> Explanation:
@@ -217,6 +217,6 @@ def answer(explainer: Explainer, image: np.ndarray, tokens: list[int], indices: 
                        float_caption=None if float_tokens is None else explainer.vocab.decode(float_tokens), words=explanation.word_records(),
                        timings_ms={**timings, **explanation.timings_ms})
     payload.update(explanation.blocks())
-    picture = heatmap.encode_png(explanation.picture())
+    picture = encode_png(explanation.picture())
     payload["timings_ms"]["render_ms"] = round((time.perf_counter() - render_started) * 1e3, 1)
     return payload, picture

@@ -9,7 +9,7 @@ from convert import faithfulness as ff
 from daemon.captioner import Captioner
 from daemon.explain.explainer import Explainer
 from daemon.explain.perturbation import word_logprob_and_logodds
-from daemon.explain.registry import INT8_METHODS, ExplainOptions
+from daemon.explain_settings import INT8_METHODS, ExplainOptions
 from daemon.explain.targets import teacher_tokens
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
