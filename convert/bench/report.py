@@ -63,8 +63,8 @@ def format_table(r: dict) -> str:
     if int8:
         lines += ["", f"on the int8 model, all {int8['words']} words of one frame, no TensorFlow in the process "
                       f"(loaded: {', '.join(int8['tensorflow_modules']) or 'none'}): "
-                  + ", ".join(f"{m} {int8['warm_ms'][m]:.0f} ms warm / {int8['first_ms'][m]:.0f} first"
-                              for m in int8["warm_ms"])]
+                  + ", ".join(f"{m} {int8['warm_ms'][m]:.0f} ms warm ({int8['warm_cpu_ms'][m]:.0f} ms CPU) / "
+                              f"{int8['first_ms'][m]:.0f} first" for m in int8["warm_ms"])]
         for m, a in (int8.get("agreement_with_int8_occlusion") or {}).items():
             lines.append(f"  {m} map vs int8 occlusion map, Pearson per word ({a['words']} words): "
                          f"mean {a['mean']}, median {a['median']}, min {a['min']}")

@@ -16,7 +16,7 @@ from convert.bench.run import BACKENDS
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain.backends import explainer_graph
-from daemon.explain_settings import METHODS
+from daemon.explain_settings import FLOAT_METHODS, INT8_METHODS
 
 THREADS = ("1", "2")
 
@@ -96,10 +96,23 @@ def test_capture_rates_memory_and_explanations_per_backend(bench):
         rss = b["explainer_rss_mb"]
         assert 0 < rss["rss"] <= rss["hwm"]
         assert 0 < b["warm_answer_s"] < b["cold_answer_s"]  # the cold one loads the backend first
-        assert set(b["explain_ms"]) == set(METHODS) == set(b["explain_ms_first_call"])  # ACE included
-        assert all(b["explain_ms"][m] > 0 for m in METHODS)
+        assert set(b["explain_ms"]) == set(FLOAT_METHODS) == set(b["explain_ms_first_call"])  # ACE included
+        assert all(b["explain_ms"][m] > 0 for m in FLOAT_METHODS)
     tf = bench["backends"]["tensorflow"]["explainer_rss_mb"]
     assert tf["rss"] > capture["rss"]  # TensorFlow and the Keras model live only in the explainer
+
+
+def test_occlusion_and_rise_are_timed_without_tensorflow_beside_the_float_agreement(bench):
+    int8 = bench["int8_explain"]
+    assert int8["words"] == 8 and int8["tensorflow_modules"] == []  # the process never imported TensorFlow
+    assert set(int8["warm_ms"]) == set(int8["first_ms"]) == set(INT8_METHODS)
+    assert all(v > 0 for v in int8["warm_ms"].values())
+    assert int8["settings"]["occlusion_steps"] ** 2 < int8["settings"]["rise_masks"]
+    agreement = int8["agreement_with_int8_occlusion"]
+    assert set(agreement) == {"gradcam", "gradcampp", "saliency"}
+    assert all(-1 <= a["min"] <= a["median"] <= 1 and a["words"] >= 10 for a in agreement.values())
+    table = format_table(bench)
+    assert "no TensorFlow in the process (loaded: none)" in table and "map vs int8 occlusion map" in table
 
 
 def test_int8_encoder_against_the_practical_int8_peak(bench):
