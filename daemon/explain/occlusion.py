@@ -55,6 +55,12 @@ class Occlusion(PerturbationMethod):
         """The ``options.occlusion_steps``^2 patches."""
         return patch_masks(tuple(size), options.occlusion_steps)
 
+    def copies(self, image, fill, keep) -> np.ndarray:
+        """The frame with one patch painted in the fill colour per mask (masks are 0 or 1: no blending)."""
+        frames = np.repeat(np.round(image).astype(np.uint8)[None], len(keep), axis=0)
+        frames[keep < 0.5] = np.round(fill[0, 0]).astype(np.uint8)
+        return frames
+
     def combine(self, keep, scores, base) -> np.ndarray:
         """Per word and pixel: the sum of |score change| over the patches that hide the pixel."""
         hidden = 1.0 - keep.reshape(len(keep), -1)  # (M, HW)

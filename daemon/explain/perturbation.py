@@ -79,13 +79,14 @@ class Int8Scorer:
         return raw.astype(np.float32)
 
     def word_logits(self, features: np.ndarray, teacher: list[int]) -> np.ndarray:
-        """(N, L-1, V) next-word logits of the step decoder teacher-forced on ``teacher``.
+        """(N, L-1, V) next-word logits of the step decoder teacher-forced on ``teacher``."""
+        return self.decoder.teacher_forced_rows(features, teacher[:-1])
 
-        The products of a few hundred rows run on one BLAS thread: on a busy 2-core box
-        OpenBLAS's second thread made 256 rows take 0.2-0.6 s instead of 30 ms.
-        """
-        with self._blas.limit(limits=1, user_api="blas"):
-            return self.decoder.teacher_forced_rows(features, teacher[:-1])
+    def one_blas_thread(self):
+        """Context: numpy's matrix products on one thread. The products of a few hundred rows here
+        are small; on a busy 2-core box OpenBLAS's second thread made 256 decoder rows take
+        0.2-0.6 s instead of 30 ms."""
+        return self._blas.limit(limits=1, user_api="blas")
 
     def word_scores(self, images: np.ndarray, teacher: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(log-probability, log-odds) of each caption word, both (N, L-1), for (N, H, W, 3) 0..255 images."""
@@ -164,18 +165,20 @@ class PerturbationMethod(HeatmapMethod):
         image = np.asarray(image, np.float32)
         keep = self.keep(image.shape[:2], options)
         fill = neutral_fill(image)
-        away = image - fill
-        features = [scorer.features(image[None])]
-        blend = np.empty((min(scorer.batch, len(keep)), *image.shape), np.float32)
-        for start in range(0, len(keep), scorer.batch):  # the copies are made a batch at a time, as uint8
-            share = keep[start:start + scorer.batch, :, :, None]
-            part = blend[:len(share)]
-            np.multiply(share, away, out=part)
-            part += fill + 0.5  # fill + share * (image - fill), rounded: it stays within 0..255
-            features.append(scorer.features(part.astype(np.uint8)))
-        logp, logodds = word_logprob_and_logodds(scorer.word_logits(np.concatenate(features), teacher), teacher)
-        raw = self.combine(shrink(keep), logodds[1:, indices], logodds[0, indices])
+        with scorer.one_blas_thread():
+            features = [scorer.features(image[None])]
+            for start in range(0, len(keep), scorer.batch):  # the copies are made a batch at a time, as uint8
+                features.append(scorer.features(self.copies(image, fill, keep[start:start + scorer.batch])))
+            logits = scorer.word_logits(np.concatenate(features), teacher)
+            logp, logodds = word_logprob_and_logodds(logits, teacher)
+            raw = self.combine(shrink(keep), logodds[1:, indices], logodds[0, indices])
         return list(raw), logp[0]
+
+    def copies(self, image: np.ndarray, fill: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """(M, H, W, 3) uint8 frames: fill + keep * (image - fill), rounded (it stays within 0..255)."""
+        frames = keep[..., None] * (image - fill)
+        frames += fill + 0.5
+        return frames.astype(np.uint8)
 
     def run(self, explainer, subject: Subject) -> MethodResult:
         """Maps at image size (0..1) with their peaks, one per explained word, from the int8 model."""
