@@ -239,8 +239,9 @@ def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, caption
     ``explain.mode`` remote/auto), subscribed to this camera's explain requests; None, with the
     reason logged, if it cannot be set up: captioning goes on without it. What can be missing
     on a box (TensorFlow, or the bundle's explainer graph, for the configured backend) is said
-    at start; requests for gradient methods are then answered with that error (the int8 methods still run). While ``answers_requests()`` is False
-    (a twin that started first answers them, ``daemon.twins``) requests are left to it."""
+    at start; requests then get the int8 methods and that reason for the gradient ones. While
+    ``answers_requests()`` is False (a twin that started first answers them, ``daemon.twins``)
+    requests are left to it."""
     if cfg.explain.mode != "remote":
         try:
             choose_backend(captioner.bundle, cfg.explain.backend, cfg.explain.gradcam_layer)
