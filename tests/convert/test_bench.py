@@ -105,14 +105,15 @@ def test_capture_rates_memory_and_explanations_per_backend(bench):
 def test_occlusion_and_rise_are_timed_without_tensorflow_beside_the_float_agreement(bench):
     int8 = bench["int8_explain"]
     assert int8["words"] == 8 and int8["tensorflow_modules"] == []  # the process never imported TensorFlow
-    assert set(int8["warm_ms"]) == set(int8["first_ms"]) == set(INT8_METHODS)
-    assert all(v > 0 for v in int8["warm_ms"].values())
+    assert set(int8["warm_ms"]) == set(int8["first_ms"]) == set(int8["warm_cpu_ms"]) == set(INT8_METHODS)
+    assert all(v > 0 for v in int8["warm_ms"].values()) and all(v > 0 for v in int8["warm_cpu_ms"].values())
     assert int8["settings"]["occlusion_steps"] ** 2 < int8["settings"]["rise_masks"]
     agreement = int8["agreement_with_int8_occlusion"]
     assert set(agreement) == {"gradcam", "gradcampp", "saliency"}
     assert all(-1 <= a["min"] <= a["median"] <= 1 and a["words"] >= 10 for a in agreement.values())
     table = format_table(bench)
     assert "no TensorFlow in the process (loaded: none)" in table and "map vs int8 occlusion map" in table
+    assert "ms CPU" in table
 
 
 def test_int8_encoder_against_the_practical_int8_peak(bench):
