@@ -56,9 +56,14 @@ class Occlusion(PerturbationMethod):
         return patch_masks(tuple(size), options.occlusion_steps)
 
     def copies(self, image, fill, keep) -> np.ndarray:
-        """The frame with one patch painted in the fill colour per mask (masks are 0 or 1: no blending)."""
+        """The frame with one patch painted in the fill colour per mask (each mask hides one rectangle:
+        painted by slicing, no blending and no boolean indexing of the whole batch)."""
         frames = np.repeat(np.round(image).astype(np.uint8)[None], len(keep), axis=0)
-        frames[keep < 0.5] = np.round(fill[0, 0]).astype(np.uint8)
+        colour = np.round(fill[0, 0]).astype(np.uint8)
+        for frame, mask in zip(frames, keep):
+            rows = np.flatnonzero(mask.min(axis=1) < 0.5)
+            cols = np.flatnonzero(mask.min(axis=0) < 0.5)
+            frame[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = colour
         return frames
 
     def combine(self, keep, scores, base) -> np.ndarray:

@@ -8,7 +8,8 @@ import pytest
 from convert import faithfulness as ff
 from daemon.captioner import Captioner
 from daemon.explain.explainer import Explainer
-from daemon.explain.perturbation import word_logprob_and_logodds
+from daemon.explain.occlusion import METHOD as OCCLUSION
+from daemon.explain.perturbation import PerturbationMethod, neutral_fill, word_logprob_and_logodds
 from daemon.explain_settings import INT8_METHODS, ExplainOptions
 from daemon.explain.targets import teacher_tokens
 from daemon.scenes import scene_at
@@ -47,6 +48,16 @@ def test_the_log_odds_of_a_near_certain_word_is_computed_from_the_logits():
     p = np.exp(10.0) / (np.exp(10.0) + np.exp(9.0) + np.exp(-5.0))
     assert logodds[0, 1] == pytest.approx(np.log(p / (1 - p)))
     assert logp[0, 1] == pytest.approx(np.log(p))
+
+
+def test_occlusions_painted_patches_are_the_blend_of_the_frame_and_its_fill():
+    """Occlusion paints its rectangles by slicing; the frames are those of the general blend."""
+    image = scene_at(HELD_OUT_SEED, 7).image.astype(np.float32)
+    keep = OCCLUSION.keep(image.shape[:2], ExplainOptions())
+    fill = neutral_fill(image)
+    painted = OCCLUSION.copies(image, fill, keep)
+    np.testing.assert_array_equal(painted, PerturbationMethod.copies(OCCLUSION, image, fill, keep))
+    assert (painted != image.astype(np.uint8)).any(axis=-1).sum(axis=(1, 2)).min() > 0  # each hides something
 
 
 def test_occlusion_and_rise_point_at_the_named_objects_and_delete_faster_than_random(explainer):
