@@ -8,8 +8,9 @@ import pytest
 from convert.concepts import bottleneck_layer
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
-from daemon.explain import ace
-from daemon.explain.heatmap import TILE, decode_png, labelled
+from daemon.explain import ace, concept_bank, picture, segments
+from daemon.explain.picture import LABEL_LINE_HEIGHT, TILE, label_lines, labelled
+from daemon.imaging import decode_png, png_base64
 from daemon.scenes import COLOURS, PLURALS, SHAPES, scene_at
 
 HELD_OUT_SEED = 6161  # not the bank's discovery stream (5050) nor training (1)
@@ -26,15 +27,15 @@ def square_scene() -> tuple[np.ndarray, np.ndarray]:
 
 def test_segments_are_multi_resolution_without_duplicates_or_specks():
     image, square = square_scene()
-    masks = ace.segment(image)
+    masks = segments.segment(image)
     assert masks.dtype == bool and masks.shape[1:] == (224, 224)
-    assert (masks.reshape(len(masks), -1).mean(axis=1) >= ace.MIN_AREA).all()
+    assert (masks.reshape(len(masks), -1).mean(axis=1) >= segments.MIN_AREA).all()
     flat = masks.reshape(len(masks), -1).astype(np.int64)
     inter = flat @ flat.T
     union = flat.sum(1)[:, None] + flat.sum(1)[None, :] - inter
     jaccard = inter / union
     np.fill_diagonal(jaccard, 0)
-    assert jaccard.max() <= ace.DEDUP_JACCARD
+    assert jaccard.max() <= segments.DEDUP_JACCARD
     # the coarsest level alone covers the image, and some segment lies on the square
     assert len(masks) > 15
     assert max((m & square).sum() / m.sum() for m in masks) > 0.95
@@ -44,33 +45,33 @@ def test_patch_is_the_segment_cropped_resized_and_filled_outside():
     image, square = square_scene()
     yy, xx = np.mgrid[:224, :224]
     disc = (yy - 100) ** 2 + (xx - 120) ** 2 < 30 ** 2
-    patch = ace.extract_patch(image, disc, 96)
+    patch = segments.extract_patch(image, disc, 96)
     assert patch.shape == (96, 96, 3) and patch.dtype == np.float32
-    assert np.allclose(patch[0, 0], ace.FILL_VALUE)  # corner: outside the disc
+    assert np.allclose(patch[0, 0], segments.FILL_VALUE)  # corner: outside the disc
     assert np.allclose(patch[48, 48], (220, 30, 30), atol=1)  # centre: the square's colour
-    filled = ace.fill_regions(image, square)
-    assert np.allclose(filled[square], ace.FILL_VALUE) and np.array_equal(filled[~square], image[~square])
-    cover = ace.coverage(square, (7, 7))
+    filled = segments.fill_regions(image, square)
+    assert np.allclose(filled[square], segments.FILL_VALUE) and np.array_equal(filled[~square], image[~square])
+    cover = segments.coverage(square, (7, 7))
     assert cover.shape == (7, 7) and cover.max() == 1.0 and cover.min() == 0.0
 
 
 def test_random_area_matches_the_requested_area():
     image, _ = square_scene()
-    fine = ace.segment(image, (80,), min_area=0.0)
+    fine = segments.segment(image, (80,), min_area=0.0)
     rng = np.random.default_rng(0)
     for area in (500, 3000, 12000):
-        union = ace.random_area(fine, area, rng)
+        union = segments.random_area(fine, area, rng)
         assert abs(int(union.sum()) - area) < 0.5 * area
 
 
-def small_bank(k=3, c=4) -> ace.ConceptBank:
+def small_bank(k=3, c=4) -> concept_bank.ConceptBank:
     """A hand-made bank: concept j sits at 10 * e_j with radius 2."""
     centres = np.zeros((k, c), np.float32)
     centres[np.arange(k), np.arange(k)] = 10
-    thumbs = np.zeros((k, 5, ace.THUMB, ace.THUMB, 3), np.uint8)
-    colour = np.array([["red"] * 4 + [ace.BACKGROUND], ["red", "blue", "blue", "blue", "blue"], [ace.BACKGROUND] * 5])
-    shape = np.array([["circle"] * 5, ["square"] * 3 + ["cross"] * 2, [ace.BACKGROUND] * 5])
-    return ace.ConceptBank(layer="activation_17", centres=centres, radius=np.full(k, 2.0, np.float32),
+    thumbs = np.zeros((k, 5, segments.THUMB, segments.THUMB, 3), np.uint8)
+    colour = np.array([["red"] * 4 + [concept_bank.BACKGROUND], ["red", "blue", "blue", "blue", "blue"], [concept_bank.BACKGROUND] * 5])
+    shape = np.array([["circle"] * 5, ["square"] * 3 + ["cross"] * 2, [concept_bank.BACKGROUND] * 5])
+    return concept_bank.ConceptBank(layer="activation_17", centres=centres, radius=np.full(k, 2.0, np.float32),
                            cavs=centres / 10, words=["a", "red"], tcav=np.full((k, 2), 0.5, np.float32),
                            tcav_p=np.full((k, 2), 0.5, np.float32), significant=np.zeros((k, 2), bool),
                            association=np.ones((k, 2), np.float32),
@@ -82,9 +83,9 @@ def small_bank(k=3, c=4) -> ace.ConceptBank:
 def test_bank_round_trip_assignment_and_purity(tmp_path):
     bank = small_bank()
     bank.save(tmp_path / "concepts.npz")
-    loaded = ace.ConceptBank.load(tmp_path / "concepts.npz")
+    loaded = concept_bank.ConceptBank.load(tmp_path / "concepts.npz")
     assert loaded.words == ["a", "red"] and loaded.labels == bank.labels and loaded.layer == "activation_17"
-    assert loaded.n_segments == ace.N_SEGMENTS and loaded.fill == ace.FILL_VALUE
+    assert loaded.n_segments == segments.N_SEGMENTS and loaded.fill == segments.FILL_VALUE
     assert np.array_equal(loaded.exemplar_colour, bank.exemplar_colour)
     points = np.array([[9.5, 0, 0, 0], [0, 0, 10, 1], [5, 5, 0, 0]], np.float32)
     assigned, ratio = loaded.assign(points)
@@ -92,8 +93,8 @@ def test_bank_round_trip_assignment_and_purity(tmp_path):
     assert ratio[0] < 1 and ratio[2] > 1
     purity = loaded.word_purity()
     assert purity["red"] == (0.8, 0) and purity["blue"] == (0.8, 1) and purity["circle"] == (1.0, 0)
-    assert ace.BACKGROUND not in purity
-    assert loaded.exemplar_strip(1, 3).shape == (ace.THUMB, 3 * ace.THUMB, 3)
+    assert concept_bank.BACKGROUND not in purity
+    assert loaded.exemplar_strip(1, 3).shape == (segments.THUMB, 3 * segments.THUMB, 3)
 
 
 def test_relevance_adds_the_neighbouring_words_lift():
@@ -104,11 +105,11 @@ def test_relevance_adds_the_neighbouring_words_lift():
 
 
 def test_provenance_label_prefers_whole_objects_then_colour_then_shape():
-    assert ace.provenance_label(["red"] * 3 + ["blue"], ["circle"] * 4) == "red circle"
-    assert ace.provenance_label(["red"] * 4, ["circle", "cross", "square", "triangle"]) == "red (mixed shapes)"
-    assert ace.provenance_label(["red", "blue", "green", "red"], ["cross"] * 4) == "cross (mixed colours)"
-    assert ace.provenance_label([ace.BACKGROUND] * 3 + ["red"], [ace.BACKGROUND] * 3 + ["cross"]) == "background"
-    assert ace.provenance_label([""] * 3, [""] * 3) == ""
+    assert concept_bank.provenance_label(["red"] * 3 + ["blue"], ["circle"] * 4) == "red circle"
+    assert concept_bank.provenance_label(["red"] * 4, ["circle", "cross", "square", "triangle"]) == "red (mixed shapes)"
+    assert concept_bank.provenance_label(["red", "blue", "green", "red"], ["cross"] * 4) == "cross (mixed colours)"
+    assert concept_bank.provenance_label([concept_bank.BACKGROUND] * 3 + ["red"], [concept_bank.BACKGROUND] * 3 + ["cross"]) == "background"
+    assert concept_bank.provenance_label([""] * 3, [""] * 3) == ""
 
 
 def test_concept_map_gives_each_pixel_its_best_fitting_concept():
@@ -118,9 +119,9 @@ def test_concept_map_gives_each_pixel_its_best_fitting_concept():
     masks[2, 3, 3] = True  # no concept
     labels = ace.concept_map((4, 4), masks, np.array([1, 2, -1]), np.array([0.9, 0.2, 3.0]))
     assert labels.tolist() == [[2, 2, 2, 2], [2, 2, 2, 2], [1, 1, -1, -1], [1, 1, -1, -1]]
-    drawn = ace.draw_concept_map(np.zeros((4, 4, 3), np.uint8), labels)
+    drawn = picture.draw_concept_map(np.zeros((4, 4, 3), np.uint8), labels)
     assert drawn.shape == (4, 4, 3) and drawn.dtype == np.uint8
-    png = decode_png(base64.b64decode(ace.png_base64(drawn)))
+    png = decode_png(base64.b64decode(png_base64(drawn)))
     assert np.array_equal(png, drawn)
 
 
@@ -132,7 +133,7 @@ def shipped():
     from daemon.explain.explainer import Explainer
 
     explainer = Explainer(load_bundle(DEFAULT_BUNDLE), backend="tensorflow")
-    concepts = explainer.concepts()
+    concepts = explainer.resources("ace")
     return explainer, concepts.bank, concepts
 
 
@@ -145,7 +146,7 @@ def test_shipped_bank_has_a_pure_concept_for_every_colour_and_shape(shipped):
     assert all(share > 0.7 for share in report.values()), report
     assert bank.layer == bottleneck_layer(explainer.backend.captioner) == explainer.backend.bottleneck_layer
     assert set(COLOURS) | set(SHAPES) <= set(bank.words)
-    assert bank.thumbnails.shape[2:] == (ace.THUMB, ace.THUMB, 3)
+    assert bank.thumbnails.shape[2:] == (segments.THUMB, segments.THUMB, 3)
 
 
 def test_ace_explains_every_word_of_a_frame(shipped):
@@ -162,7 +163,7 @@ def test_ace_explains_every_word_of_a_frame(shipped):
     for c in block["concepts"]:
         assert c["label"] == bank.labels[c["id"]] and 0 < c["area"] <= 1
         strip = decode_png(base64.b64decode(c["exemplars"]))
-        assert strip.shape == (ace.THUMB, ace.EXEMPLARS_SHOWN * ace.THUMB, 3)
+        assert strip.shape == (segments.THUMB, concept_bank.EXEMPLARS_SHOWN * segments.THUMB, 3)
     assert [w["index"] for w in block["words"]] == list(range(len(tokens)))
     assert [w["word"] for w in block["words"]] == scene.caption.split()
     for w in block["words"]:  # ranked by relevance, then tcav; the removal drop plays no part
@@ -172,15 +173,15 @@ def test_ace_explains_every_word_of_a_frame(shipped):
     removed = block["counterfactual"]["removed_concepts"]
     assert len(removed) == 1 and removed[0] in ids
     assert set(block["counterfactual"]["caption"].split()) <= set(explainer.vocab.words)
-    row = ace.grid_row(result, bank, TILE)  # concept map, legend, counterfactual, each under its label
+    row = ace.picture_row(result, bank, TILE)  # concept map, legend, counterfactual, each under its label
     assert row.shape[1] == 3 * TILE and row[-TILE:].any()
     # the counterfactual's label (its caption) is drawn whole: a strip line with text for each of its lines
     removed = ", ".join(f"c{k}" for k in result.removed) or "nothing"
-    lines = ace.label_lines(f"without {removed}: {result.counterfactual_caption}", TILE)
+    lines = label_lines(f"without {removed}: {result.counterfactual_caption}", TILE)
     strip = row[:-TILE, 2 * TILE:]
-    assert strip.shape[0] >= ace.LABEL_LINE_HEIGHT * len(lines)
+    assert strip.shape[0] >= LABEL_LINE_HEIGHT * len(lines)
     for i in range(len(lines)):
-        assert (strip[i * ace.LABEL_LINE_HEIGHT:(i + 1) * ace.LABEL_LINE_HEIGHT] > 200).any(), f"line {i} is empty"
+        assert (strip[i * LABEL_LINE_HEIGHT:(i + 1) * LABEL_LINE_HEIGHT] > 200).any(), f"line {i} is empty"
     assert result.timings_ms["ace_assign_ms"] > 0
 
 
@@ -201,7 +202,7 @@ def test_removing_the_top_concept_of_object_words_beats_random_segments(shipped)
 
 def test_a_frame_without_concepts_still_answers(shipped):
     explainer, bank, concept_explainer = shipped
-    far = ace.ConceptBank(**{**bank.__dict__, "radius": np.zeros_like(bank.radius)})  # nothing is near enough
+    far = concept_bank.ConceptBank(**{**bank.__dict__, "radius": np.zeros_like(bank.radius)})  # nothing is near enough
     result = ace.ConceptExplainer(explainer, far).explain(scene_at(HELD_OUT_SEED, 0).image, [1, 2], [0])
     block = result.to_json(far)
     assert block["concepts"] == [] and block["words"][0]["ranking"] == []
@@ -224,13 +225,13 @@ def test_ace_is_a_method_of_the_one_answer_pipeline(shipped):
     picture = decode_png(png)
     word_row = labelled(np.zeros((8, 8, 3), np.uint8), "a", TILE).shape[0]  # a panel under its label
     ace_height = picture.shape[0] - 2 * word_row  # two word rows (frame, gradcam), then the ACE row
-    assert picture.shape[1:] == (3 * TILE, 3) and ace_height >= TILE + ace.LABEL_LINE_HEIGHT
+    assert picture.shape[1:] == (3 * TILE, 3) and ace_height >= TILE + LABEL_LINE_HEIGHT
     assert picture[-TILE:, :TILE].any()  # the concept map under the word rows
 
 
 def test_a_bank_of_another_layer_is_refused_with_its_layer_named(shipped):
     explainer, bank, _ = shipped
-    other = ace.ConceptBank(**{**bank.__dict__, "layer": "expanded_conv_3"})
+    other = concept_bank.ConceptBank(**{**bank.__dict__, "layer": "expanded_conv_3"})
     with pytest.raises(ValueError, match="expanded_conv_3.*explaincam concepts"):
         ace.ConceptExplainer(explainer, other)
 
@@ -276,7 +277,7 @@ def test_ace_over_mqtt_end_to_end(mosquitto, collect, daemon_process, tmp_path):
     snapshot = Path(config["snapshot"]["dir"])
     assert json.loads((snapshot / "explanation.json").read_text())["ace"] == block
     picture = decode_png((snapshot / "explanation.png").read_bytes())
-    assert picture.shape[1] >= 3 * 192  # the ACE row: concept map, legend, counterfactual
+    assert picture.shape[1] >= 3 * TILE  # the ACE row: concept map, legend, counterfactual
     # the picture published on the image topic (after the start's placeholder) is the one in the folder
     written = (snapshot / "explanation.png").read_bytes()
     watcher.wait_for(IMAGE, lambda m: m.payload == written, timeout=10)

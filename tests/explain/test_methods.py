@@ -7,8 +7,9 @@ import pytest
 
 from daemon.decoder import log_softmax
 from daemon.explain import heatmap
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.explain.picture import TILE
 from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
+from daemon.explain_settings import MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
@@ -167,8 +168,8 @@ def test_word_records_and_picture(explainer):
     assert isinstance(records[0]["gradcam"]["heatmap"], str) and len(records[0]["gradcam"]["peak"]) == 2
     # one row per word: the frame and a panel per method, each TILE px wide
     one_word = explainer.explain(scene.image, tokens, [0], ["gradcam", "saliency"]).picture()
-    assert one_word.shape[1] == 3 * heatmap.TILE and one_word.shape[0] > heatmap.TILE
-    assert explanation.picture().shape == (len(tokens) * one_word.shape[0], 3 * heatmap.TILE, 3)
+    assert one_word.shape[1] == 3 * TILE and one_word.shape[0] > TILE
+    assert explanation.picture().shape == (len(tokens) * one_word.shape[0], 3 * TILE, 3)
 
 
 def test_an_all_zero_map_reports_no_peak():
@@ -184,6 +185,7 @@ def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     """What a word whose probability is 1 in float32 gets (its gradients are all zero)."""
     from daemon.explain.base import MethodResult
     from daemon.explain.explainer import Explanation
+    from daemon.explain.picture import labelled, overlay
 
     image = scene_at(HELD_OUT_SEED, 0).image
     spot = np.zeros((224, 224), np.float32)
@@ -194,8 +196,8 @@ def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     records = explanation.word_records()
     assert records[0]["saliency"]["peak"] is None and records[1]["saliency"]["peak"] is not None
     picture = explanation.picture()
-    unmarked = heatmap.labelled(heatmap.overlay(image, maps[0]), "a / saliency", heatmap.TILE)
-    assert np.array_equal(picture[:unmarked.shape[0], heatmap.TILE:2 * heatmap.TILE], unmarked)  # no peak marker
+    unmarked = labelled(overlay(image, maps[0]), "a / saliency", TILE)
+    assert np.array_equal(picture[:unmarked.shape[0], TILE:2 * TILE], unmarked)  # no peak marker drawn
 
 
 @pytest.mark.slow

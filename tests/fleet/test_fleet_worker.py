@@ -14,7 +14,7 @@ from paho.mqtt.properties import Properties
 from daemon.config import WorkerConfig
 from daemon.contract import QUEUED, STARTED, CameraTopics, JobMessage, ProgressMessage, ResultMessage, read_answer
 from daemon.explain.explainer import Explainer, answer
-from daemon.explain.heatmap import decode_png
+from daemon.imaging import decode_png
 from daemon.fleet.dispatcher import bundle_identity
 from daemon.fleet.worker import FleetWorker
 from daemon.scenes import scene_at
