@@ -22,7 +22,7 @@ from daemon.explain.backends import choose_backend
 from daemon.explain.heatmap import heatmap_from_base64
 from daemon.imaging import decode_png
 from tests.conftest import (CAMERA, CAPTION, PREFIX, REPO, REQUEST, RESPONSE, START_TIMEOUT, child_pids,
-                            daemon_config, wait_until)
+                            daemon_config, loaded_tensorflow, wait_until)
 
 IMAGE = CameraTopics.for_camera(PREFIX, CAMERA).explain_image
 IMAGE_INFO = CameraTopics.for_camera(PREFIX, CAMERA).explain_image_info
@@ -77,11 +77,6 @@ def explainer_pids(daemon_pid: int) -> list[int]:
         except OSError:  # it ended meanwhile
             continue
     return found
-
-
-def loaded_tensorflow(pid: int) -> bool:
-    """Whether the process has a TensorFlow library mapped."""
-    return "_pywrap_tensorflow" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def test_latest_frame_explained_over_mqtt5_with_correlation_and_the_request_cli(mosquitto, collect,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import child_pids, daemon_config, wait_until
+from tests.conftest import child_pids, daemon_config, loaded_tensorflow, wait_until
 from tests.service.tls_broker import Subscriber
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,11 +59,6 @@ def test_the_sandbox_refuses_what_the_unit_refuses():
     assert inside == {"write+exec memory": "EPERM", "netlink socket": "EAFNOSUPPORT", "setuid": "EPERM",
                       "sched_setaffinity": "EPERM", "lower own priority": "allowed", "ipv6 socket": "allowed",
                       "TF_ENABLE_ONEDNN_OPTS": "0"}
-
-
-def loaded_tensorflow(pid: int) -> bool:
-    """Whether the process has a TensorFlow library mapped."""
-    return "_pywrap_tensorflow" in Path(f"/proc/{pid}/maps").read_text()
 
 
 @pytest.mark.parametrize("backend", ["litert", "tensorflow"])
