@@ -8,8 +8,8 @@ import shutil
 
 from daemon.bundle import write_manifest
 from daemon.explain.heatmap import heatmap_from_base64
-from tests.conftest import CAPTION, SHIPPED_BUNDLE, START_TIMEOUT, child_pids, daemon_config
-from tests.explain.test_mqtt_explain import EXPLAIN_TIMEOUT, FAST, Requester, loaded_tensorflow
+from tests.conftest import CAPTION, SHIPPED_BUNDLE, START_TIMEOUT, child_pids, daemon_config, loaded_tensorflow
+from tests.explain.test_mqtt_explain import EXPLAIN_TIMEOUT, FAST, Requester
 
 # Python's own way to make an import fail, in the daemon and in the explainer process it spawns
 NO_TENSORFLOW = "import sys\nsys.modules.update(tensorflow=None, keras=None, tf_keras=None)\n"
