@@ -36,6 +36,7 @@ from daemon.explain.backends import BackendError, choose_backend
 from daemon.explain.service import ExplainService
 from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import FrameCache
+from daemon.history.service import HistoryService, open_history
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
 from daemon.process import install_signal_handlers, setup_logging
@@ -153,6 +154,7 @@ class Daemon:
     notifier: SystemdNotifier
     explain_service: ExplainService | None = None
     snapshot: SnapshotWriter | None = None
+    history: HistoryService | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Connect, start the camera, tell systemd READY=1 and caption until ``stop`` is set; then :meth:`close`."""
@@ -184,6 +186,8 @@ class Daemon:
                 self.explain_service.stop(timeout=0.5)
             except Exception:
                 log.exception("stopping the explainer failed")
+        if self.history is not None:
+            self.history.stop(timeout=1.0)
         self.publisher.stop(timeout=0.5)
         self.notifier.close()
         log.info("stopped after %d captions", self.loop.stats.captions)
@@ -231,7 +235,26 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
     source_cfg = cfg.camera.source
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
     loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
-    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot)
+    history = start_history(cfg, topics, publisher, captioner.bundle.name, loop)
+    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot,
+                  history)
+
+
+def start_history(cfg: AppConfig, topics: contract.CameraTopics, publisher: MqttPublisher, model_name: str,
+                  loop: CaptionLoop) -> HistoryService | None:
+    """The timeline (None when off or unusable, said in one line): fed by the caption loop, its figures in
+    the stats message, answering queries on this camera's history topics."""
+    history = open_history(cfg.history, cfg.snapshot.dir, cfg.camera.name, topics, publisher.publish, model_name)
+    if history is None:
+        return None
+    loop.frame_observers.append(history.observe)
+    loop.extra_stats["history"] = history.stats
+
+    def on_history_request(payload: bytes, properties) -> None:  # on the MQTT network thread: returns at once
+        history.handle_query(payload, response_topic=getattr(properties, "ResponseTopic", None),
+                             correlation_data=getattr(properties, "CorrelationData", None))
+    publisher.subscribe(topics.history_request, on_history_request, retained=False)
+    return history
 
 
 def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, captioner: Captioner, cache: FrameCache,

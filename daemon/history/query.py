@@ -1,0 +1,235 @@
+"""History queries: the request a user sends, checked; the search it runs; the answer it gets.
+
+Request (JSON on ``{prefix}/{camera}/history/request``, see daemon.contract)::
+
+    {"id": "...", "text": "red circle" | "\\"red circle\\" cross", "since": 1765000000 | "2026-12-07T06:00:00+00:00",
+     "until": ..., "unfamiliar": false, "similar": <event id>, "limit": 20, "offset": 0, "thumbnails": true}
+
+``text`` holds words and double-quoted phrases, matched as words (every one must occur);
+FTS5 operators (``AND``, ``NEAR``, ``*``, parentheses...) are plain words here or refused,
+never interpreted: each word and phrase reaches FTS5 as a quoted string, and the query as
+an SQL parameter. ``similar`` ranks events by the cosine of their encoder features to that
+event's (numpy over the stored vectors; no SQLite extension). Events come newest first
+(most similar first with ``similar``); ``next_offset`` is set when more match.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import sqlite3
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from daemon.contract import iso_time, parse_iso_time
+from daemon.history.events import unpack_features
+from daemon.history.store import EVENT_COLUMNS
+
+MAX_TEXT_CHARS = 200
+MAX_OFFSET = 100_000
+TEXT_ALLOWED = re.compile(r"^[\w\s\"'\-]*$")  # words, spaces, quotes, apostrophes, hyphens
+
+
+class QueryError(Exception):
+    """A request that cannot be answered: ``code`` and a message for the user."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+class HistoryRequest(BaseModel):
+    """One history query, as sent (see the module doc)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | int | None = None
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    since: float | str | None = None
+    until: float | str | None = None
+    unfamiliar: bool = False
+    similar: int | None = Field(None, ge=0)
+    limit: int = Field(20, ge=1)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    thumbnails: bool = True
+
+    @field_validator("since", "until")
+    @classmethod
+    def _time(cls, value):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = parse_iso_time(value)
+            except ValueError:
+                raise ValueError("a time is Unix seconds or ISO 8601 (2026-12-07T06:00:00+00:00)") from None
+        if not np.isfinite(value) or value < 0:
+            raise ValueError("a time must be a non-negative number of Unix seconds")
+        return float(value)
+
+
+def parse_request(payload: bytes, max_limit: int, max_bytes: int = 4096) -> HistoryRequest:
+    """The checked request; QueryError (``bad_request``) saying what is wrong."""
+    if len(payload) > max_bytes:
+        raise QueryError("bad_request", f"the request is larger than {max_bytes} bytes")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise QueryError("bad_json", "the request is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise QueryError("bad_request", "the request must be a JSON object")
+    try:
+        request = HistoryRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        raise QueryError("bad_request", f"{where}: {first['msg']}") from None
+    if request.limit > max_limit:
+        raise QueryError("bad_request", f"limit: at most {max_limit} events per query (ask for the next page "
+                                        f"with offset)")
+    if request.since is not None and request.until is not None and request.since > request.until:
+        raise QueryError("bad_request", "since is after until")
+    if request.text is not None:
+        fts_query(request.text)  # refuses bad text before anything runs
+    return request
+
+
+def request_id_of(payload: bytes) -> Any:
+    """The ``id`` of a request that may be malformed (None when there is none)."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    request_id = data.get("id") if isinstance(data, dict) else None
+    return request_id if isinstance(request_id, (str, int)) and not isinstance(request_id, bool) else None
+
+
+def fts_query(text: str) -> str | None:
+    """The FTS5 query for a user's words and "phrases": each one a quoted FTS5 string, all required;
+    None when the text holds no word. QueryError for characters other than words, spaces, quotes,
+    apostrophes and hyphens, or an unpaired double quote."""
+    if not TEXT_ALLOWED.match(text):
+        raise QueryError("bad_text", "text may hold words and \"quoted phrases\" only (no operators, "
+                                     "brackets or punctuation)")
+    if text.count('"') % 2:
+        raise QueryError("bad_text", "text has an unpaired double quote")
+    parts = []
+    for phrase, word in re.findall(r'"([^"]*)"|([^\s"]+)', text):
+        words = re.findall(r"\w+", phrase if phrase else word)
+        if words:
+            parts.append('"' + " ".join(words) + '"')
+    return " ".join(parts) or None
+
+
+class SimilarityIndex:
+    """The stored feature vectors, L2-normalised, in memory for cosine ranking; refreshed from the
+    store before each use (new events appended, a pruned or recreated store reloaded)."""
+
+    def __init__(self):
+        self.ids = np.zeros(0, np.int64)
+        self.vectors = np.zeros((0, 0), np.float32)
+
+    def refresh(self, con: sqlite3.Connection) -> None:
+        """Bring the index in step with the store."""
+        count, low = con.execute("SELECT count(features), min(id) FROM events WHERE features IS NOT NULL").fetchone()
+        if len(self.ids) and (low is None or int(self.ids[0]) != low or count < len(self.ids)):
+            self.__init__()  # pruned, deleted or recreated: start again
+        last = int(self.ids[-1]) if len(self.ids) else -1
+        if count == len(self.ids):
+            return
+        rows = con.execute("SELECT id, features FROM events WHERE id > ? AND features IS NOT NULL ORDER BY id",
+                           (last,)).fetchall()
+        if not rows:
+            return
+        new = np.stack([unpack_features(r[1]) for r in rows])
+        new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        self.ids = np.concatenate([self.ids, ids])
+        self.vectors = new if not len(self.vectors) else np.concatenate([self.vectors, new])
+
+    def rank(self, event_id: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, cosines) of the events most like ``event_id``, best first, itself left out;
+        ``allowed``: only these ids. QueryError if the event is not stored (or has no features)."""
+        where = np.searchsorted(self.ids, event_id)
+        if where >= len(self.ids) or self.ids[where] != event_id:
+            raise QueryError("no_such_event", f"event {event_id} is not stored (or has no features)")
+        scores = self.vectors @ self.vectors[where]
+        keep = self.ids != event_id
+        if allowed is not None:
+            keep &= np.isin(self.ids, allowed)
+        ids, scores = self.ids[keep], scores[keep]
+        order = np.argsort(-scores, kind="stable")
+        return ids[order], scores[order]
+
+
+def _filters(request: HistoryRequest) -> tuple[str, list]:
+    """The SQL conditions on ``events`` (placeholders only) and their values."""
+    where, values = [], []
+    if request.since is not None:
+        where.append('"end" >= ?')
+        values.append(request.since)
+    if request.until is not None:
+        where.append("start <= ?")
+        values.append(request.until)
+    if request.unfamiliar:
+        where.append("ood = 1")
+    text = fts_query(request.text) if request.text else None
+    if text is not None:
+        where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
+        values.append(text)
+    return (" AND ".join(where) or "1"), values
+
+
+def search(con: sqlite3.Connection, index: SimilarityIndex, request: HistoryRequest) -> tuple[list[dict], int | None]:
+    """The events answering ``request`` (one page) and the offset of the next page (None: no more)."""
+    condition, values = _filters(request)
+    want = request.limit + 1
+    similarity: dict[int, float] = {}
+    if request.similar is not None:
+        index.refresh(con)
+        allowed = None
+        if values or request.unfamiliar:
+            allowed = np.fromiter((r[0] for r in con.execute(f"SELECT id FROM events WHERE {condition}", values)),
+                                  np.int64)
+        ids, scores = index.rank(request.similar, allowed)
+        page = ids[request.offset:request.offset + want]
+        similarity = {int(i): float(s) for i, s in zip(page, scores[request.offset:request.offset + want])}
+        rows = {r["id"]: r for r in con.execute(
+            f"SELECT {EVENT_COLUMNS}, thumbnail FROM events WHERE id IN ({','.join('?' * len(page))})",
+            [int(i) for i in page])}
+        rows = [rows[int(i)] for i in page if int(i) in rows]
+    else:
+        rows = con.execute(f"SELECT {EVENT_COLUMNS}, thumbnail FROM events WHERE {condition} "
+                           "ORDER BY id DESC LIMIT ? OFFSET ?", [*values, want, request.offset]).fetchall()
+    more = len(rows) > request.limit
+    events = [event_json(r, request.thumbnails, similarity.get(r["id"])) for r in rows[:request.limit]]
+    return events, (request.offset + request.limit if more else None)
+
+
+def event_json(row: sqlite3.Row, thumbnail: bool = True, similarity: float | None = None) -> dict:
+    """An event as it appears in answers (times as Unix s and ISO 8601; the thumbnail as base64 JPEG)."""
+    event = {"event_id": row["id"], "start": round(row["start"], 3), "end": round(row["end"], 3),
+             "start_iso": iso_time(row["start"]), "end_iso": iso_time(row["end"]), "caption": row["caption"],
+             "tokens": json.loads(row["tokens"]), "score": row["score"], "familiarity": row["familiarity"],
+             "out_of_distribution": bool(row["ood"]), "frames": row["frames"],
+             "first_frame_id": row["first_frame_id"], "model": row["model"],
+             "explainable": bool(row["has_frame"]),
+             "explained": row["explained"].split(",") if row["explained"] else []}
+    if similarity is not None:
+        event["similarity"] = round(similarity, 4)
+    if thumbnail and "thumbnail" in row.keys() and row["thumbnail"] is not None:
+        event["thumbnail_jpeg"] = base64.b64encode(row["thumbnail"]).decode("ascii")
+    return event
+
+
+def answer(request_id, camera: str, events: list[dict], next_offset: int | None) -> dict:
+    """The ``ok`` answer."""
+    return {"id": request_id, "status": "ok", "camera": camera, "events": events, "next_offset": next_offset}
+
+
+def error_answer(request_id, camera: str, code: str, message: str) -> dict:
+    """An ``error`` answer."""
+    return {"id": request_id, "status": "error", "camera": camera, "error": {"code": code, "message": message}}
