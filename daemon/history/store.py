@@ -104,11 +104,11 @@ def remove_store(path: Path) -> None:
 
 def insert_event(con: sqlite3.Connection, event: Event, model: str, thumbnail: bytes | None,
                  frame_png: bytes | None) -> None:
-    """Store a new event (and its lossless frame, when kept)."""
+    """Store a new event (and its lossless frame, when kept); times to the millisecond, as answers give them."""
     con.execute(
         'INSERT OR REPLACE INTO events (id, start, "end", caption, tokens, score, familiarity, ood, frames, '
         'first_frame_id, model, thumbnail, features) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)',
-        (event.event_id, event.start, event.end, event.caption, json.dumps(event.tokens), event.score,
+        (event.event_id, round(event.start, 3), round(event.end, 3), event.caption, json.dumps(event.tokens), event.score,
          event.familiarity, int(event.out_of_distribution), event.frames, event.first_frame_id, model, thumbnail,
          pack_features(event.features)))
     if frame_png is not None:
@@ -117,7 +117,7 @@ def insert_event(con: sqlite3.Connection, event: Event, model: str, thumbnail: b
 
 def update_end(con: sqlite3.Connection, event_id: int, end: float, frames: int) -> None:
     """An event's end and frame count, once known."""
-    con.execute('UPDATE events SET "end" = ?, frames = ? WHERE id = ?', (end, frames, event_id))
+    con.execute('UPDATE events SET "end" = ?, frames = ? WHERE id = ?', (round(end, 3), frames, event_id))
 
 
 def save_explanation(con: sqlite3.Connection, event_id: int, made_at: float, methods: list[str],

@@ -246,5 +246,4 @@ class HistoryWriter:
 def _is_corruption(exc: sqlite3.Error) -> bool:
     """Whether SQLite says the file is no (longer a sound) database."""
     text = str(exc).lower()
-    return isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text
-                                                        or "disk i/o error" in text)
+    return isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text)
