@@ -90,10 +90,15 @@ def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera:
         return
 
     def announce() -> None:
-        for topic, payload in discovery.discovery_messages(prefix, camera, ha, model_name=model_name,
-                                                           version=_version(),
-                                                           configuration_url=cfg.mqtt.discovery.configuration_url):
+        messages = discovery.discovery_messages(prefix, camera, ha, model_name=model_name, version=_version(),
+                                                configuration_url=cfg.mqtt.discovery.configuration_url,
+                                                timeline=cfg.history.enabled)
+        for topic, payload in messages:
             publisher.publish(topic, json.dumps(payload), qos=1, retain=True)
+        announced = {topic for topic, _ in messages}
+        for topic, payload in discovery.removal_messages(prefix, camera, ha):  # the timeline's, with history off
+            if topic not in announced:
+                publisher.publish(topic, payload, qos=1, retain=True)
 
     status_topic = contract.home_assistant_status_topic(ha)
 
