@@ -318,7 +318,8 @@ class HistoryConfig(StrictModel):
     """The timeline: events (a stretch of frames with one caption) kept in SQLite on the box (daemon.history)."""
 
     enabled: bool = Field(True, description="keep events in {dir}/history.sqlite")
-    dir: Path | None = Field(None, description="folder of the event store; null = snapshot.dir (the state folder)")
+    dir: Path | None = Field(None, description=(
+        "folder of the event store (history.sqlite); null = the history folder in snapshot.dir (the state folder)"))
     hold_frames: int = Field(2, ge=1, le=100, description=(
         "a caption seen in fewer consecutive frames than this, between two stretches of the same caption, "
         "is a flicker and makes no event of its own"))
@@ -346,7 +347,7 @@ class HistoryConfig(StrictModel):
 
     def folder(self, snapshot_dir: Path) -> Path:
         """Where the event store lives."""
-        return self.dir if self.dir is not None else snapshot_dir
+        return self.dir if self.dir is not None else snapshot_dir / "history"
 
 
 class AppConfig(StrictModel):

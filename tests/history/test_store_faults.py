@@ -23,7 +23,7 @@ def start(tmp_path, mosquitto, collect, daemon_process, history=EVERY_EVENT):
     watcher = collect(mosquitto.port, CAPTION, STATS, "explaincam/+/history/event")
     daemon = daemon_process(config)
     watcher.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
-    return daemon, watcher, tmp_path / "snapshot" / "history.sqlite"
+    return daemon, watcher, tmp_path / "snapshot" / "history" / "history.sqlite"
 
 
 def stored_ids(asker, since=0.0):
