@@ -69,7 +69,29 @@ def format_table(r: dict) -> str:
                      + ", ".join(f"{v} GOPS at {n} thread(s)" for n, v in r["int8_peak_gops"].items())
                      + "; encoder / peak: " + ", ".join(f"{v} at {n}" for n, v in
                                                         (r["encoder_vs_int8_peak"] or {}).items()))
+    if r.get("history"):
+        lines += ["", *history_lines(r["history"])]
     if r["null_reasons"]:
         lines += ["", "not measured:"] + [f"  {k}: {why}" for k, why in r["null_reasons"].items()]
     lines.append(f"\n({r['elapsed_s']} s)")
     return "\n".join(lines)
+
+
+def history_lines(h: dict) -> list[str]:
+    """The timeline's figures (``explaincam bench`` and ``explaincam history-bench``)."""
+    c, d, s = h["capture"], h["demo_hour"], h["store_100k"]
+    rates = c["captions_per_s"]
+    return [
+        "timeline (history), side by side in one process:",
+        f"  captions/s: off {rates['off']}, on at defaults {rates['defaults']} ({c['ratio_defaults']:.1%}), "
+        f"keeping every event {rates['every_event']} ({c['ratio_every_event']:.1%}); "
+        f"RSS growth {c['rss_growth_mb']} MB",
+        f"  an hour of the demo stream ({d['frames']} captions): {d['events_seen']} events, {d['events_stored']} kept "
+        f"({d['frames_kept']} with their lossless frame, mean {d['lossless_frame_bytes_mean']} B; thumbnail "
+        f"{d['thumbnail_bytes_mean']} B); {d['bytes_written_per_hour'] / 1e6:.1f} MB written/hour "
+        f"({d['mb_written_per_day']} MB/day)",
+        f"  {s['events']:,} stored events: {s['inserts_per_s']:,} inserts/s, {s['bytes_per_event']} bytes/event on disk "
+        f"(no lossless frames), text query p50/p95 {s['text_query_ms']['p50']}/{s['text_query_ms']['p95']} ms, "
+        f"similar-to p50/p95 {s['similar_query_ms']['p50']}/{s['similar_query_ms']['p95']} ms "
+        f"(index {s['similar_index_mb']} MB, loaded in {s['similar_index_load_ms']} ms)",
+    ]

@@ -32,6 +32,17 @@ class _Report:
         return None
 
 
+HISTORY_EVENTS = 100_000  # events in the store the history bench queries
+HISTORY_QUERIES = 200
+
+
+def run_history_bench(bundle_path: Path, seconds: float, events: int = HISTORY_EVENTS) -> dict:
+    """The timeline's figures (convert/bench/history_task.py) from a child process, or ``{"error": why}``."""
+    params = {"bundle": str(Path(bundle_path).resolve()), "frames": BENCH_FRAMES, "seconds": seconds / 2,
+              "rounds": 4, "events": events, "queries": HISTORY_QUERIES}
+    return run_child("history", params, 600 + 12 * seconds)
+
+
 def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
               log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Measure everything ``explaincam bench`` reports; a JSON-able dict."""
@@ -107,6 +118,11 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
     int8_graph = report.take("macs_tflite", attempt(lambda: tflite_graph(bundle.file("encoder_int8"))))
 
+    note("the timeline: captions/s with history off / on, an hour of the demo stream, 100,000 stored events ...")
+    history = run_history_bench(bundle.path, seconds)
+    if "error" in history:
+        report.null_reasons["history"] = history["error"]
+
     note(f"capture loop idle and with the explainer busy ({', '.join(usable) or 'no backend'}) ...")
     capture = run_child("capture", {**base, "frames": BENCH_FRAMES, "backends": usable},
                         60 + 6 * seconds + 2 * len(usable) * (EXPLAINER_START_TIMEOUT_S + 4 * seconds))
@@ -162,6 +178,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
                         "drawn per frame) over pre-drawn scenes, 1 encoder thread, MQTT publisher not connected, "
                         "no snapshot files",
         "rss_mb": {"capture": capture.get("capture_rss")},
+        "history": None if "error" in history else history,
         "backends": backends,
         "explain_words": len(caption.tokens),
         "macs": macs["total"] if macs else None,

@@ -125,21 +125,30 @@ def fts_query(text: str) -> str | None:
 
 
 class SimilarityIndex:
-    """The stored feature vectors, L2-normalised, in memory for cosine ranking; refreshed from the
-    store before each use (new events appended, a pruned or recreated store reloaded)."""
+    """The stored feature vectors, L2-normalised, in memory for cosine ranking; brought in step with
+    the store before each use at little cost: nothing is read unless another connection committed
+    (``PRAGMA data_version``), then only events newer than the newest held, and pruning (which takes
+    the oldest) drops the ids below the store's oldest. A recreated store gets a new index."""
 
     def __init__(self):
         self.ids = np.zeros(0, np.int64)
         self.vectors = np.zeros((0, 0), np.float32)
+        self._data_version: int | None = None
 
     def refresh(self, con: sqlite3.Connection) -> None:
         """Bring the index in step with the store."""
-        count, low = con.execute("SELECT count(features), min(id) FROM events WHERE features IS NOT NULL").fetchone()
-        if len(self.ids) and (low is None or int(self.ids[0]) != low or count < len(self.ids)):
-            self.__init__()  # pruned, deleted or recreated: start again
-        last = int(self.ids[-1]) if len(self.ids) else -1
-        if count == len(self.ids):
+        version = con.execute("PRAGMA data_version").fetchone()[0]
+        if version == self._data_version and len(self.ids):
             return
+        self._data_version = version
+        low = con.execute("SELECT min(id) FROM events").fetchone()[0]
+        if low is None:
+            self.__init__()
+            return
+        first_kept = np.searchsorted(self.ids, low)
+        if first_kept:
+            self.ids, self.vectors = self.ids[first_kept:], self.vectors[first_kept:]
+        last = int(self.ids[-1]) if len(self.ids) else -1
         rows = con.execute("SELECT id, features FROM events WHERE id > ? AND features IS NOT NULL ORDER BY id",
                            (last,)).fetchall()
         if not rows:
@@ -150,23 +159,25 @@ class SimilarityIndex:
         self.ids = np.concatenate([self.ids, ids])
         self.vectors = new if not len(self.vectors) else np.concatenate([self.vectors, new])
 
-    def rank(self, event_id: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, cosines) of the events most like ``event_id``, best first, itself left out;
+    def rank(self, event_id: int, allowed: np.ndarray | None, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, cosines) of the ``count`` events most like ``event_id``, best first, itself left out;
         ``allowed``: only these ids. QueryError if the event is not stored (or has no features)."""
         where = np.searchsorted(self.ids, event_id)
         if where >= len(self.ids) or self.ids[where] != event_id:
             raise QueryError("no_such_event", f"event {event_id} is not stored (or has no features)")
         scores = self.vectors @ self.vectors[where]
-        keep = self.ids != event_id
+        scores[where] = -np.inf
         if allowed is not None:
-            keep &= np.isin(self.ids, allowed)
-        ids, scores = self.ids[keep], scores[keep]
-        order = np.argsort(-scores, kind="stable")
-        return ids[order], scores[order]
+            scores[~np.isin(self.ids, allowed)] = -np.inf
+        count = min(count, len(scores))
+        best = np.argpartition(-scores, count - 1)[:count] if count < len(scores) else np.arange(len(scores))
+        best = best[np.argsort(-scores[best], kind="stable")]
+        best = best[np.isfinite(scores[best])]
+        return self.ids[best], scores[best]
 
 
-def _filters(request: HistoryRequest) -> tuple[str, list]:
-    """The SQL conditions on ``events`` (placeholders only) and their values."""
+def _filters(request: HistoryRequest) -> tuple[list[str], list]:
+    """The SQL conditions on ``events`` other than the text (placeholders only) and their values."""
     where, values = [], []
     if request.since is not None:
         where.append('"end" >= ?')
@@ -176,34 +187,41 @@ def _filters(request: HistoryRequest) -> tuple[str, list]:
         values.append(request.until)
     if request.unfamiliar:
         where.append("ood = 1")
-    text = fts_query(request.text) if request.text else None
-    if text is not None:
-        where.append("id IN (SELECT rowid FROM events_fts WHERE events_fts MATCH ?)")
-        values.append(text)
-    return (" AND ".join(where) or "1"), values
+    return where, values
 
 
 def search(con: sqlite3.Connection, index: SimilarityIndex, request: HistoryRequest) -> tuple[list[dict], int | None]:
-    """The events answering ``request`` (one page) and the offset of the next page (None: no more)."""
-    condition, values = _filters(request)
+    """The events answering ``request`` (one page) and the offset of the next page (None: no more).
+
+    With text, FTS5 drives the query newest first (its rowids are the event ids, which grow with
+    time), so a common word costs a page of rows, not every match."""
+    where, values = _filters(request)
+    text = fts_query(request.text) if request.text else None
+    if text is not None:
+        source = "events_fts JOIN events ON events.id = events_fts.rowid"
+        where, values = ["events_fts MATCH ?", *where], [text, *values]
+        order = "events_fts.rowid DESC"
+    else:
+        source, order = "events", "events.id DESC"
+    condition = " AND ".join(where) or "1"
     want = request.limit + 1
     similarity: dict[int, float] = {}
     if request.similar is not None:
         index.refresh(con)
         allowed = None
-        if values or request.unfamiliar:
-            allowed = np.fromiter((r[0] for r in con.execute(f"SELECT id FROM events WHERE {condition}", values)),
-                                  np.int64)
-        ids, scores = index.rank(request.similar, allowed)
+        if where:
+            allowed = np.fromiter((r[0] for r in con.execute(f"SELECT events.id FROM {source} WHERE {condition}",
+                                                             values)), np.int64)
+        ids, scores = index.rank(request.similar, allowed, request.offset + want)
         page = ids[request.offset:request.offset + want]
         similarity = {int(i): float(s) for i, s in zip(page, scores[request.offset:request.offset + want])}
         rows = {r["id"]: r for r in con.execute(
-            f"SELECT {EVENT_COLUMNS}, thumbnail FROM events WHERE id IN ({','.join('?' * len(page))})",
+            f"SELECT {EVENT_COLUMNS}, events.thumbnail AS thumbnail FROM events WHERE events.id IN ({','.join('?' * len(page))})",
             [int(i) for i in page])}
         rows = [rows[int(i)] for i in page if int(i) in rows]
     else:
-        rows = con.execute(f"SELECT {EVENT_COLUMNS}, thumbnail FROM events WHERE {condition} "
-                           "ORDER BY id DESC LIMIT ? OFFSET ?", [*values, want, request.offset]).fetchall()
+        rows = con.execute(f"SELECT {EVENT_COLUMNS}, events.thumbnail AS thumbnail FROM {source} WHERE {condition} "
+                           f"ORDER BY {order} LIMIT ? OFFSET ?", [*values, want, request.offset]).fetchall()
     more = len(rows) > request.limit
     events = [event_json(r, request.thumbnails, similarity.get(r["id"])) for r in rows[:request.limit]]
     return events, (request.offset + request.limit if more else None)

@@ -40,13 +40,13 @@ class HistoryService:
     """One camera's timeline: tracker, writer and query thread (see the module doc)."""
 
     def __init__(self, config: HistoryConfig, path: Path, camera: str, topics: CameraTopics, publish: Callable,
-                 model: str):
+                 model: str, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.path = path
         self.camera = camera
         self.topics = topics
         self.publish = publish
-        budget = EventBudget(config.max_events_per_hour, config.max_frame_mb_per_day * 1e6)
+        budget = EventBudget(config.max_events_per_hour, config.max_frame_mb_per_day * 1e6, clock)
         self.budget = budget
         self.writer = HistoryWriter(path, model, budget, thumbnail_px=config.thumbnail_px,
                                     queue_size=config.queue_size, retention_s=config.retention_days * 86400,

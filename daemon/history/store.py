@@ -47,8 +47,10 @@ CREATE TRIGGER IF NOT EXISTS events_ad AFTER DELETE ON events BEGIN
     DELETE FROM explanations WHERE event_id = old.id; END;
 """
 
-EVENT_COLUMNS = ('id, start, "end", caption, tokens, score, familiarity, ood, frames, first_frame_id, model, '
-                 'EXISTS(SELECT 1 FROM frames WHERE event_id = events.id) AS has_frame, '
+EVENT_COLUMNS = ('events.id AS id, events.start AS start, events."end" AS "end", events.caption AS caption, '
+                 'events.tokens AS tokens, events.score AS score, events.familiarity AS familiarity, '
+                 'events.ood AS ood, events.frames AS frames, events.first_frame_id AS first_frame_id, '
+                 'events.model AS model, EXISTS(SELECT 1 FROM frames WHERE event_id = events.id) AS has_frame, '
                  '(SELECT methods FROM explanations WHERE event_id = events.id) AS explained')
 
 
