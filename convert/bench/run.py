@@ -38,8 +38,8 @@ HISTORY_QUERIES = 200
 
 def run_history_bench(bundle_path: Path, seconds: float, events: int = HISTORY_EVENTS) -> dict:
     """The timeline's figures (convert/bench/history_task.py) from a child process, or ``{"error": why}``."""
-    params = {"bundle": str(Path(bundle_path).resolve()), "frames": BENCH_FRAMES, "seconds": seconds / 2,
-              "rounds": 4, "events": events, "queries": HISTORY_QUERIES}
+    params = {"bundle": str(Path(bundle_path).resolve()), "frames": BENCH_FRAMES, "seconds": seconds,
+              "events": events, "queries": HISTORY_QUERIES}
     return run_child("history", params, 600 + 12 * seconds)
 
 
