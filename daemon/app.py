@@ -241,6 +241,8 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
     loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
     history = start_history(cfg, topics, publisher, captioner.bundle.name, loop)
+    if explain_service is not None:
+        explain_service.history = history  # explain requests may name a stored event
     return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot,
                   history)
 

@@ -206,9 +206,10 @@ def source_message(state: dict, description: str) -> dict:
 
 
 def explain_request(request_id: str, frame: str | int = "latest", methods: list[str] | None = None,
-                    words: str | list[int] = "all") -> dict:
-    """An explanation request; ``methods`` None leaves the choice to the daemon's ``explain.default_methods``."""
-    request = {"id": request_id, "frame": frame}
+                    words: str | list[int] = "all", event: int | None = None) -> dict:
+    """An explanation request; ``methods`` None leaves the choice to the daemon's ``explain.default_methods``;
+    ``event``: a stored event of the timeline instead of a frame."""
+    request = {"id": request_id, "event": event} if event is not None else {"id": request_id, "frame": frame}
     if methods is not None:
         request["methods"] = list(methods)
     request["words"] = words

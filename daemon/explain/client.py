@@ -44,6 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                                        "(default: the config's, else cam)")
     parser.add_argument("--prefix", default=None, help="topic prefix (default: the config's, else explaincam)")
     parser.add_argument("--frame", default="latest", help="frame_id to explain, or 'latest' (default)")
+    parser.add_argument("--event", type=int, default=None, metavar="ID",
+                        help="explain a stored event of the timeline (explaincam history lists them) instead")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
                         help=f"methods ({', '.join(METHODS)}; default: the daemon's)")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
@@ -77,7 +79,8 @@ def build_request(args: argparse.Namespace) -> dict:
             frame = int(args.frame)
         except ValueError:
             raise ValueError(f"--frame must be 'latest' or a frame_id, not {args.frame!r}") from None
-    return explain_request(args.id or uuid.uuid4().hex[:16], frame, args.methods or None, parse_words(args.words))
+    return explain_request(args.id or uuid.uuid4().hex[:16], frame, args.methods or None, parse_words(args.words),
+                           event=getattr(args, "event", None))
 
 
 class _Exchange:

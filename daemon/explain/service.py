@@ -62,6 +62,7 @@ class _Pending:
     job: Job | None = None
     started: float | None = None
     image: object = None  # the frame explained (RGB uint8), for the snapshot page
+    event_id: int | None = None  # the stored event explained, when the request named one
 
 
 @dataclass
@@ -106,6 +107,8 @@ class ExplainService:
         self._write_problem = RecurringProblem(log, f"write the explanation files in {self.snapshot_dir}")
         self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
         self._thread.start()
+        #: the timeline's stored events (a daemon.history.service.HistoryService), when history is on
+        self.history = None
         # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
         self.remote = remote
         if remote is not None:
@@ -140,7 +143,12 @@ class ExplainService:
         if isinstance(request, ErrorResponse):
             return request
         reply.request_id = request.id
-        if request.frame == "latest":
+        if request.event is not None:
+            frame = self._event_frame(request.event, request.id)
+            if isinstance(frame, ErrorResponse):
+                return frame
+            reply.event_id = request.event
+        elif request.frame == "latest":
             frame = self.frame_cache.latest()
             if frame is None:
                 return ErrorResponse(request.id, "frame_not_cached", "no frame has been captioned yet")
@@ -178,6 +186,18 @@ class ExplainService:
         log.info("explain request %r queued: frame %d, %d words, %s", request.id, frame.frame_id,
                  len(indices), ", ".join(request.methods))
         return None
+
+    def _event_frame(self, event_id: int, request_id):
+        """A stored event's key frame as a cached frame, or the ErrorResponse saying why there is none."""
+        if self.history is None:
+            return ErrorResponse(request_id, "no_such_event", "history is off on this camera: no event is stored")
+        frame = self.history.event_frame(event_id)
+        if frame is None:
+            return ErrorResponse(request_id, "no_such_event", f"event {event_id} is not (or no longer) stored")
+        if frame.image is None:
+            return ErrorResponse(request_id, "event_not_explainable",
+                                 f"event {event_id} was kept without its lossless frame (history.max_frame_mb_per_day)")
+        return frame
 
     def _start_worker(self) -> _Worker:
         """Start an explainer process with fresh channels (caller holds the lock)."""
@@ -245,7 +265,11 @@ class ExplainService:
 
     def _deliver(self, payload: dict, grid: bytes, reply: _Pending) -> None:
         """Publish a finished explanation, local or a fleet worker's: the image and its info (retained),
-        the snapshot files, the answer."""
+        the snapshot files, the answer; an explained stored event keeps the answer (its maps)."""
+        if reply.event_id is not None:
+            payload["event_id"] = reply.event_id
+            if self.history is not None:
+                self.history.keep_explanation(reply.event_id, explanation_info(payload, 0)["methods"], payload)
         text = json.dumps(payload)
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)

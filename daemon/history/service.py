@@ -23,10 +23,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from daemon.captioner import CaptionResult
 from daemon.config import HistoryConfig
 from daemon.contract import CameraTopics, history_event_message
 from daemon.history import store
-from daemon.history.events import Event, EventBudget, EventTracker
+from daemon.framecache import CachedFrame
+from daemon.history.events import Event, EventBudget, EventTracker, decode_lossless
 from daemon.history.query import (QueryError, SimilarityIndex, answer, error_answer, parse_request, request_id_of,
                                   search)
 from daemon.history.writer import HistoryWriter, Insert, KeepExplanation, UpdateEnd
@@ -118,13 +120,26 @@ class HistoryService:
 
     # --- stored events (any thread) ----------------------------------------------------
 
-    def read(self, reader: Callable[[sqlite3.Connection], object]):
-        """Run ``reader`` on a fresh read connection of the store (for the explain path: an event's frame)."""
-        con = store.connect(self.path, create=False)
+    def event_frame(self, event_id: int) -> CachedFrame | None:
+        """A stored event as the frame cache holds frames (its ``image`` None when the event kept no
+        lossless frame), for an explain request that names the event; None if it is not stored."""
         try:
-            return reader(con)
+            con = store.connect(self.path, create=False)
+        except store.StoreUnusable:
+            return None
+        try:
+            row = store.event_row(con, event_id)
+            png = store.frame_png(con, event_id) if row is not None else None
+        except sqlite3.Error as exc:
+            log.warning("cannot read event %d: %s", event_id, exc)
+            return None
         finally:
             con.close()
+        if row is None:
+            return None
+        caption = CaptionResult(row["caption"], json.loads(row["tokens"]), row["caption"].split(), row["score"])
+        image = decode_lossless(png) if png is not None else None
+        return CachedFrame(row["first_frame_id"], row["start"], image, caption)
 
     # --- queries (MQTT thread -> query thread) -----------------------------------------
 
