@@ -241,8 +241,11 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
     loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
     history = start_history(cfg, topics, publisher, captioner.bundle.name, loop)
-    if explain_service is not None:
+    if explain_service is not None and history is not None:
         explain_service.history = history  # explain requests may name a stored event
+        if cfg.history.explain and cfg.explain.mode == "local":  # each new event explained at low priority
+            explain_service.background_methods = list(cfg.history.explain)
+            history.on_new_event.append(explain_service.explain_in_background)
     return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot,
                   history)
 

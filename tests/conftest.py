@@ -153,6 +153,8 @@ def daemon_config(tmp_path: Path, port: int, **sections) -> dict:
         "mqtt": {"host": "127.0.0.1", "port": port, "keepalive": 5, "reconnect_min_s": 1,
                  "reconnect_max_s": 1, "stats_interval_s": 1},
         "snapshot": {"dir": str(tmp_path / "snapshot"), "min_interval_s": 0},
+        # no background explanations unless a test asks: their explainer would stir the explainer's own tests
+        "history": {"explain": []},
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)

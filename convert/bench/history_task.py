@@ -33,7 +33,7 @@ from daemon.framecache import CachedFrame
 from daemon.history import store
 from daemon.history.events import Event, encode_thumbnail
 from daemon.history.query import SimilarityIndex, parse_request, search
-from daemon.history.service import HistoryService
+from daemon.history.service import HistoryService, open_history
 from daemon.scenes import scene_at
 from daemon.sources import Frame
 
@@ -50,40 +50,45 @@ def _percentiles(values_ms: list[float]) -> dict:
 
 
 def caption_rates(params: dict, tmp: Path) -> dict:
-    """Captions/s of the caption loop with history off, at its defaults and keeping every event, in
-    alternating windows of ``WINDOW_S`` (``seconds`` each in all, so drift in the box's load falls on
-    all three alike), and the process RSS before and after (all three daemons: an upper bound)."""
-    base = {"model": {"bundle": params["bundle"], "threads": 1}, "caption": {"rate": 0, "change_threshold": 0},
-            "snapshot": {"enabled": False}}
-    variants = {"off": {"enabled": False}, "defaults": {"dir": str(tmp / "defaults"), "explain": []},
-                "every_event": {"dir": str(tmp / "every"), "explain": [], "max_events_per_hour": 10**9,
-                                "max_frame_mb_per_day": 10**6}}
-    daemons = {}
-    for name, history in variants.items():
-        cfg = AppConfig.model_validate({**base, "history": history})
-        daemons[name] = build_daemon(cfg, publisher=OfflinePublisher(cfg))
+    """Captions/s of one daemon's caption loop (``build_daemon``, as ``explaincam run`` assembles it) with
+    its history detached, at its defaults, and keeping every event, in alternating windows of
+    ``WINDOW_S`` (``seconds`` each in all, so drift in the box's load falls on all three alike); the
+    process RSS before and after."""
+    cfg = AppConfig.model_validate({
+        "model": {"bundle": params["bundle"], "threads": 1}, "caption": {"rate": 0, "change_threshold": 0},
+        "snapshot": {"enabled": False}, "history": {"dir": str(tmp / "defaults"), "explain": []}})
+    daemon = build_daemon(cfg, publisher=OfflinePublisher(cfg))
+    every = open_history(HistoryConfig(dir=tmp / "every", explain=[], max_events_per_hour=10**9,
+                                       max_frame_mb_per_day=10**6), tmp, "every", CameraTopics("bench", "every"),
+                         daemon.publisher.publish, daemon.captioner.bundle.name)
+    observers = {"off": [], "defaults": [daemon.history.observe], "every_event": [every.observe]}
     scenes = [scene_at(BENCH_SCENES_SEED, i) for i in range(params["frames"])]
     frames = [Frame(i + 1, s.image, 0.0, 0.0, 0.0, s.caption) for i, s in enumerate(scenes)]
+    done_total = [0]
 
     def window(name: str, seconds: float) -> tuple[int, float]:
-        daemon, done, started = daemons[name], 0, time.monotonic()
+        daemon.loop.frame_observers[:] = observers[name]
+        done, started = 0, time.monotonic()
         while time.monotonic() - started < seconds:
-            frame = dataclasses.replace(frames[done % len(frames)], ts=time.time(), grab_started=time.monotonic())
-            done += daemon.loop.process(frame) is not None
+            frame = frames[done_total[0] % len(frames)]
+            frame = dataclasses.replace(frame, ts=time.time(), grab_started=time.monotonic())
+            if daemon.loop.process(frame) is not None:
+                done += 1
+                done_total[0] += 1
         return done, time.monotonic() - started
 
-    for name in daemons:
+    for name in observers:
         window(name, 1.0)  # warm-up
     rss_before = read_proc_status()
-    counts = {name: [0, 0.0] for name in daemons}
+    counts = {name: [0, 0.0] for name in observers}
     for _ in range(max(1, round(params["seconds"] / WINDOW_S))):
-        for name in daemons:
+        for name in observers:
             done, took = window(name, WINDOW_S)
             counts[name][0] += done
             counts[name][1] += took
-    stats = {name: daemons[name].history.stats() for name in daemons if daemons[name].history is not None}
-    for daemon in daemons.values():
-        daemon.close()
+    stats = {"defaults": daemon.history.stats(), "every_event": every.stats()}
+    every.stop()
+    daemon.close()
     rss_after = read_proc_status()
     rates = {name: round(n / t, 2) for name, (n, t) in counts.items()}
     return {"captions_per_s": rates,

@@ -23,6 +23,7 @@ answers are published by the same ``_deliver`` as a local one.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -49,6 +50,7 @@ log = logging.getLogger("explaincam.explain")
 
 RESULT_POLL_S = 0.25  # how often the result thread looks at the explainer process when idle
 STUCK_S = 60.0  # an explainer that leaves waiting jobs untaken this long (and runs none) is replaced
+BACKGROUND_QUEUE = 4  # new events waiting for a background explanation; the oldest give way
 
 
 @dataclass
@@ -63,6 +65,7 @@ class _Pending:
     started: float | None = None
     image: object = None  # the frame explained (RGB uint8), for the snapshot page
     event_id: int | None = None  # the stored event explained, when the request named one
+    background: bool = False  # a new event explained for the timeline (history.explain): nobody to answer
 
 
 @dataclass
@@ -109,6 +112,10 @@ class ExplainService:
         self._thread.start()
         #: the timeline's stored events (a daemon.history.service.HistoryService), when history is on
         self.history = None
+        #: methods that explain each new event in the background (history.explain); [] = none
+        self.background_methods: list[str] = []
+        self._background: collections.deque = collections.deque(maxlen=BACKGROUND_QUEUE)  # (job, event_id)
+        self.background_dropped = 0
         # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
         self.remote = remote
         if remote is not None:
@@ -171,7 +178,7 @@ class ExplainService:
         with self._lock:
             if self._stopping.is_set():
                 return ErrorResponse(request.id, "shutting_down", "the daemon is shutting down; ask again later")
-            waiting = sum(1 for p in self._pending.values() if p.started is None)
+            waiting = sum(1 for p in self._pending.values() if p.started is None and not p.background)
             if waiting >= self.config.queue_size:
                 return ErrorResponse(request.id, "busy",
                                      f"{self.config.queue_size} explanations are already waiting; try again later",
@@ -186,6 +193,34 @@ class ExplainService:
         log.info("explain request %r queued: frame %d, %d words, %s", request.id, frame.frame_id,
                  len(indices), ", ".join(request.methods))
         return None
+
+    def explain_in_background(self, event) -> None:
+        """Queue a new event (a daemon.history.events.Event) to be explained with ``background_methods``
+        behind every user's request, its maps kept with the event; returns at once (caption loop)."""
+        if not self.background_methods or event.image is None or self.history is None:
+            return
+        job = Job(next(self._keys), f"event-{event.event_id}", event.first_frame_id, event.image, event.caption,
+                  list(event.tokens), list(range(len(event.words))), list(self.background_methods))
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            if len(self._background) == self._background.maxlen:
+                self.background_dropped += 1
+            self._background.append((job, event.event_id))
+            self._dispatch_background()
+
+    def _dispatch_background(self) -> None:
+        """Hand the explainer the oldest waiting background job, if it has nothing else (caller holds the lock):
+        a user's request waits behind one background job at most."""
+        if not self._background or self._pending or self._stopping.is_set():
+            return
+        job, event_id = self._background.popleft()
+        self._pending[job.key] = _Pending(job.request_id, None, None, time.monotonic(), job=job, event_id=event_id,
+                                          background=True)
+        if self._worker is None:
+            self._worker = self._start_worker()
+        if self._worker.process.is_alive():
+            self._worker.jobs.put_nowait(job)
 
     def _event_frame(self, event_id: int, request_id):
         """A stored event's key frame as a cached frame, or the ErrorResponse saying why there is none."""
@@ -249,7 +284,14 @@ class ExplainService:
                 return
             self._running = None
             reply = self._pending.pop(key, None)
+            self._dispatch_background()
         if reply is None:
+            return
+        if reply.background:
+            if kind == "failed":
+                log.warning("the background explanation of event %d failed: %s", reply.event_id, message[2])
+            else:
+                self.history.keep_explanation(reply.event_id, list(reply_methods(message[2])), message[2])
             return
         if kind == "failed":
             log.error("explanation %r failed: %s", reply.request_id, message[2])
@@ -269,7 +311,7 @@ class ExplainService:
         if reply.event_id is not None:
             payload["event_id"] = reply.event_id
             if self.history is not None:
-                self.history.keep_explanation(reply.event_id, explanation_info(payload, 0)["methods"], payload)
+                self.history.keep_explanation(reply.event_id, reply_methods(payload), payload)
         text = json.dumps(payload)
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
@@ -348,8 +390,11 @@ class ExplainService:
     def _reply(self, payload: dict, reply: _Pending, text: str | None = None) -> None:
         """Publish a response to the request's Response Topic (with its Correlation Data) or the default.
 
-        An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line.
+        An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line;
+        a background explanation has nobody to answer.
         """
+        if reply.background:
+            return
         topic = reply.response_topic or self.topics.explain_response
         problem = topic_problem(topic)
         if problem is not None:
@@ -396,6 +441,11 @@ class ExplainService:
                 os.kill(worker.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def reply_methods(payload: dict) -> list[str]:
+    """The methods an explain response holds maps of."""
+    return explanation_info(payload, 0)["methods"]
 
 
 def _start_resource_tracker() -> None:

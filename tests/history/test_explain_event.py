@@ -72,3 +72,34 @@ def test_stored_event_explained_equals_the_live_frame(tmp_path, mosquitto, colle
     assert saved["event_id"] == event["event_id"] and saved["status"] == "ok"
     requester.close()
     asker.close()
+
+
+def test_new_events_are_explained_in_the_background_and_a_user_goes_first(tmp_path, mosquitto, collect,
+                                                                          daemon_process):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for n in range(3):
+        cv2.imwrite(str(folder / f"{n}.png"), cv2.cvtColor(scene_at(43, n).image, cv2.COLOR_RGB2BGR))
+    config = daemon_config(tmp_path, mosquitto.port, caption={"rate": 0},
+                           camera={"name": "testcam", "source": {"type": "images", "path": str(folder), "fps": 2}},
+                           history={"explain": ["gradcam"], "max_events_per_hour": 100000})
+    watcher = collect(mosquitto.port, CAPTION, "explaincam/testcam/explain/#")
+    daemon_process(config)
+    watcher.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
+    asker = HistoryAsker(mosquitto.port)
+    requester = Requester(mosquitto.port)
+    wait_until(lambda: any(e["explained"] for e in asker.ask({"limit": 100})["events"]), 120,
+               message="a background explanation")
+    requester.send({"id": "user", "frame": "latest", "methods": ["saliency"]}, b"user")
+    answer = requester.wait_reply(b"user", 60)
+    assert answer["status"] == "ok" and answer["timings_ms"]["queue_ms"] < 2000, answer
+    explained = wait_until(lambda: [e for e in asker.ask({"limit": 100})["events"] if e["explained"]][2:] and
+                           [e for e in asker.ask({"limit": 100})["events"] if e["explained"]], 60,
+                           message="three events explained")
+    assert all(e["explained"] == ["gradcam"] for e in explained)
+    # background work answers nobody: the only response and the only new explain image are the user's
+    responses = [m for m in watcher.on("explaincam/testcam/explain/response")]
+    images = [json.loads(m.payload) for m in watcher.on("explaincam/testcam/explain/image/info")]
+    assert responses == [] and [i["request_id"] for i in images if not i["placeholder"]] == ["user"]
+    requester.close()
+    asker.close()
