@@ -30,6 +30,7 @@ log = logging.getLogger("explaincam.history")
 COMMIT_EVERY_S = 0.5
 PRUNE_EVERY_S = 30.0
 IDLE_WAIT_S = 0.5
+MAX_BATCH = 1000  # writes in one transaction at most
 
 
 @dataclass
@@ -138,33 +139,35 @@ class HistoryWriter:
         self._con.close()
 
     def _write_batch(self, first) -> None:
-        """Write ``first`` and whatever follows within COMMIT_EVERY_S in one transaction."""
-        batch = [first]
+        """Write ``first`` and whatever follows within COMMIT_EVERY_S in one transaction (each key frame
+        encoded, and its budget decided, as it is taken from the queue)."""
+        batch = [(first, self._encode(first))]
         deadline = time.monotonic() + COMMIT_EVERY_S
-        while time.monotonic() < deadline and not self._stop.is_set():
+        while time.monotonic() < deadline and not self._stop.is_set() and len(batch) < MAX_BATCH:
             try:
-                batch.append(self._queue.get(timeout=max(0.0, deadline - time.monotonic())))
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-        while not self._queue.empty() and len(batch) < 1000:
-            batch.append(self._queue.get_nowait())
+            batch.append((item, self._encode(item)))
+        while not self._queue.empty() and len(batch) < MAX_BATCH:
+            item = self._queue.get_nowait()
+            batch.append((item, self._encode(item)))
         self._check_file()
-        encoded = [self._encode(item) for item in batch]
         try:
             self._con.execute("BEGIN")
-            for item, images in zip(batch, encoded):
+            for item, images in batch:
                 self._apply(item, images)
             self._con.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
-            self.counts["dropped_write_failed"] += sum(isinstance(i, Insert) for i in batch)
+            self.counts["dropped_write_failed"] += sum(isinstance(i, Insert) for i, _ in batch)
             if _is_corruption(exc):
                 self._recreate(f"is damaged ({exc})")
             else:
                 self._problem.failed(exc)
             return
         self._problem.succeeded()
-        for item, images in zip(batch, encoded):
+        for item, images in batch:
             self._count(item, images)
 
     def _encode(self, item) -> tuple[bytes | None, bytes | None]:
