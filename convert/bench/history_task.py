@@ -5,7 +5,9 @@
 - one hour of the demo's scene stream (2 captions/s, every frame a new caption) through the
   history at its defaults on a simulated clock: events kept and bytes the writer thread wrote;
 - a store filled with 100,000 synthetic events: inserts/s, bytes per event on disk, and the
-  p50/p95 of text and similar-to queries as the query thread runs them.
+  p50/p95 of text and similar-to queries as the query thread runs them;
+- a user's explain requests while a new event every 2 s is explained in the background,
+  alternating with requests while background explanations are off.
 
 Run as ``python -m convert.bench.history_task`` by ``explaincam bench`` and ``explaincam history-bench``.
 """
@@ -17,13 +19,14 @@ import json
 import os
 import sqlite3
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from convert.bench.capture_task import OfflinePublisher
-from convert.bench.child import serve_task
+from convert.bench.child import EXPLAINER_START_TIMEOUT_S, serve_task
 from convert.bench.measure import BENCH_SCENES_SEED, read_proc_status
 from daemon.app import build_daemon
 from daemon.captioner import Captioner
@@ -38,6 +41,7 @@ from daemon.scenes import scene_at
 from daemon.sources import Frame
 
 DEMO_RATE = 2.0  # captions/s of `explaincam run --demo` (scenes at 2 fps)
+EVENT_EVERY_S = 2.0  # a new event this often while a user's explain requests are timed
 SIZES, COLOURS = ("small", "large"), ("red", "green", "blue", "yellow", "purple")
 SHAPES = ("circle", "square", "triangle", "cross")
 INSERT_BATCH = 100
@@ -200,12 +204,69 @@ def full_store(params: dict, tmp: Path) -> dict:
             "similar_index_mb": round(index.vectors.nbytes / 2**20, 1)}
 
 
+def explain_priority(params: dict, tmp: Path) -> dict:
+    """A user's explain requests (gradcam + saliency, all words, the latest frame) answered while a new
+    event comes every ``EVENT_EVERY_S`` and is explained in the background (history.explain gradcam),
+    alternating with requests while background explanations are off; the answers' total_ms."""
+    cfg = AppConfig.model_validate({
+        "model": {"bundle": params["bundle"], "threads": 1}, "snapshot": {"enabled": False},
+        "history": {"dir": str(tmp / "priority"), "explain": ["gradcam"], "max_events_per_hour": 10**9}})
+    daemon = build_daemon(cfg, publisher=OfflinePublisher(cfg))
+    service = daemon.explain_service
+    answers: dict[str, dict] = {}
+    daemon.publisher.observer = lambda topic, payload: (
+        answers.__setitem__(json.loads(payload)["id"], json.loads(payload)) if topic.endswith("/response") else None)
+    scenes = [scene_at(BENCH_SCENES_SEED + 2, i) for i in range(params["frames"])]
+    stop = threading.Event()
+
+    def caption_stream() -> None:  # the demo's rate; the scene (and so the caption) changes every EVENT_EVERY_S
+        started, seq = time.monotonic(), 0
+        while not stop.wait(1.0 / DEMO_RATE):
+            seq += 1
+            scene = scenes[int((time.monotonic() - started) / EVENT_EVERY_S) % len(scenes)]
+            daemon.loop.process(Frame(seq, scene.image, time.time(), time.monotonic(), 0.0, scene.caption))
+    streamer = threading.Thread(target=caption_stream, daemon=True)
+    streamer.start()
+
+    def ask(request_id: str) -> float | None:
+        service.handle_request(json.dumps({"id": request_id, "frame": "latest", "methods": ["gradcam", "saliency"],
+                                           "words": "all"}).encode())
+        deadline = time.monotonic() + EXPLAINER_START_TIMEOUT_S
+        while request_id not in answers and time.monotonic() < deadline:
+            time.sleep(0.005)
+        answer = answers.get(request_id)
+        return answer["timings_ms"]["total_ms"] if answer and answer["status"] == "ok" else None
+
+    try:
+        time.sleep(1.0)
+        if ask("warm-up") is None:
+            return {"error": f"no explanation: {answers.get('warm-up')}"}
+        times: dict[str, list[float]] = {"background_off": [], "background_on": []}
+        for n in range(2 * params["explain_requests"]):
+            condition = "background_on" if n % 2 else "background_off"
+            service.background_methods = ["gradcam"] if condition == "background_on" else []
+            time.sleep(EVENT_EVERY_S * 0.6)  # requests land at any point of the background work
+            took = ask(f"user-{n}")
+            if took is not None:
+                times[condition].append(took)
+        kept = daemon.history.stats()["explanations_kept"]
+    finally:
+        stop.set()
+        streamer.join(5)
+        daemon.close()
+    medians = {k: round(float(np.median(v)), 1) for k, v in times.items() if v}
+    return {"answer_ms": {k: _percentiles(v) for k, v in times.items() if v},
+            "ratio_median": round(medians["background_on"] / medians["background_off"], 3)
+            if len(medians) == 2 else None,
+            "events_explained_in_background": kept, "event_every_s": EVENT_EVERY_S}
+
+
 def history_task(params: dict) -> dict:
     """Every figure of the timeline's bench (see the module doc)."""
     with tempfile.TemporaryDirectory(prefix="explaincam-history-bench-") as tmp:
         folder = Path(tmp)
         return {"capture": caption_rates(params, folder), "demo_hour": demo_hour(params, folder),
-                "store_100k": full_store(params, folder)}
+                "store_100k": full_store(params, folder), "explain_priority": explain_priority(params, folder)}
 
 
 if __name__ == "__main__":

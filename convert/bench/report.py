@@ -94,4 +94,16 @@ def history_lines(h: dict) -> list[str]:
         f"(no lossless frames), text query p50/p95 {s['text_query_ms']['p50']}/{s['text_query_ms']['p95']} ms, "
         f"similar-to p50/p95 {s['similar_query_ms']['p50']}/{s['similar_query_ms']['p95']} ms "
         f"(index {s['similar_index_mb']} MB, loaded in {s['similar_index_load_ms']} ms)",
+        explain_priority_line(h.get("explain_priority") or {}),
     ]
+
+
+def explain_priority_line(p: dict) -> str:
+    """A user's explain answer with background explanations on and off."""
+    if "answer_ms" not in p:
+        return f"  a user's explain answer with background explanations: n/a ({p.get('error', 'not measured')})"
+    on, off = p["answer_ms"].get("background_on"), p["answer_ms"].get("background_off")
+    return (f"  a user's explain answer (gradcam + saliency, all words), a new event every {p['event_every_s']:g} s: "
+            f"median/p95 {off['p50'] if off else 'n/a'}/{off['p95'] if off else 'n/a'} ms without background "
+            f"explanations, {on['p50'] if on else 'n/a'}/{on['p95'] if on else 'n/a'} ms with them "
+            f"(ratio of medians {p['ratio_median']}; {p['events_explained_in_background']} events explained)")

@@ -34,12 +34,13 @@ class _Report:
 
 HISTORY_EVENTS = 100_000  # events in the store the history bench queries
 HISTORY_QUERIES = 200
+HISTORY_EXPLAIN_REQUESTS = 8  # user's explain requests timed with background explanations on, and as many off
 
 
 def run_history_bench(bundle_path: Path, seconds: float, events: int = HISTORY_EVENTS) -> dict:
     """The timeline's figures (convert/bench/history_task.py) from a child process, or ``{"error": why}``."""
     params = {"bundle": str(Path(bundle_path).resolve()), "frames": BENCH_FRAMES, "seconds": seconds,
-              "events": events, "queries": HISTORY_QUERIES}
+              "events": events, "queries": HISTORY_QUERIES, "explain_requests": HISTORY_EXPLAIN_REQUESTS}
     return run_child("history", params, 600 + 12 * seconds)
 
 

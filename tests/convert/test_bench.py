@@ -145,4 +145,7 @@ def test_timeline_figures_side_by_side(bench):
     assert full["events"] == 100_000 and full["inserts_per_s"] > 0 and full["bytes_per_event"] > 1000
     for kind in ("text_query_ms", "similar_query_ms"):
         assert 0 < full[kind]["p50"] <= full[kind]["p95"] and full[kind]["n"] == 200
+    priority = history["explain_priority"]
+    assert priority["answer_ms"]["background_on"]["n"] >= 4 and priority["answer_ms"]["background_off"]["n"] >= 4
+    assert priority["events_explained_in_background"] >= 1 and priority["ratio_median"] > 0
     assert "timeline (history)" in format_table(bench)
