@@ -83,6 +83,26 @@ def build_request(args: argparse.Namespace) -> dict:
                            event=getattr(args, "event", None))
 
 
+def connect(client: paho.Client, args: argparse.Namespace) -> int:
+    """Connect ``client`` as the command line says (user, password file, TLS, host, port) and start its
+    network thread; the port used. ConnectionError when the broker cannot be reached."""
+    if args.username:
+        password = None
+        if args.password_file:
+            with open(args.password_file) as fh:
+                password = fh.read().strip()
+        client.username_pw_set(args.username, password)
+    if args.ca_certs or args.tls:
+        client.tls_set(ca_certs=args.ca_certs)
+    port = args.port or (8883 if (args.ca_certs or args.tls) else 1883)
+    try:
+        client.connect(args.host, port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to {args.host}:{port}: {exc}") from None
+    client.loop_start()
+    return port
+
+
 class _Exchange:
     """One MQTT 5 request/response exchange; ``run`` returns (response or None, grid PNG or None)."""
 
@@ -127,20 +147,7 @@ class _Exchange:
     def run(self) -> tuple[dict | None, bytes | None]:
         """Connect, send, wait; raise ConnectionError when the broker cannot be used."""
         args = self.args
-        if args.username:
-            password = None
-            if args.password_file:
-                with open(args.password_file) as fh:
-                    password = fh.read().strip()
-            self.client.username_pw_set(args.username, password)
-        if args.ca_certs or args.tls:
-            self.client.tls_set(ca_certs=args.ca_certs)
-        port = args.port or (8883 if (args.ca_certs or args.tls) else 1883)
-        try:
-            self.client.connect(args.host, port, keepalive=30)
-        except OSError as exc:
-            raise ConnectionError(f"cannot connect to {args.host}:{port}: {exc}") from None
-        self.client.loop_start()
+        port = connect(self.client, args)
         try:
             if not self.subscribed.wait(10) or self.connect_error:
                 raise ConnectionError(self.connect_error or f"no answer from the broker at {args.host}:{port}")

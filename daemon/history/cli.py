@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 
 from daemon.config import ConfigError
 from daemon.contract import ONLINE, CameraTopics, history_query, parse_iso_time
-from daemon.explain.client import apply_config_defaults
+from daemon.explain.client import apply_config_defaults, connect
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -125,17 +125,7 @@ class HistoryClient:
     def connect(self) -> None:
         """Connect and subscribe; ConnectionError when the broker cannot be used."""
         args = self.args
-        if args.username:
-            password = Path(args.password_file).read_text().strip() if args.password_file else None
-            self.client.username_pw_set(args.username, password)
-        if args.ca_certs or args.tls:
-            self.client.tls_set(ca_certs=args.ca_certs)
-        port = args.port or (8883 if (args.ca_certs or args.tls) else 1883)
-        try:
-            self.client.connect(args.host, port, keepalive=30)
-        except OSError as exc:
-            raise ConnectionError(f"cannot connect to {args.host}:{port}: {exc}") from None
-        self.client.loop_start()
+        port = connect(self.client, args)
         if not self.ready.wait(10) or self.connect_error:
             self.close()
             raise ConnectionError(self.connect_error or f"no answer from the broker at {args.host}:{port}")
