@@ -86,14 +86,16 @@ def history_lines(h: dict) -> list[str]:
         f"  captions/s: off {rates['off']}, on at defaults {rates['defaults']} ({c['ratio_defaults']:.1%}), "
         f"keeping every event {rates['every_event']} ({c['ratio_every_event']:.1%}); "
         f"RSS growth {c['rss_growth_mb']} MB",
-        f"  an hour of the demo stream ({d['frames']} captions): {d['events_seen']} events, {d['events_stored']} kept "
+        f"  two hours of the demo stream ({d['frames']} captions): {d['events_seen']} events, {d['events_stored']} kept "
         f"({d['frames_kept']} with their lossless frame, mean {d['lossless_frame_bytes_mean']} B; thumbnail "
-        f"{d['thumbnail_bytes_mean']} B); {d['bytes_written_per_hour'] / 1e6:.1f} MB written/hour "
-        f"({d['mb_written_per_day']} MB/day)",
+        f"{d['thumbnail_bytes_mean']} B); written: {d['bytes_written_first_hour'] / 1e6:.1f} MB the first hour, "
+        f"{d['bytes_written_second_hour'] / 1e6:.1f} MB the second ({d['mb_written_per_day']} MB/day)",
         f"  {s['events']:,} stored events: {s['inserts_per_s']:,} inserts/s, {s['bytes_per_event']} bytes/event on disk "
         f"(no lossless frames), text query p50/p95 {s['text_query_ms']['p50']}/{s['text_query_ms']['p95']} ms, "
         f"similar-to p50/p95 {s['similar_query_ms']['p50']}/{s['similar_query_ms']['p95']} ms "
-        f"(index {s['similar_index_mb']} MB, loaded in {s['similar_index_load_ms']} ms)",
+        f"(index {s['similar_index_mb']} MB, loaded in {s['similar_index_load_ms']} ms); CPU per query p95: "
+        f"text {s['text_query_cpu_ms']['p95']} ms, similar-to {s['similar_query_cpu_ms']['p95']} ms "
+        f"(load average {s['load_average'][0]:.1f})",
         explain_priority_line(h.get("explain_priority") or {}),
     ]
 
