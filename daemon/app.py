@@ -254,7 +254,8 @@ def start_history(cfg: AppConfig, topics: contract.CameraTopics, publisher: Mqtt
                   loop: CaptionLoop) -> HistoryService | None:
     """The timeline (None when off or unusable, said in one line): fed by the caption loop, its figures in
     the stats message, answering queries on this camera's history topics."""
-    history = open_history(cfg.history, cfg.snapshot.dir, cfg.camera.name, topics, publisher.publish, model_name)
+    history = open_history(cfg.history, cfg.snapshot.dir, cfg.camera.name, topics, publisher.publish, model_name,
+                           page=cfg.snapshot.enabled)
     if history is None:
         return None
     loop.frame_observers.append(history.observe)

@@ -29,6 +29,7 @@ from daemon.contract import CameraTopics, history_event_message
 from daemon.history import store
 from daemon.framecache import CachedFrame
 from daemon.history.events import Event, EventBudget, EventTracker, decode_lossless
+from daemon.history.page_files import TimelineFiles
 from daemon.history.query import (QueryError, SimilarityIndex, answer, error_answer, parse_request, request_id_of,
                                   search)
 from daemon.history.writer import HistoryWriter, Insert, KeepExplanation, UpdateEnd
@@ -42,7 +43,7 @@ class HistoryService:
     """One camera's timeline: tracker, writer and query thread (see the module doc)."""
 
     def __init__(self, config: HistoryConfig, path: Path, camera: str, topics: CameraTopics, publish: Callable,
-                 model: str, clock: Callable[[], float] = time.monotonic):
+                 model: str, clock: Callable[[], float] = time.monotonic, page_folder: Path | None = None):
         self.config = config
         self.path = path
         self.camera = camera
@@ -52,7 +53,8 @@ class HistoryService:
         self.budget = budget
         self.writer = HistoryWriter(path, model, budget, thumbnail_px=config.thumbnail_px,
                                     queue_size=config.queue_size, retention_s=config.retention_days * 86400,
-                                    max_bytes=int(config.max_size_mb * 1e6))
+                                    max_bytes=int(config.max_size_mb * 1e6),
+                                    after_change=TimelineFiles(page_folder).update if page_folder else None)
         self.tracker = EventTracker(config.hold_frames, first_id=self.writer.first_id)
         self.on_new_event: list[Callable[[Event], None]] = []
         self._stored_open_id: int | None = None
@@ -196,13 +198,15 @@ class HistoryService:
 
 
 def open_history(config: HistoryConfig, snapshot_dir: Path, camera: str, topics: CameraTopics, publish: Callable,
-                 model: str) -> HistoryService | None:
-    """The started timeline, or None (said in one line) when it is off or its folder cannot be used."""
+                 model: str, page: bool = False) -> HistoryService | None:
+    """The started timeline, or None (said in one line) when it is off or its folder cannot be used;
+    with ``page``, it keeps the snapshot page's timeline files in ``snapshot_dir/timeline``."""
     if not config.enabled:
         return None
     path = config.folder(snapshot_dir) / store.FILE_NAME
     try:
-        service = HistoryService(config, path, camera, topics, publish, model)
+        service = HistoryService(config, path, camera, topics, publish, model,
+                                 page_folder=snapshot_dir if page else None)
     except store.StoreUnusable as exc:
         log.error("history is off: %s (set history.dir to a writable folder, or history.enabled: false)", exc)
         return None

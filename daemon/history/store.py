@@ -165,9 +165,3 @@ def frame_png(con: sqlite3.Connection, event_id: int) -> bytes | None:
     """The event's lossless key frame, None if it kept none."""
     row = con.execute("SELECT png FROM frames WHERE event_id = ?", (event_id,)).fetchone()
     return None if row is None else bytes(row[0])
-
-
-def explanation(con: sqlite3.Connection, event_id: int) -> dict | None:
-    """The explain response kept with the event, None if it has none."""
-    row = con.execute("SELECT response FROM explanations WHERE event_id = ?", (event_id,)).fetchone()
-    return None if row is None else json.loads(row[0])

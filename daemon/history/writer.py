@@ -20,6 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from daemon.history import store
 from daemon.history.events import Event, EventBudget, encode_lossless, encode_thumbnail
@@ -74,7 +75,8 @@ class HistoryWriter:
     """Writes events into the store at ``path`` on a thread of its own (see the module doc)."""
 
     def __init__(self, path: Path, model: str, budget: EventBudget, *, thumbnail_px: int = 128,
-                 queue_size: int = 64, retention_s: float = 7 * 86400, max_bytes: int = 1 << 30):
+                 queue_size: int = 64, retention_s: float = 7 * 86400, max_bytes: int = 1 << 30,
+                 after_change: Callable[[sqlite3.Connection], None] | None = None):
         self.path = path
         self.model = model
         self.budget = budget
@@ -87,6 +89,8 @@ class HistoryWriter:
         self._identity = store.file_identity(path)
         self.first_id = store.last_event_id(self._con)
         self._problem = RecurringProblem(log, f"write the event store {path}")
+        self.after_change = after_change  # called on this thread after a commit or pruning changed the store
+        self._after_change_problem = RecurringProblem(log, "write the timeline's page files")
         self._thread = threading.Thread(target=self._run, name="explaincam-history", daemon=True)
         self._native_id: int | None = None
         self.counts = {"events_stored": 0, "frames_kept": 0, "frames_over_budget": 0, "updates": 0,
@@ -169,6 +173,18 @@ class HistoryWriter:
         self._problem.succeeded()
         for item, images in batch:
             self._count(item, images)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Tell ``after_change`` (the page's files); its failures are logged once, never raised."""
+        if self.after_change is None:
+            return
+        try:
+            self.after_change(self._con)
+        except (OSError, sqlite3.Error) as exc:
+            self._after_change_problem.failed(exc)
+        else:
+            self._after_change_problem.succeeded()
 
     def _encode(self, item) -> tuple[bytes | None, bytes | None]:
         """(thumbnail JPEG, lossless PNG or None when over the frame budget) of an Insert."""
@@ -207,6 +223,8 @@ class HistoryWriter:
             deleted = store.prune(self._con, time.time() - self.retention_s, self.max_bytes)
             self.counts["events_pruned"] += deleted
             self.store_bytes = store.used_bytes(self._con)
+            if deleted:
+                self._changed()
         except sqlite3.Error as exc:
             if _is_corruption(exc):
                 self._recreate(f"is damaged ({exc})")
