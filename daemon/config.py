@@ -334,8 +334,8 @@ class HistoryConfig(StrictModel):
     thumbnail_px: int = Field(128, ge=32, le=640, description="side of the JPEG thumbnail kept per event")
     max_query_limit: int = Field(100, ge=1, le=1000, description="events one history query may ask for at most")
     explain: list[str] = Field(default_factory=lambda: ["gradcam"], description=(
-        "methods that explain every word of each new event in the background (the explainer, at low "
-        "priority; a user's request goes first); [] = none"))
+        "methods that explain every word of each new event in the background (the local explainer, at low "
+        "priority: a user's request goes first; not with explain.mode remote/auto); [] = none"))
 
     @field_validator("explain")
     @classmethod
