@@ -108,14 +108,14 @@ class ExplainService:
         self._stopping = threading.Event()
         self._wake = threading.Event()  # a worker was started: the result thread reads it at once
         self._write_problem = RecurringProblem(log, f"write the explanation files in {self.snapshot_dir}")
-        self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
-        self._thread.start()
         #: the timeline's stored events (a daemon.history.service.HistoryService), when history is on
         self.history = None
         #: methods that explain each new event in the background (history.explain); [] = none
         self.background_methods: list[str] = []
         self._background: collections.deque = collections.deque(maxlen=BACKGROUND_QUEUE)  # (job, event_id)
         self.background_dropped = 0
+        self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
+        self._thread.start()
         # explain.mode remote/auto: a daemon.fleet.dispatcher.RemoteDispatcher for the fleet's workers
         self.remote = remote
         if remote is not None:
@@ -196,25 +196,26 @@ class ExplainService:
 
     def explain_in_background(self, event) -> None:
         """Queue a new event (a daemon.history.events.Event) to be explained with ``background_methods``
-        behind every user's request, its maps kept with the event; returns at once (caption loop)."""
-        if not self.background_methods or event.image is None or self.history is None:
+        behind every user's request, its maps kept with the event. Runs on the caption loop's thread: it
+        takes no lock and starts nothing (the result thread hands the job on)."""
+        if not self.background_methods or event.image is None or self.history is None or self._stopping.is_set():
             return
         job = Job(next(self._keys), f"event-{event.event_id}", event.first_frame_id, event.image, event.caption,
                   list(event.tokens), list(range(len(event.words))), list(self.background_methods))
-        with self._lock:
-            if self._stopping.is_set():
-                return
-            if len(self._background) == self._background.maxlen:
-                self.background_dropped += 1
-            self._background.append((job, event.event_id))
-            self._dispatch_background()
+        if len(self._background) == self._background.maxlen:
+            self.background_dropped += 1
+        self._background.append((job, event.event_id))  # a deque: thread-safe, the oldest gives way
+        self._wake.set()
 
     def _dispatch_background(self) -> None:
         """Hand the explainer the oldest waiting background job, if it has nothing else (caller holds the lock):
         a user's request waits behind one background job at most."""
         if not self._background or self._pending or self._stopping.is_set():
             return
-        job, event_id = self._background.popleft()
+        try:
+            job, event_id = self._background.popleft()
+        except IndexError:
+            return
         self._pending[job.key] = _Pending(job.request_id, None, None, time.monotonic(), job=job, event_id=event_id,
                                           background=True)
         if self._worker is None:
@@ -252,6 +253,7 @@ class ExplainService:
         """Answer finished jobs; replace an explainer process that ended, crashed or got stuck."""
         while not self._stopping.is_set():
             with self._lock:
+                self._dispatch_background()
                 worker = self._worker
                 self._wake.clear()
             if worker is None:

@@ -87,6 +87,7 @@ class HistoryWriter:
         self._stop = threading.Event()
         self._con = store.connect(path)  # StoreUnusable here: the caller turns history off
         self._identity = store.file_identity(path)
+        self._lost = False  # the folder could hold no store at the last try: writes go to memory
         self.first_id = store.last_event_id(self._con)
         self._problem = RecurringProblem(log, f"write the event store {path}")
         self.after_change = after_change  # called on this thread after a commit or pruning changed the store
@@ -157,6 +158,9 @@ class HistoryWriter:
             item = self._queue.get_nowait()
             batch.append((item, self._encode(item)))
         self._check_file()
+        if self._lost:
+            self.counts["dropped_write_failed"] += sum(isinstance(i, Insert) for i, _ in batch)
+            return
         try:
             self._con.execute("BEGIN")
             for item, images in batch:
@@ -166,7 +170,7 @@ class HistoryWriter:
             self._rollback()
             self.counts["dropped_write_failed"] += sum(isinstance(i, Insert) for i, _ in batch)
             if _is_corruption(exc):
-                self._recreate(f"is damaged ({exc})")
+                self._reopen(f"is damaged ({exc})", remove=True)
             else:
                 self._problem.failed(exc)
             return
@@ -227,35 +231,51 @@ class HistoryWriter:
                 self._changed()
         except sqlite3.Error as exc:
             if _is_corruption(exc):
-                self._recreate(f"is damaged ({exc})")
+                self._reopen(f"is damaged ({exc})", remove=True)
             else:
                 self._problem.failed(exc)
 
     def _check_file(self) -> None:
-        """A store deleted, replaced or overwritten since the last batch is recreated."""
+        """A store deleted or overwritten since the last batch is recreated; one replaced by another
+        database (a folder restored, say) is written to from now on."""
         identity = store.file_identity(self.path)
+        sound = identity is not None and store.looks_sound(self.path)
+        if identity is not None and identity == self._identity and sound:
+            return
         if identity is None:
-            self._recreate("was deleted")
-        elif identity != self._identity or not store.looks_sound(self.path):
-            self._recreate("was replaced or overwritten")
+            self._reopen("was deleted", remove=False)
+        elif sound:
+            self._reopen(None, remove=False)
+        else:
+            self._reopen("was replaced or overwritten", remove=True)
 
-    def _recreate(self, why: str) -> None:
-        """Start a new, empty store in place of a deleted or damaged one (logged once per incident)."""
-        log.error("the event store %s %s under the running daemon; starting a new one (events so far are lost)",
-                  self.path, why)
+    def _reopen(self, damage: str | None, remove: bool) -> None:
+        """Open the store again (a new, empty one after ``damage``, logged once per incident); while the
+        folder cannot hold one, writes go to memory and each batch tries again, quietly."""
+        if damage is not None and not self._lost:
+            log.error("the event store %s %s under the running daemon; starting a new one (events so far are "
+                      "lost)", self.path, damage)
+            self.counts["store_recreated"] += 1
         try:
             self._con.close()
         except sqlite3.Error:
             pass
-        store.remove_store(self.path)
+        if remove:
+            store.remove_store(self.path)
         try:
             self._con = store.connect(self.path)
         except store.StoreUnusable as exc:
-            log.error("cannot create a new event store: %s", exc)
+            if not self._lost:
+                log.error("cannot open an event store: %s; events are dropped until it can", exc)
+            self._lost = True
             self._con = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
             self._con.executescript(store.SCHEMA)
+            self._identity = None
+            return
+        if self._lost or damage is None:
+            log.warning("writing the event store %s again", self.path)
+        self._lost = False
         self._identity = store.file_identity(self.path)
-        self.counts["store_recreated"] += 1
 
     def _rollback(self) -> None:
         try:

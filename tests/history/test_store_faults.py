@@ -109,3 +109,25 @@ def test_sigkill_during_writes_leaves_a_sound_store_missing_at_most_the_last_sec
             oldest_lost_s_before_kill=round(lost_age, 2))
     assert len(announced & kept) >= 10
     assert lost_age <= 1.5, f"lost events started up to {lost_age:.2f} s before the kill: {lost}"
+
+
+def test_state_folder_swapped_away_and_back_keeps_the_store(tmp_path, mosquitto, collect, daemon_process):
+    """The snapshot folder (and the store in it) replaced by one nothing can be written to, then put back:
+    history pauses with one line, and goes on in the same store, its events kept."""
+    daemon, watcher, store = start(tmp_path, mosquitto, collect, daemon_process)
+    asker = HistoryAsker(mosquitto.port)
+    wait_until(lambda: len(stored_ids(asker)) >= 3, 20, message="events stored")
+    before = set(stored_ids(asker))
+    folder, kept = tmp_path / "snapshot", tmp_path / "snapshot-kept"
+    folder.rename(kept)
+    folder.symlink_to(UNWRITABLE, target_is_directory=True)
+    time.sleep(3.0)
+    folder.unlink()
+    kept.rename(folder)
+    back_at = time.time()
+    wait_until(lambda: stored_ids(asker, back_at + 0.5), 20, message="events after the folder came back")
+    log = daemon.log()
+    assert before <= set(stored_ids(asker)), "events from before were lost"
+    assert log.count("cannot open an event store") == 1 and log.count("writing the event store") == 1, log
+    assert daemon.process.poll() is None
+    asker.close()
