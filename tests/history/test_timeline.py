@@ -104,6 +104,11 @@ def test_events_follow_the_caption_stream_and_every_query_kind_answers(timeline)
     assert {e["event_id"] for e in printed["events"]} >= set(want_word := [e["event_id"] for e in events
                                                                           if word in e["caption"].split()])
     assert all(word in e["caption"].split() and e["camera"] == "testcam" for e in printed["events"]), want_word
+    result = subprocess.run([sys.executable, "-m", "daemon.cli", "history", f'"{phrase}"', "--until", str(cutoff),
+                             "-c", str(config_file)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0 and lines and all(phrase in line and "testcam#" in line for line in lines), \
+        result.stdout + result.stderr
     assert daemon.process.poll() is None
 
 
