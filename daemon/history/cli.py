@@ -13,7 +13,6 @@ Exit status: 0 answered, 1 a camera answered ``error``, 2 bad arguments or no br
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import re
 import sys
@@ -30,6 +29,7 @@ from paho.mqtt.properties import Properties
 from daemon.config import ConfigError
 from daemon.contract import ONLINE, CameraTopics, history_query, parse_iso_time
 from daemon.explain.client import apply_config_defaults, connect
+from daemon.imaging import from_base64
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -219,7 +219,7 @@ def main(args: argparse.Namespace) -> int:
         for event in merged["events"]:
             if event.get("thumbnail_jpeg"):
                 (folder / f"{event['camera']}-{event['event_id']}.jpg").write_bytes(
-                    base64.b64decode(event.pop("thumbnail_jpeg")))
+                    from_base64(event.pop("thumbnail_jpeg")))
     if args.json:
         print(json.dumps(merged, indent=2))
     else:

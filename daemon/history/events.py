@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from daemon.imaging import encode_jpeg
+
 BURST_EVENTS = 10  # events the hourly budget lets through at once
 FRAME_BURST_S = 3600.0  # the frame-bytes budget may be spent an hour ahead
 
@@ -167,32 +169,13 @@ class EventBudget:
         return True
 
 
-def encode_lossless(image: np.ndarray) -> bytes:
-    """The key frame as the model saw it (RGB uint8), as PNG: decoding gives the same pixels."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 6])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def decode_lossless(png: bytes) -> np.ndarray:
-    """The RGB uint8 frame of :func:`encode_lossless`'s PNG; ValueError if it is not one."""
-    bgr = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("the stored frame is not a readable PNG")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 def encode_thumbnail(image: np.ndarray, side: int, quality: int = 80) -> bytes:
     """A small JPEG of an RGB frame for people (its longer side ``side`` pixels)."""
     h, w = image.shape[:2]
     scale = side / max(h, w)
     small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
+    return encode_jpeg(small, quality)
 
 
 def pack_features(features: np.ndarray | None) -> bytes | None:

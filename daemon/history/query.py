@@ -15,7 +15,6 @@ event's (numpy over the stored vectors; no SQLite extension). Events come newest
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import sqlite3
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from daemon.contract import iso_time, parse_iso_time
 from daemon.history.events import unpack_features
 from daemon.history.store import EVENT_COLUMNS
+from daemon.imaging import to_base64
 
 MAX_TEXT_CHARS = 200
 MAX_OFFSET = 100_000
@@ -239,7 +239,7 @@ def event_json(row: sqlite3.Row, thumbnail: bool = True, similarity: float | Non
     if similarity is not None:
         event["similarity"] = round(similarity, 4)
     if thumbnail and "thumbnail" in row.keys() and row["thumbnail"] is not None:
-        event["thumbnail_jpeg"] = base64.b64encode(row["thumbnail"]).decode("ascii")
+        event["thumbnail_jpeg"] = to_base64(row["thumbnail"])
     return event
 
 

@@ -26,13 +26,14 @@ from typing import Callable
 from daemon.captioner import CaptionResult
 from daemon.config import HistoryConfig
 from daemon.contract import CameraTopics, history_event_message
-from daemon.history import store
 from daemon.framecache import CachedFrame
-from daemon.history.events import Event, EventBudget, EventTracker, decode_lossless
+from daemon.history import store
+from daemon.history.events import Event, EventBudget, EventTracker
 from daemon.history.page_files import TimelineFiles
 from daemon.history.query import (QueryError, SimilarityIndex, answer, error_answer, parse_request, request_id_of,
                                   search)
 from daemon.history.writer import HistoryWriter, Insert, KeepExplanation, UpdateEnd
+from daemon.imaging import decode_png
 
 log = logging.getLogger("explaincam.history")
 
@@ -43,7 +44,7 @@ class HistoryService:
     """One camera's timeline: tracker, writer and query thread (see the module doc)."""
 
     def __init__(self, config: HistoryConfig, path: Path, camera: str, topics: CameraTopics, publish: Callable,
-                 model: str, clock: Callable[[], float] = time.monotonic, page_folder: Path | None = None):
+                 model: str, clock: Callable[[], float] = time.monotonic, snapshot=None):
         self.config = config
         self.path = path
         self.camera = camera
@@ -54,7 +55,7 @@ class HistoryService:
         self.writer = HistoryWriter(path, model, budget, thumbnail_px=config.thumbnail_px,
                                     queue_size=config.queue_size, retention_s=config.retention_days * 86400,
                                     max_bytes=int(config.max_size_mb * 1e6),
-                                    after_change=TimelineFiles(page_folder).update if page_folder else None)
+                                    after_change=TimelineFiles(snapshot).update if snapshot is not None else None)
         self.tracker = EventTracker(config.hold_frames, first_id=self.writer.first_id)
         self.on_new_event: list[Callable[[Event], None]] = []
         self._stored_open_id: int | None = None
@@ -140,7 +141,7 @@ class HistoryService:
         if row is None:
             return None
         caption = CaptionResult(row["caption"], json.loads(row["tokens"]), row["caption"].split(), row["score"])
-        image = decode_lossless(png) if png is not None else None
+        image = decode_png(png) if png is not None else None
         return CachedFrame(row["first_frame_id"], row["start"], image, caption)
 
     # --- queries (MQTT thread -> query thread) -----------------------------------------
@@ -198,15 +199,14 @@ class HistoryService:
 
 
 def open_history(config: HistoryConfig, snapshot_dir: Path, camera: str, topics: CameraTopics, publish: Callable,
-                 model: str, page: bool = False) -> HistoryService | None:
+                 model: str, snapshot=None) -> HistoryService | None:
     """The started timeline, or None (said in one line) when it is off or its folder cannot be used;
-    with ``page``, it keeps the snapshot page's timeline files in ``snapshot_dir/timeline``."""
+    with ``snapshot`` (the daemon's SnapshotFolder) it keeps the page's timeline files there."""
     if not config.enabled:
         return None
     path = config.folder(snapshot_dir) / store.FILE_NAME
     try:
-        service = HistoryService(config, path, camera, topics, publish, model,
-                                 page_folder=snapshot_dir if page else None)
+        service = HistoryService(config, path, camera, topics, publish, model, snapshot=snapshot)
     except store.StoreUnusable as exc:
         log.error("history is off: %s (set history.dir to a writable folder, or history.enabled: false)", exc)
         return None

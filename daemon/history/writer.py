@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.history import store
-from daemon.history.events import Event, EventBudget, encode_lossless, encode_thumbnail
+from daemon.history.events import Event, EventBudget, encode_thumbnail
+from daemon.imaging import encode_png
 from daemon.problems import RecurringProblem
 
 log = logging.getLogger("explaincam.history")
@@ -195,7 +196,7 @@ class HistoryWriter:
         if not isinstance(item, Insert) or item.event.image is None:
             return None, None
         image = item.event.image
-        png = encode_lossless(image)
+        png = encode_png(image)  # lossless: decoding gives the pixels the model saw
         if not self.budget.take_frame_bytes(len(png)):
             png = None
         return encode_thumbnail(image, self.thumbnail_px), png

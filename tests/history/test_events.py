@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from daemon.captioner import CaptionResult
-from daemon.history.events import EventBudget, EventTracker, decode_lossless, encode_lossless
+from daemon.history.events import EventBudget, EventTracker, encode_thumbnail
+from daemon.imaging import decode_png
 
 IMAGE = np.zeros((4, 4, 3), np.uint8)
 
@@ -59,6 +60,8 @@ def test_budget_lets_ten_through_at_once_then_the_hourly_rate():
     assert budget.take_frame_bytes(1000) and not budget.take_frame_bytes(1)
 
 
-def test_the_lossless_frame_decodes_to_the_same_pixels():
-    rgb = np.random.default_rng(3).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    assert np.array_equal(decode_lossless(encode_lossless(rgb)), rgb)
+def test_the_thumbnail_is_a_small_jpeg_of_the_frame():
+    rgb = np.zeros((224, 224, 3), np.uint8)
+    rgb[:, :112] = (255, 0, 0)
+    thumb = decode_png(encode_thumbnail(rgb, 128))  # OpenCV reads a JPEG as it reads a PNG
+    assert thumb.shape == (128, 128, 3) and thumb[64, 10, 0] > 200 and thumb[64, 120, 0] < 50
