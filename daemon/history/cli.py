@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import ConfigError
+from daemon.config_file import ConfigError
 from daemon.contract import ONLINE, CameraTopics, history_query, parse_iso_time
 from daemon.explain.client import apply_config_defaults, connect
 from daemon.imaging import from_base64

@@ -33,6 +33,7 @@ COMMIT_EVERY_S = 0.5
 PRUNE_EVERY_S = 30.0
 IDLE_WAIT_S = 0.5
 MAX_BATCH = 1000  # writes in one transaction at most
+PROBLEM_SETTLE_S = 60.0  # a write problem is over once writes have worked this long (a full disk flaps)
 
 
 @dataclass
@@ -90,7 +91,7 @@ class HistoryWriter:
         self._identity = store.file_identity(path)
         self._lost = False  # the folder could hold no store at the last try: writes go to memory
         self.first_id = store.last_event_id(self._con)
-        self._problem = RecurringProblem(log, f"write the event store {path}")
+        self._problem = RecurringProblem(log, f"write the event store {path}", settle_s=PROBLEM_SETTLE_S)
         self.after_change = after_change  # called on this thread after a commit or pruning changed the store
         self._after_change_problem = RecurringProblem(log, "write the timeline's page files")
         self._thread = threading.Thread(target=self._run, name="explaincam-history", daemon=True)
