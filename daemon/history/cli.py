@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from daemon.config_file import ConfigError
 from daemon.contract import ONLINE, CameraTopics, history_query, parse_iso_time
-from daemon.explain.client import apply_config_defaults, connect
+from daemon.client_args import add_broker_arguments, apply_config_defaults, connect
 from daemon.imaging import from_base64
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -49,16 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the merged answer as JSON")
     parser.add_argument("--thumbnails", default=None, metavar="DIR", help="save each event's thumbnail in DIR")
     parser.add_argument("--all-cameras", action="store_true", help="ask every online camera of the prefix")
-    parser.add_argument("-c", "--config", default=None, help="the daemon's config.yaml (broker, camera, prefix)")
-    parser.add_argument("--host", default=None, help="MQTT broker host (default: the config's, else localhost)")
-    parser.add_argument("--port", type=int, default=None, help="broker port (default: the config's, else 1883)")
-    parser.add_argument("--camera", default=None, help="camera name (default: the config's, else cam)")
-    parser.add_argument("--prefix", default=None, help="topic prefix (default: the config's, else explaincam)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for answers")
-    parser.add_argument("--username", default=None, help="MQTT user name")
-    parser.add_argument("--password-file", default=None, help="file holding the MQTT password")
-    parser.add_argument("--ca-certs", default=None, help="CA certificate of the broker (turns TLS on)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
+    add_broker_arguments(parser)
 
 
 def parse_when(text: str | None, now: float) -> float | None:

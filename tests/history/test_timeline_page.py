@@ -5,8 +5,6 @@ explained event's kept explanation laid over its thumbnail."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +12,7 @@ from skimage import data as skimage_data
 
 from daemon.scenes import scene_at
 from tests.conftest import START_TIMEOUT, daemon_config, wait_until
-from tests.daemon.test_snapshot_page import CHROMIUM, _answers, free_port, what_chromium_sees
+from tests.daemon.test_snapshot_page import CHROMIUM, served_and_seen
 
 # Opens the page in a frame of the same origin and, once the timeline's images are in, writes what it shows.
 PROBE = """<!doctype html><html><body><pre id="seen">waiting</pre>
@@ -67,16 +65,7 @@ def test_the_timeline_shows_events_thumbnails_and_kept_explanations_in_chromium(
     wait_until(explained_timeline, START_TIMEOUT + 120, interval=0.5, message="a timeline with explained events")
     daemon.stop()  # the folder as the daemon left it
     index = json.loads(index_file.read_text())
-    (www / "probe.html").write_text(PROBE)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: _answers(port), 10, message="the http server")
-        seen = what_chromium_sees(f"http://127.0.0.1:{port}/probe.html", tmp_path / "chromium-profile")
-    finally:
-        server.terminate()
-        server.wait(5)
+    seen = served_and_seen(www, PROBE, tmp_path / "chromium-profile")
     print("FIGURES timeline_page:", json.dumps({"events": len(seen["events"]),
                                                 "explained": sum(bool(e["words"]) for e in seen["events"])}))
     assert seen["hidden"] is False
