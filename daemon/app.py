@@ -168,7 +168,8 @@ class Daemon:
             self.explain_service.local.kill_explainer()
 
     def close(self) -> None:
-        """Stop everything: the camera, the explainer (pending requests are answered ``shutting_down``), MQTT."""
+        """Stop everything: the camera, the explainer (pending requests are answered ``shutting_down``), the
+        timeline (the open event closed, queued writes committed), MQTT."""
         self.notifier.stopping()
         self.notifier.status("stopping")
         self.grabber.stop(timeout=0.5)
