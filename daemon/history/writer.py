@@ -96,6 +96,7 @@ class HistoryWriter:
         self._after_change_problem = RecurringProblem(log, "write the timeline's page files")
         self._thread = threading.Thread(target=self._run, name="explaincam-history", daemon=True)
         self._native_id: int | None = None
+        self._written_at_end: int | None = None  # the thread's bytes written, read as it ended
         self.counts = {"events_stored": 0, "frames_kept": 0, "frames_over_budget": 0, "updates": 0,
                        "explanations_kept": 0, "dropped_queue_full": 0, "dropped_write_failed": 0,
                        "store_recreated": 0, "events_pruned": 0, "payload_bytes": 0}
@@ -122,7 +123,9 @@ class HistoryWriter:
 
     def status(self) -> dict:
         """Figures for the stats message: counts, the store's size, bytes this thread wrote."""
-        written = thread_bytes_written(self._native_id) if self._native_id is not None else None
+        written = self._written_at_end
+        if written is None and self._native_id is not None:
+            written = thread_bytes_written(self._native_id)
         return {**self.counts, "queue_depth": self._queue.qsize(), "store_bytes": self.store_bytes,
                 "bytes_written": written if written is not None else self.counts["payload_bytes"]}
 
@@ -144,6 +147,7 @@ class HistoryWriter:
             if self._stop.is_set() and self._queue.empty():
                 break
         self._con.close()
+        self._written_at_end = thread_bytes_written(self._native_id)
 
     def _write_batch(self, first) -> None:
         """Write ``first`` and whatever follows within COMMIT_EVERY_S in one transaction (each key frame
