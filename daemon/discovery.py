@@ -87,7 +87,7 @@ def _entities(prefix: str, camera: str, timeline: bool = True) -> list[tuple[str
             "name": "Last explanation",
             "icon": "mdi:image-search",
             "image_topic": topics.explain_image,
-            "content_type": "image/png",
+            "content_type": "image/jpeg",
             "json_attributes_topic": topics.explain_image_info,
         }),
         ("sensor", "source", {
