@@ -11,6 +11,10 @@ never interpreted: each word and phrase reaches FTS5 as a quoted string, and the
 an SQL parameter. ``similar`` ranks events by the cosine of their encoder features to that
 event's (numpy over the stored vectors; no SQLite extension). Events come newest first
 (most similar first with ``similar``); ``next_offset`` is set when more match.
+
+Where the broker caps the packet size (``daemon.packet_limits``), an answer too large is sent
+without its thumbnails, then with fewer events (``next_offset`` pointing at the first left
+out), saying so in ``omitted`` (:func:`fitted_answer`).
 """
 
 from __future__ import annotations
@@ -243,9 +247,37 @@ def event_json(row: sqlite3.Row, thumbnail: bool = True, similarity: float | Non
     return event
 
 
-def answer(request_id, camera: str, events: list[dict], next_offset: int | None) -> dict:
-    """The ``ok`` answer."""
-    return {"id": request_id, "status": "ok", "camera": camera, "events": events, "next_offset": next_offset}
+def answer(request_id, camera: str, events: list[dict], offset: int, next_offset: int | None) -> dict:
+    """The ``ok`` answer: a page of events starting at ``offset``."""
+    return {"id": request_id, "status": "ok", "camera": camera, "events": events, "offset": offset,
+            "next_offset": next_offset}
+
+
+def fitted_answer(payload: dict, room: int) -> bytes | None:
+    """An answer as at most ``room`` bytes of JSON (a broker's packet limit): an ok answer without its
+    thumbnails, else with only as many events as fit (``next_offset`` at the first one left out),
+    saying so in ``omitted``; else the error ``response_too_large``; None when not even that fits."""
+    full = len(json.dumps(payload))
+    if payload.get("status") == "ok":
+        reason = f"the full answer ({full} bytes) is larger than the broker accepts ({room} bytes)"
+        events = [{k: v for k, v in event.items() if k != "thumbnail_jpeg"} for event in payload["events"]]
+        slim = {**payload, "events": events, "omitted": {"thumbnails": True, "reason": reason}}
+        text = json.dumps(slim).encode()
+        if len(text) <= room:
+            return text
+        kept = len(events)
+        while kept > 0 and len(text) > room:
+            kept = min(kept - 1, kept * room // len(text))
+            page = {**slim, "events": events[:kept], "next_offset": payload["offset"] + kept,
+                    "omitted": {"thumbnails": True, "events": len(events) - kept, "reason": reason}}
+            text = json.dumps(page).encode()
+        if kept > 0:
+            return text
+    error = error_answer(payload.get("id"), payload.get("camera"), "response_too_large",
+                         f"the answer ({full} bytes) is larger than the broker accepts ({room} bytes); "
+                         "ask for fewer events or without thumbnails")
+    text = json.dumps(error).encode()
+    return text if len(text) <= room else None
 
 
 def error_answer(request_id, camera: str, code: str, message: str) -> dict:

@@ -30,8 +30,8 @@ from daemon.framecache import CachedFrame
 from daemon.history import store
 from daemon.history.events import Event, EventBudget, EventTracker
 from daemon.history.page_files import TimelineFiles
-from daemon.history.query import (QueryError, SimilarityIndex, answer, error_answer, parse_request, request_id_of,
-                                  search)
+from daemon.history.query import (QueryError, SimilarityIndex, answer, error_answer, fitted_answer, parse_request,
+                                  request_id_of, search)
 from daemon.history.writer import HistoryWriter, Insert, KeepExplanation, UpdateEnd
 from daemon.imaging import decode_png
 
@@ -171,7 +171,7 @@ class HistoryService:
         try:
             request = parse_request(payload, self.config.max_query_limit)
             events, next_offset = search(self._connection(), self._index, request)
-            return answer(request.id, self.camera, events, next_offset)
+            return answer(request.id, self.camera, events, request.offset, next_offset)
         except QueryError as exc:
             return error_answer(request_id, self.camera, exc.code, str(exc))
         except (sqlite3.Error, store.StoreUnusable) as exc:
@@ -194,8 +194,9 @@ class HistoryService:
         return self._query_con
 
     def _reply(self, payload: dict, response_topic: str | None, correlation: bytes | None) -> None:
+        """Publish an answer; one larger than the broker accepts is sent smaller (``fitted_answer``)."""
         self.publish(response_topic or self.topics.history_response, json.dumps(payload), qos=1,
-                     correlation_data=correlation)
+                     correlation_data=correlation, fit=lambda room: fitted_answer(payload, room))
 
 
 def open_history(config: HistoryConfig, snapshot_dir: Path, camera: str, topics: CameraTopics, publish: Callable,
