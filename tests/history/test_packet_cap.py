@@ -9,7 +9,7 @@ import sqlite3
 
 from daemon.broker import LocalBroker, free_port
 from daemon.history.query import answer, fitted_answer
-from tests.conftest import CAPTION, START_TIMEOUT, daemon_config, wait_until
+from tests.conftest import START_TIMEOUT, STATS, daemon_config
 from tests.history.helpers import HistoryAsker
 
 CAP = 8192
@@ -50,18 +50,10 @@ def test_under_a_packet_cap_a_client_pages_through_every_event(tmp_path, collect
     try:
         config = daemon_config(tmp_path, broker.port, history={"max_events_per_hour": 100000, "explain": []},
                                mqtt={"jpeg_interval_s": 0})
-        watcher = collect(broker.port, CAPTION)
+        watcher = collect(broker.port, STATS)
         daemon = daemon_process(config)
-        watcher.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
-        store = tmp_path / "snapshot" / "history" / "history.sqlite"
-
-        def stored_ids(until=None) -> list[int]:
-            with sqlite3.connect(store) as con:
-                rows = con.execute("SELECT id FROM events WHERE start <= ? ORDER BY id DESC",
-                                   [until if until is not None else 1e12]).fetchall()
-            return [row[0] for row in rows]
-
-        wait_until(lambda: store.exists() and len(stored_ids()) >= 25, 60, interval=0.5, message="25 events")
+        watcher.wait_for(STATS, lambda m: m.json().get("history", {}).get("events_stored", 0) >= 25,
+                         timeout=START_TIMEOUT + 60)
         asker = HistoryAsker(broker.port)
         newest = asker.ask({"limit": 1, "thumbnails": True})
         assert newest["status"] == "ok" and newest["events"][0]["thumbnail_jpeg"], newest  # a small answer is whole
@@ -71,15 +63,19 @@ def test_under_a_packet_cap_a_client_pages_through_every_event(tmp_path, collect
         while offset is not None and len(pages) < 20:
             page = asker.ask({"limit": 100, "offset": offset, "until": cutoff, "thumbnails": True})
             assert page is not None and page["status"] == "ok", page
-            assert len(json.dumps(page)) <= CAP and "omitted" in page, page.get("omitted")
-            assert all("thumbnail_jpeg" not in e for e in page["events"])
+            assert len(json.dumps(page)) <= CAP
+            assert ("omitted" in page) == all("thumbnail_jpeg" not in e for e in page["events"]), page.get("omitted")
             pages.append(page)
             offset = page["next_offset"]
         log = daemon.log()
+        daemon.stop()  # the store read below as it was left, no reader beside the daemon's
     finally:
         if asker is not None:
             asker.close()
         broker.stop()
     assert len(pages) >= 2 and pages[0]["omitted"]["events"] > 0  # 25 events do not fit one 8 KB packet
-    assert [e["event_id"] for p in pages for e in p["events"]] == stored_ids(cutoff)
+    con = sqlite3.connect(tmp_path / "snapshot" / "history" / "history.sqlite")
+    stored = [row[0] for row in con.execute("SELECT id FROM events WHERE start <= ? ORDER BY id DESC", [cutoff])]
+    con.close()
+    assert [e["event_id"] for p in pages for e in p["events"]] == stored
     assert "MQTT: connection lost" not in log, log
