@@ -153,7 +153,9 @@ class HistoryClient:
 
 def merge(answers: dict[str, dict | None], limit: int, by_similarity: bool) -> dict:
     """One answer from every camera's: events newest first (most similar first), at most ``limit``;
-    the cameras that failed or did not answer under ``errors``."""
+    ``next_offset`` the smallest a camera gave (a broker's packet limit may shorten a page), what
+    the packet limit left out per camera under ``omitted``; the cameras that failed or did not
+    answer under ``errors``."""
     events, errors = [], {}
     for camera, answer in answers.items():
         if answer is None:
@@ -164,9 +166,12 @@ def merge(answers: dict[str, dict | None], limit: int, by_similarity: bool) -> d
             events += [{**event, "camera": camera} for event in answer.get("events", [])]
     key = (lambda e: -e.get("similarity", 0.0)) if by_similarity else (lambda e: -e["start"])
     events.sort(key=key)
-    more = any(a and a.get("next_offset") is not None for a in answers.values()) or len(events) > limit
+    offsets = [a["next_offset"] for a in answers.values() if a and a.get("next_offset") is not None]
+    more = bool(offsets) or len(events) > limit
+    omitted = {camera: a["omitted"] for camera, a in answers.items() if a and a.get("omitted")}
     return {"status": "ok" if not errors else "partial" if events or len(errors) < len(answers) else "error",
-            "cameras": sorted(answers), "events": events[:limit], "more": more, "errors": errors}
+            "cameras": sorted(answers), "events": events[:limit], "more": more,
+            "next_offset": min(offsets, default=None), "omitted": omitted, "errors": errors}
 
 
 def event_line(event: dict) -> str:
@@ -218,7 +223,11 @@ def main(args: argparse.Namespace) -> int:
         for event in merged["events"]:
             print(event_line(event))
         if merged["more"]:
-            print(f"(more: --offset {args.offset + args.limit})")
+            offset = merged["next_offset"] if merged["next_offset"] is not None else args.offset + args.limit
+            print(f"(more: --offset {offset})")
+    for camera, omitted in merged["omitted"].items():
+        print(f"{camera}: {omitted.get('reason')}: sent without thumbnails"
+              + (f" and {omitted['events']} events" if omitted.get("events") else ""), file=sys.stderr)
     for camera, error in merged["errors"].items():
         print(f"{camera}: {error.get('code')}: {error.get('message')}", file=sys.stderr)
     if all(error.get("code") == "timeout" for error in merged["errors"].values()) and merged["errors"] \

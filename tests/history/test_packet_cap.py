@@ -5,11 +5,14 @@ to every event; a requester always gets an answer."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
+import subprocess
+import sys
 
 from daemon.broker import LocalBroker, free_port
 from daemon.history.query import answer, fitted_answer
-from tests.conftest import START_TIMEOUT, STATS, daemon_config
+from tests.conftest import REPO, START_TIMEOUT, STATS, daemon_config
 from tests.history.helpers import HistoryAsker
 
 CAP = 8192
@@ -67,6 +70,8 @@ def test_under_a_packet_cap_a_client_pages_through_every_event(tmp_path, collect
             assert ("omitted" in page) == all("thumbnail_jpeg" not in e for e in page["events"]), page.get("omitted")
             pages.append(page)
             offset = page["next_offset"]
+        shown = subprocess.run([sys.executable, "-m", "daemon.cli", "history", "--until", str(cutoff), "--limit", "100",
+                                "-c", str(daemon.config_file)], cwd=REPO, capture_output=True, text=True, timeout=60)
         log = daemon.log()
         daemon.stop()  # the store read below as it was left, no reader beside the daemon's
     finally:
@@ -79,3 +84,8 @@ def test_under_a_packet_cap_a_client_pages_through_every_event(tmp_path, collect
     con.close()
     assert [e["event_id"] for p in pages for e in p["events"]] == stored
     assert "MQTT: connection lost" not in log, log
+    # explaincam history says what the cap left out and where the rest starts: no event skipped
+    lines = shown.stdout.splitlines()
+    assert shown.returncode == 0 and lines[-1] == f"(more: --offset {len(lines) - 1})", shown.stdout + shown.stderr
+    assert [int(re.search(r"#(\d+)", line)[1]) for line in lines[:-1]] == stored[:len(lines) - 1]
+    assert "larger than the broker accepts" in shown.stderr and "events" in shown.stderr, shown.stderr
