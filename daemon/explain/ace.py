@@ -30,9 +30,10 @@ follow the runner-up word; on 60 unseen scenes it won the removal test for 67% o
 words, the lift for 90%, lift with context 93%.
 
 ACE is a registered method (``METHOD``): it answers the response's ``ace`` block and the
-ACE row of the explanation picture. Everything here is numpy, OpenCV and scikit-image's
-SLIC; the float model is reached through the explainer's backend (``bottleneck_activations``,
-``bottleneck_gradients``, ``logits``), whichever runs it.
+ACE row of the explanation picture. Everything here is numpy and OpenCV (SLIC from its
+contrib module, see ``daemon.explain.superpixels``); the float model is reached through the
+explainer's backend (``bottleneck_activations``, ``bottleneck_gradients``, ``logits``),
+whichever runs it.
 """
 
 from __future__ import annotations
@@ -89,14 +90,13 @@ def segment(image: np.ndarray, n_segments=N_SEGMENTS, compactness: float = COMPA
     Coarse resolutions come first; a segment of a finer resolution whose Jaccard index
     with a kept segment of a coarser one exceeds 0.5 is a duplicate and is dropped.
     """
-    from skimage.segmentation import slic  # brings scipy (~1 s, ~40 MB): only ACE answers load it
+    from daemon.explain.superpixels import slic_labels  # OpenCV contrib's SLIC
 
     h, w = image.shape[:2]
     kept_levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (labels, areas, kept ids)
     masks = []
     for n in n_segments:
-        labels = slic(image, n_segments=int(n), compactness=float(compactness), sigma=float(sigma),
-                      start_label=0, channel_axis=-1)
+        labels = slic_labels(image, int(n), float(compactness), float(sigma))
         count = int(labels.max()) + 1
         areas = np.bincount(labels.ravel(), minlength=count)
         keep = areas >= min_area * h * w
