@@ -32,6 +32,15 @@ STATS = PrefixTopics(PREFIX).stats
 REQUEST = TOPICS.explain_request
 RESPONSE = TOPICS.explain_response
 START_TIMEOUT = 60  # model loading on a busy 2-core box
+FAULT_TESTS = REPO / "tests" / "faults"  # timing-sensitive: tests/run.sh runs them alone, after the parallel run
+BROKER_START_TRIES = 3  # a free port can be taken by another xdist worker before the broker binds it
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under tests/faults/ ``timing`` (see FAULT_TESTS)."""
+    for item in items:
+        if FAULT_TESTS in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.timing)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
@@ -52,7 +61,14 @@ def mosquitto(tmp_path):
     if find_mosquitto() is None:
         pytest.fail("mosquitto is not installed: apt-get install mosquitto (tests/run.sh does)")
     broker = LocalBroker(free_port(), tmp_path / "mosquitto")
-    broker.start()
+    for attempt in range(BROKER_START_TRIES):
+        try:
+            broker.start()
+            break
+        except RuntimeError:  # the port was taken meanwhile (parallel workers): another one
+            if attempt == BROKER_START_TRIES - 1:
+                raise
+            broker.port = free_port()
     yield broker
     broker.stop()
 
