@@ -13,6 +13,7 @@ from convert.bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt,
 from daemon.bundle import Bundle
 from daemon.captioner import Captioner
 from daemon.encoder import TFLiteEncoder
+from daemon.familiarity import frame_descriptor
 from daemon.explain.backends import BackendError, choose_backend
 
 BACKENDS = ("litert", "tensorflow")  # compared side by side
@@ -47,6 +48,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     base = {"bundle": str(bundle.path.resolve()), "seconds": seconds, "frames": BENCH_FRAMES}
 
     encoder_ms: dict[str, dict] = {"int8_litert": {}, "float_tflite": {}, "keras_float": {}, "keras_float_graph": {}}
+    invoke_ms: dict[str, dict] = {}  # the int8 interpreter's invoke alone: what encode() adds is the call path
     keras: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="explaincam-bench-") as tmp:
         float_path, peak_path = Path(tmp) / "encoder_float.tflite", Path(tmp) / "int8_peak.tflite"
@@ -67,6 +69,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         for n in thread_counts:
             int8 = TFLiteEncoder(bundle.file("encoder_int8"), n)
             encoder_ms["int8_litert"][str(n)] = timed_loop(lambda i: int8.encode(frames[i % len(frames)]), seconds)
+            invoke_ms[str(n)] = timed_loop(lambda i: int8.interpreter.invoke(), seconds)
             if float_path.is_file():
                 flt = TFLiteEncoder(float_path, n)
                 encoder_ms["float_tflite"][str(n)] = timed_loop(lambda i: flt.encode(frames[i % len(frames)]), seconds)
@@ -83,6 +86,10 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
             "numpy_beam3": timed_loop(lambda i: decoder.beam(features[i % len(features)], max_length, BEAM_WIDTH),
                                       seconds),
         }
+        stats = captioner.feature_stats
+        familiarity_ms = (timed_loop(lambda i: stats.judge(frame_descriptor(frames[i % len(frames)],
+                                                                           features[i % len(features)])), seconds)
+                          if stats is not None else report.take("familiarity_ms", None, "the bundle has no feature_stats.npz"))
         caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
 
     note("explanation methods on each backend ...")
@@ -153,7 +160,13 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "decoder_vs_seed": speed_ratio(decode_ms["seed_beam3"], decode_ms["numpy_beam3"]),
         "seed_agreement": seed["agreement"] if seed else None,
         "seed_prefix_length": seed["prefix_length"] if seed else None,
+        "familiarity_ms": familiarity_ms,
         "caption_ms": caption_ms,
+        "caption_vs_encoder_decoder": round(
+            caption_ms["median"] / (int8_ms[threads] + decode_ms["numpy_greedy"]["median"]), 3),
+        "encoder_invoke_ms": invoke_ms,
+        "encoder_call_overhead": {n: round(encoder_ms["int8_litert"][n]["median"] / ms["median"], 3)
+                                  for n, ms in invoke_ms.items()},
         "seed_pipeline_ms": seed["pipeline"] if seed else None,
         "pipeline_vs_seed": speed_ratio(seed["pipeline"] if seed else None, caption_ms),
         "captions_per_s": idle,
