@@ -39,7 +39,7 @@ def format_table(r: dict) -> str:
               f"{'familiarity check':<37} {_ms(r['familiarity_ms'])}",
               f"{'int8 + numpy greedy (' + str(r['caption_ms']['threads']) + ' threads)':<37} {_ms(r['caption_ms'])}",
               f"caption_vs_encoder_decoder {r['caption_vs_encoder_decoder']:.3f} (end to end / (int8 encoder + greedy "
-              f"decoder) at {r['caption_ms']['threads']} threads); encode() / invoke(): "
+              f"decoder), side by side at {r['caption_ms']['threads']} threads); encode() / invoke(): "
               + ", ".join(f"{v:.3f} at {n}" for n, v in r["encoder_call_overhead"].items()),
               f"{'seed-style (Keras predict + beam 3)':<37} {_ms(r['seed_pipeline_ms'])}",
               f"pipeline_vs_seed {_x(r['pipeline_vs_seed'])}", ""]

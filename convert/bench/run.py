@@ -9,7 +9,7 @@ from typing import Callable
 
 from convert.bench.child import EXPLAINER_START_TIMEOUT_S, run_child
 from convert.bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt, bench_frames, cpu_info, int8_rate,
-                           speed_ratio, tflite_graph, timed_loop)
+                           speed_ratio, tflite_graph, timed_loop, timed_side_by_side)
 from daemon.bundle import Bundle
 from daemon.captioner import Captioner
 from daemon.encoder import TFLiteEncoder
@@ -86,11 +86,18 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
             "numpy_beam3": timed_loop(lambda i: decoder.beam(features[i % len(features)], max_length, BEAM_WIDTH),
                                       seconds),
         }
+        # the caption end to end beside its parts, round after round (see timed_side_by_side)
         stats = captioner.feature_stats
-        familiarity_ms = (timed_loop(lambda i: stats.judge(frame_descriptor(frames[i % len(frames)],
-                                                                           features[i % len(features)])), seconds)
-                          if stats is not None else report.take("familiarity_ms", None, "the bundle has no feature_stats.npz"))
-        caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
+        parts = {"encoder": lambda i: captioner.encoder.encode(frames[i % len(frames)]),
+                 "decoder": lambda i: decoder.greedy(features[i % len(features)], max_length),
+                 "caption": lambda i: captioner.caption(frames[i % len(frames)])}
+        if stats is not None:
+            parts["familiarity"] = lambda i: stats.judge(frame_descriptor(frames[i % len(frames)],
+                                                                          features[i % len(features)]))
+        caption_parts_ms = timed_side_by_side(parts, seconds)
+        caption_ms = {**caption_parts_ms.pop("caption"), "threads": threads}
+        familiarity_ms = caption_parts_ms.pop("familiarity", None) or report.take(
+            "familiarity_ms", None, "the bundle has no feature_stats.npz")
 
     note("explanation methods on each backend ...")
     usable = []
@@ -162,8 +169,9 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "seed_prefix_length": seed["prefix_length"] if seed else None,
         "familiarity_ms": familiarity_ms,
         "caption_ms": caption_ms,
-        "caption_vs_encoder_decoder": round(
-            caption_ms["median"] / (int8_ms[threads] + decode_ms["numpy_greedy"]["median"]), 3),
+        "caption_parts_ms": caption_parts_ms,
+        "caption_vs_encoder_decoder": round(caption_ms["median"] / (
+            caption_parts_ms["encoder"]["median"] + caption_parts_ms["decoder"]["median"]), 3),
         "encoder_invoke_ms": invoke_ms,
         "encoder_call_overhead": {n: round(encoder_ms["int8_litert"][n]["median"] / ms["median"], 3)
                                   for n, ms in invoke_ms.items()},
