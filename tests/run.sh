@@ -2,8 +2,8 @@
 # The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto and Chromium (apt),
 # creates .venv, installs explaincam with every extra, runs pytest. Extra args go to both pytest runs:
 # the independent tests in parallel on every core (pytest-xdist; each file stays on one worker, so its
-# module fixtures are built once), then the timing-sensitive fault tests (marker `timing`, every test in
-# tests/faults/) alone, one at a time, so other tests' load does not starve them.
+# module fixtures are built once), then the timing-sensitive tests (marker `timing`: tests/faults/ and the
+# files tests/conftest.py names) alone, one at a time, so other tests' load does not make them late.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
