@@ -3,9 +3,9 @@
 ACE (Ghorbani et al., 2019), after the reference implementation (tensorflow/tcav ``ace``):
 
 1. every discovery image is cut into multi-resolution SLIC superpixels (compactness 20;
-   15 and 50 segments by default, see ``daemon.explain.ace.N_SEGMENTS``); each segment is
+   15 and 50 segments by default, see ``daemon.explain.segments.N_SEGMENTS``); each segment is
    put on the average image value in a square box around it and resized to the encoder
-   input (``daemon.explain.ace.extract_patch``);
+   input (``daemon.explain.segments.extract_patch``);
 2. each patch is embedded by the bottleneck layer's activations, averaged over space;
 3. k-means groups the embeddings; a cluster whose members come from fewer than
    ``--min-images`` images is dropped; of the others the ``--members`` patches nearest the
@@ -24,7 +24,7 @@ One bank serves every word of the vocabulary (ACE discovers per class), hence mo
 than ACE's 25 and fewer exemplars than its 40: a colour-and-shape kind of object is
 1/20 of the objects.
 
-The bank (``concepts.npz``, format in ``daemon.explain.ace.ConceptBank``) and a gallery
+The bank (``concepts.npz``, format in ``daemon.explain.concept_bank``) and a gallery
 (``concepts.png``) go into the bundle, named in the manifest and hashed. When the
 discovery images are generated scenes (or a scenes folder), each exemplar records which
 object (colour, shape) covers over half of it, or "background"; that is what the concept
@@ -34,10 +34,10 @@ The bottleneck is, unless ``--layer`` says otherwise, the encoder's reduced map
 (``spatial_reduce``) where the head has one, else the last layer of the backbone: the
 most semantic map, as ACE and TCAV use late layers. The reduced map is the one the decoder
 reads, position by position, and in a model trained with ``--object-density`` its first
-channels are the object words themselves. Measured on 40 unseen scenes (seed 6161, 112
-colour and shape words) with such a model: removing a word's top concept beat removing
-random segments for 95.5% of words with the bank at the reduced map, 83.9% at the
-backbone's last layer, whose concepts more often covered only part of an object.
+channels are the object words themselves. With such a model, removing a word's top
+concept beats removing random segments more often with the bank at the reduced map than at
+the backbone's last layer, whose concepts more often cover only part of an object (README,
+"Concepts (ACE)", has the figures).
 """
 
 from __future__ import annotations
@@ -58,14 +58,13 @@ from convert.model import load_captioner
 from convert.progress import Progress
 from convert.scenes import read_scenes
 from daemon.bundle import BundleError, load_bundle, write_manifest
-from daemon.captioner import read_rgb
-from daemon.explain.ace import (BACKGROUND, N_SEGMENTS, ConceptBank, embed, extract_patch, provenance_label, segment,
-                                thumbnail, word_gradients)
+from daemon.explain.concept_bank import BACKGROUND, ConceptBank, embed, provenance_label, word_gradients
 from daemon.explain.backends.tensorflow import TensorFlowBackend, default_bottleneck_layer
 from daemon.explain.explainer import Explainer
-from daemon.explain.heatmap import encode_png
+from daemon.explain.segments import N_SEGMENTS, extract_patch, segment, thumbnail
 from daemon.explain.targets import teacher_tokens
 from daemon.files import write_atomically
+from daemon.imaging import encode_png, read_rgb
 from daemon.scenes import scene_at
 
 DEFAULT_SEED = 5050  # scene stream of the discovery set (training uses 1, tests others)

@@ -44,10 +44,11 @@ from convert.health import bundle_health
 from convert.progress import Progress
 from convert.scenes import read_scenes
 from daemon.bundle import BundleError
-from daemon.captioner import Captioner, read_rgb
-from daemon.explain.backends import BACKEND_CHOICES, BackendError
+from daemon.captioner import Captioner
+from daemon.explain.backends import BackendError
 from daemon.explain.explainer import Explainer
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.explain_settings import BACKEND_CHOICES, MAP_METHODS, ExplainOptions
+from daemon.imaging import read_rgb
 from daemon.scenes import COLOURS, PLURALS, SHAPES, objects_mask
 
 DELETION_STEPS = 20
@@ -206,7 +207,7 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     exact = exact_float = agree = skipped = 0
     # ACE (daemon.explain.ace): removal test of each object colour/shape word's top concept
     ace_wins: list[bool] = []
-    concepts = explainer.concepts() if explanations and explainer.bundle.has("concepts") else None
+    concepts = explainer.resources("ace") if explanations and explainer.bundle.has("concepts") else None
     for n, record in enumerate(records):
         image = captioner.resize(read_rgb(record["path"]))
         result = captioner.caption(image)

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from daemon.bundle import BundleError, load_bundle, write_manifest
-from daemon.captioner import read_rgb, resize_for_encoder
+from daemon.captioner import resize_for_encoder
 from daemon.encoder import TFLiteEncoder
 from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats, frame_descriptor
+from daemon.imaging import read_rgb
 from daemon.scenes import scene_at
 
 CALIBRATION_SEED = 4242  # scenes that calibrate int8 ranges (convert.pack) and feature statistics; training uses seed 1

@@ -82,8 +82,8 @@ def build_encoder(name: str = DEFAULT_ENCODER, input_size: int = 224, weights: s
     ``"moments_max"`` also max-pools that map: a mean scales with how much of the image the
     objects cover, a maximum does not, which is what counting small objects needs. ``"spatial"`` flattens the reduced
     map: it keeps the layout too, but gives each position its own decoder weights, and
-    then deep feature maps no longer keep an object's evidence at its place (Grad-CAM
-    peaks fell inside the named object for 4% of words), so it is not the default.
+    then deep feature maps no longer keep an object's evidence at its place (README: where
+    Grad-CAM then points), so it is not the default.
 
     ``stride`` cuts the backbone after its last map at 1/stride of the input (default:
     the whole backbone, 1/32). ``weights`` is ``"imagenet"``, ``None``/``"none"`` (random) or

@@ -38,9 +38,10 @@ from convert.progress import Progress
 from convert.quantize import to_int8_tflite
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
 from daemon.bundle import load_bundle, write_manifest
-from daemon.captioner import read_rgb, resize_for_encoder
+from daemon.captioner import resize_for_encoder
 from daemon.decoder import StepDecoder
 from daemon.encoder import TFLiteEncoder
+from daemon.imaging import read_rgb
 from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 
@@ -61,8 +62,8 @@ def default_gradcam_layer(captioner: keras.Model, pretrained: bool = True) -> st
     ImageNet weights, the backbone's last feature map (Grad-CAM's usual layer). Otherwise,
     from scratch, the first rectified (ReLU) map at 1/8 of the input resolution (the last
     layer if there is none): deep maps of a backbone trained from scratch behind a
-    flattened head kept an object's evidence at its place for 4-28 % of object words,
-    that map for 38-52 %.
+    flattened head keep an object's evidence at its place far less often than that map
+    (README, "The shipped model and how it was made", has the figures).
     """
     encoder = captioner.get_layer("encoder")
     if "moment_map" in [layer.name for layer in encoder.layers]:

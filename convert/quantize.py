@@ -38,8 +38,7 @@ def to_int8_tflite(encoder: keras.Model, representative: Callable[[], Iterable[n
     ``representative`` yields uint8 or float images (H, W, 3) in 0..255 used to calibrate
     activation ranges; a hundred varied images are plenty. They are fed one at a time: an
     export with a batch dimension of 8 calibrated at half the speed in TFLite's calibrator
-    (EfficientNetV2B0, 224 px, 32 images: 36 s against 18 s), and the int8 model would
-    then take batches of 8.
+    (README, "Converting a seed-format model"), and the int8 model would then take batches of 8.
     """
     def configure(converter):
         def dataset():

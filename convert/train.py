@@ -111,8 +111,8 @@ def _build_training_variables(model: keras.Model, batch) -> None:
     Keras on TensorFlow (without a distribution strategy) creates them, and the per-output
     loss trackers, inside the first traced train step, and TensorFlow then traces the whole
     step again. Made here (from one inference batch; ``fit`` resets the trackers' and metrics'
-    state), the step is traced once: the same weights, 20-40 s less per small training on 2
-    cores. Other backends build them before tracing already.
+    state), the step is traced once: the same weights, less time per training. Other
+    backends build them before tracing already.
     """
     if keras.backend.backend() != "tensorflow":
         return

@@ -15,7 +15,6 @@ the stats message's ``tensorflow_loaded`` shows it.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import sys
@@ -29,29 +28,30 @@ from daemon import contract, discovery
 from daemon.bundle import BundleError
 from daemon.capture import CaptionLoop
 from daemon.captioner import Captioner
-from daemon.config import CONFIG_FILE, AppConfig, ConfigError, load_config
+from daemon.config import CONFIG_FILE, LOG_LEVELS, AppConfig
+from daemon.config_file import ConfigError, load_config
 from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
 from daemon.explain.backends import BackendError, choose_backend
+from daemon.explain.local import LocalDispatcher
 from daemon.explain.service import ExplainService
 from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
-from daemon.process import install_signal_handlers, setup_logging
-from daemon.snapshot import SnapshotWriter
+from daemon.process import EXIT_CONFIG, install_signal_handlers, package_version, setup_logging
+from daemon.snapshot import SnapshotFolder, last_explanation
 from daemon.sources import FrameGrabber, make_source
 
 log = logging.getLogger("explaincam")
 
 SOURCE_START_TIMEOUT_S = 10.0  # READY=1 waits this long at most for the camera's first answer
-EXIT_CONFIG = 2  # bad config, model or MQTT settings: restarting will not help
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam run``."""
     parser.add_argument("-c", "--config", default=CONFIG_FILE, help=f"config file (default: {CONFIG_FILE})")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
                         help="override the config's log_level")
     parser.add_argument("--demo", action="store_true", help=(
         "demo: generated scenes with the shipped model, a private Mosquitto on loopback if no broker "
@@ -90,7 +90,7 @@ def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera:
 
     def announce() -> None:
         for topic, payload in discovery.discovery_messages(prefix, camera, ha, model_name=model_name,
-                                                           version=_version(),
+                                                           version=package_version(),
                                                            configuration_url=cfg.mqtt.discovery.configuration_url):
             publisher.publish(topic, json.dumps(payload), qos=1, retain=True)
 
@@ -112,27 +112,13 @@ def publish_last_explanation(publisher: MqttPublisher, topics: contract.CameraTo
     truthfully when (or that never) it was made."""
     png, info = contract.placeholder_png(), contract.placeholder_info()
     if snapshot_dir is not None:
-        folder = Path(snapshot_dir)
         try:
-            saved_png = (folder / "explanation.png").read_bytes()
-            saved = json.loads((folder / "explanation.json").read_text())
-            made_at = (contract.parse_iso_time(saved["made_at"]) if saved.get("made_at")
-                       else (folder / "explanation.png").stat().st_mtime)  # written before made_at was kept
-            png, info = saved_png, contract.explanation_info(saved, made_at)
-        except FileNotFoundError:
-            pass
+            png, info = last_explanation(snapshot_dir) or (png, info)
         except (OSError, ValueError, TypeError, AttributeError) as exc:
-            log.warning("the last explanation in %s cannot be read (%s); publishing the placeholder", folder, exc)
+            log.warning("the last explanation in %s cannot be read (%s); publishing the placeholder",
+                        Path(snapshot_dir), exc)
     publisher.publish(topics.explain_image_info, json.dumps(info), qos=1, retain=True)
     publisher.publish(topics.explain_image, png, qos=1, retain=True)
-
-
-def _version() -> str:
-    """explaincam's installed version."""
-    try:
-        return importlib.metadata.version("explaincam")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class DaemonSetupError(Exception):
@@ -152,7 +138,7 @@ class Daemon:
     loop: CaptionLoop
     notifier: SystemdNotifier
     explain_service: ExplainService | None = None
-    snapshot: SnapshotWriter | None = None
+    snapshot: SnapshotFolder | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Connect, start the camera, tell systemd READY=1 and caption until ``stop`` is set; then :meth:`close`."""
@@ -172,7 +158,7 @@ class Daemon:
     def kill_explainer(self) -> None:
         """End the explainer process at once (a second SIGTERM/SIGINT while stopping)."""
         if self.explain_service is not None:
-            self.explain_service.kill_worker()
+            self.explain_service.local.kill_explainer()
 
     def close(self) -> None:
         """Stop everything: the camera, the explainer (pending requests are answered ``shutting_down``), MQTT."""
@@ -215,18 +201,16 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
                                       topics.availability)
         except MqttSetupError as exc:
             raise DaemonSetupError(str(exc)) from exc
-    snapshot_dir = cfg.snapshot.dir if cfg.snapshot.enabled else None
-    explain_service = start_explain_service(cfg, topics, captioner, cache, publisher, snapshot_dir)
-    announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
-    publish_last_explanation(publisher, topics, snapshot_dir)
-
     snapshot = None
     if cfg.snapshot.enabled:
         try:
-            snapshot = SnapshotWriter(cfg.snapshot.dir, camera, cfg.snapshot.min_interval_s)
+            snapshot = SnapshotFolder(cfg.snapshot.dir, camera, cfg.snapshot.min_interval_s)
         except OSError as exc:
             log.error("snapshot folder %s is not usable (%s); no snapshot files will be written",
                       cfg.snapshot.dir, exc.strerror or exc)
+    explain_service = start_explain_service(cfg, topics, captioner, cache, publisher, snapshot)
+    announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
+    publish_last_explanation(publisher, topics, cfg.snapshot.dir if cfg.snapshot.enabled else None)
 
     source_cfg = cfg.camera.source
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
@@ -235,7 +219,7 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
 
 
 def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, captioner: Captioner, cache: FrameCache,
-                          publisher: MqttPublisher, snapshot_dir: Path | None) -> ExplainService | None:
+                          publisher: MqttPublisher, snapshot: SnapshotFolder | None) -> ExplainService | None:
     """The explainer (a process of its own, started on the first request, or a fleet's workers with
     ``explain.mode`` remote/auto), subscribed to this camera's explain requests; None, with the
     reason logged, if it cannot be set up: captioning goes on without it. What can be missing
@@ -251,9 +235,9 @@ def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, caption
         if cfg.explain.mode != "local":
             remote = RemoteDispatcher(cfg.explain, topics, captioner.bundle.path, publisher.publish,
                                       publisher.subscribe)
-        service = ExplainService(config=cfg.explain, bundle_path=captioner.bundle.path, snapshot_dir=snapshot_dir,
-                                 publish=publisher.publish, topics=topics, frame_cache=cache,
-                                 model_name=captioner.bundle.name, remote=remote)
+        service = ExplainService(config=cfg.explain, publish=publisher.publish, topics=topics, frame_cache=cache,
+                                 local=LocalDispatcher(cfg.explain, captioner.bundle.path), remote=remote,
+                                 snapshot=snapshot, model_name=captioner.bundle.name)
     except Exception:
         log.exception("the explainer could not be set up; captioning goes on without it")
         return None

@@ -1,16 +1,41 @@
 """The model bundle: a folder with ``manifest.json`` naming and hashing every file.
 
-Format (``format_version`` 1)::
+This reader is the one statement of the format (README and DESIGN point here); the
+converter (``convert/pack.py``) writes it through ``write_manifest``.
 
-    manifest.json        this description, with the sha256 of every other file
-    captioner.keras      full-precision sequence-form captioner (explanations)
-    encoder_int8.tflite  full-integer encoder, uint8 RGB input, int8 features
-    decoder.npz          decoder weights for the numpy step decoder
-    vocab.txt            one word per line; line k is token k+1, 0 is padding
-    concepts.npz         optional ACE concept bank
-    report.json          what the converter measured
+Format (``format_version`` 1). The files, by their key in the manifest's ``files``
+(the shipped bundle's names; a manifest may name others)::
 
-A bundle whose files do not match the manifest's hashes is refused.
+    encoder_int8      encoder_int8.tflite     full-integer encoder: uint8 RGB in, int8 features (required)
+    decoder           decoder.npz             weights of the numpy step decoder (required)
+    vocab             vocab.txt               one word per line; line k is token k+1, 0 is padding (required)
+    captioner         captioner.keras         float sequence-form captioner: the converter, the TensorFlow backend
+    explainer         explainer_float.tflite  float32 logits and gradient graphs, builtin ops only: the LiteRT
+                                              backend (daemon.explain.backends.litert)
+    feature_stats     feature_stats.npz       what "familiar" means (daemon.familiarity); without it captions
+                                              carry no familiarity
+    concepts          concepts.npz            ACE concept bank (daemon.explain.concept_bank)
+    concepts_gallery  concepts.png            the bank's concepts drawn for people
+    report            report.json             what the converter measured (convert/health.py reads it)
+
+``manifest.json``::
+
+    format_version    1
+    model_name        the model's name (in captions, discovery, fleet jobs)
+    input             size (side of the square input, pixels), resize ("area", or "nearest": PIL's
+                      rule, for seed models), and how the pixels are given (color, dtype, range,
+                      preprocessing: folded into the model, so every bundle takes plain uint8 RGB)
+    max_length        most words a caption may have
+    special_tokens    start and end words, pad_id
+    files             key -> file name inside the folder (above)
+    sha256            file name -> hex sha256 of every file named in ``files``
+    gradcam_layer     the layer Grad-CAM explains by default
+    explainer         with the graph: its file, batch, tokens, gradcam_layer, bottleneck_layer
+                      and signatures (what the LiteRT backend checks before it runs it)
+    encoder, feature_dim, vocab_size, training: how the model was made (for people)
+
+A bundle that lacks a required key or file, or whose files do not match their hashes,
+is refused with a BundleError naming the file.
 """
 
 from __future__ import annotations
@@ -24,7 +49,8 @@ from daemon.files import write_atomically
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-REQUIRED_FILES = ("encoder_int8.tflite", "decoder.npz", "vocab.txt")
+REQUIRED_KEYS = ("model_name", "input", "files", "sha256", "special_tokens", "max_length")  # of manifest.json
+REQUIRED_FILES = ("encoder_int8", "decoder", "vocab")  # keys of files every bundle has: what captions need
 RESIZE_METHODS = ("area", "nearest")  # input.resize: how the model's training images were resized
 
 
@@ -89,7 +115,7 @@ def check_manifest(manifest, manifest_path: Path) -> None:
     if version != FORMAT_VERSION:
         raise BundleError(f"{manifest_path.parent}: bundle format {version!r} is not supported "
                           f"(expected {FORMAT_VERSION})")
-    for key in ("model_name", "input", "files", "sha256", "special_tokens", "max_length"):
+    for key in REQUIRED_KEYS:
         if key not in manifest:
             raise BundleError(f"{manifest_path} lacks the key {key!r}")
     for key in ("input", "files", "sha256", "special_tokens"):
@@ -110,7 +136,7 @@ def check_manifest(manifest, manifest_path: Path) -> None:
         if not isinstance(manifest["special_tokens"].get(key), str):
             raise BundleError(f"{manifest_path}: special_tokens.{key} must be a word")
     files = manifest["files"]
-    for key in ("encoder_int8", "decoder", "vocab"):
+    for key in REQUIRED_FILES:
         if key not in files:
             raise BundleError(f"{manifest_path} names no {key!r} file")
     for key, name in files.items():

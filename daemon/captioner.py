@@ -22,6 +22,7 @@ from daemon.config import PACKAGE_ROOT, SHIPPED_BUNDLE
 from daemon.decoder import StepDecoder
 from daemon.encoder import EncoderError, TFLiteEncoder
 from daemon.familiarity import IMAGE_STATISTICS_DIM, Familiarity, FeatureStats, frame_descriptor
+from daemon.imaging import read_rgb
 from daemon.vocab import Vocabulary
 
 DEFAULT_BUNDLE = PACKAGE_ROOT / SHIPPED_BUNDLE  # the shipped bundle wherever explaincam is installed
@@ -77,17 +78,6 @@ def _pil_nearest_index(size_in: int, size_out: int) -> np.ndarray:
     steps = np.full(size_out, scale)
     steps[0] = scale * 0.5
     return np.minimum(np.cumsum(steps).astype(np.int64), size_in - 1)
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as RGB uint8; raise ValueError with the reason if it cannot."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: not a readable image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _read(bundle: Bundle, key: str, reader):

@@ -20,10 +20,10 @@ from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption_state_message, source_message
 from daemon.framecache import CachedFrame, FrameCache
+from daemon.imaging import encode_jpeg
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
-from daemon.problems import RecurringProblem
-from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
+from daemon.snapshot import SnapshotFolder, draw_caption
 from daemon.sources import Frame, FrameGrabber
 from daemon.stats import CaptionStats
 
@@ -49,7 +49,7 @@ class CaptionLoop:
 
     def __init__(self, cfg: AppConfig, captioner: Captioner, grabber: FrameGrabber, cache: FrameCache,
                  publisher: MqttPublisher, topics: CameraTopics, notifier: SystemdNotifier,
-                 snapshot: SnapshotWriter | None = None, stats: CaptionStats | None = None):
+                 snapshot: SnapshotFolder | None = None, stats: CaptionStats | None = None):
         self.cfg = cfg
         self.captioner = captioner
         self.grabber = grabber
@@ -68,8 +68,6 @@ class CaptionLoop:
         self._source_version = -1
         self._mqtt_state = ""
         self._next_stats = time.monotonic() + min(5.0, cfg.mqtt.stats_interval_s)
-        self._snapshot_problem = RecurringProblem(
-            log, f"write the snapshot files in {snapshot.folder}" if snapshot is not None else "write the snapshot files")
         self._last_jpeg_ts = float("-inf")
         self._stats_topic = PrefixTopics(topics.prefix).stats
 
@@ -140,12 +138,7 @@ class CaptionLoop:
             self.publisher.publish(self.topics.snapshot, jpeg, retain=True)
             self._last_jpeg_ts = frame.ts
         if write_snapshot:
-            try:
-                self.snapshot.write(jpeg, message)
-            except OSError as exc:  # logged once per kind of problem, not every frame
-                self._snapshot_problem.failed(exc)
-            else:
-                self._snapshot_problem.succeeded()
+            self.snapshot.write(jpeg, message)
 
     def _jpeg_due(self, ts: float) -> bool:
         """Whether the frame taken at ``ts`` goes out on the snapshot topic: at most one per

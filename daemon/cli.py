@@ -12,12 +12,14 @@ import importlib
 import importlib.metadata
 import sys
 
+from daemon.process import package_version
+
 ENTRY_POINT_GROUP = "explaincam.commands"  # other packages' command tables (convert/commands.py)
 
 # name -> (module, one-line help)
 DEVICE_COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("daemon.app", "run the capture daemon (captions over MQTT and to the snapshot folder)"),
-    "check-config": ("daemon.config", "validate a config.yaml and report each error with its key and line"),
+    "check-config": ("daemon.check_config", "validate a config.yaml and report each error with its key and line"),
     "caption": ("daemon.captioner", "caption image files with a bundle's int8 encoder"),
     "request": ("daemon.explain.client", "ask a running daemon over MQTT to explain a frame"),
     "explain": ("daemon.explain.oneshot", "explain the caption of one image file (Grad-CAM, saliency, ACE)"),
@@ -36,14 +38,6 @@ def all_commands() -> dict[str, tuple[str, str]]:
         except Exception as exc:  # a broken plug-in must not take the device's commands with it
             print(f"warning: the {entry.name} commands ({entry.value}) cannot be loaded: {exc}", file=sys.stderr)
     return commands
-
-
-def package_version() -> str:
-    """explaincam's installed version (pyproject.toml's), or "unknown" when run from a tree that is not installed."""
-    try:
-        return importlib.metadata.version("explaincam")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _top_level_parser(commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:

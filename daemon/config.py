@@ -1,37 +1,30 @@
-"""The daemon's configuration: pydantic models, YAML loading and ``explaincam check-config``.
+"""The daemon's and the fleet worker's configuration: pydantic models with every default.
 
 Every model forbids unknown keys and describes every field; ``config.yaml`` at the top of
-the repository documents each key with its default. String values may use ``${VAR}`` or
-``${VAR:-default}`` to take a value from the environment (secrets, paths that systemd
-gives, such as ``${CREDENTIALS_DIRECTORY}``). Errors name the dotted key path and the
-line of the YAML file they come from.
+the repository documents each key with its default. ``daemon.config_file`` reads a YAML
+file into these models (``${VAR}`` substitution, errors with their line);
+``daemon.check_config`` is the ``explaincam check-config`` command.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import re
 import socket
-import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from daemon.bundle import BundleError, load_bundle
-from daemon.explain.backends import BACKEND_CHOICES, DEFAULT_THREADS as EXPLAINER_THREADS
-from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
+from daemon.explain_settings import BACKEND_CHOICES, DEFAULT_METHODS, DEFAULT_THREADS, METHODS, ExplainOptions
 
 # A topic level that cannot break the topic tree: no wildcards, no separators.
 TOPIC_LEVEL = r"^[A-Za-z0-9_.-]+$"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BUNDLE = Path("models/scenes-mnv3s")  # the bundle explaincam ships, relative to PACKAGE_ROOT
 CONFIG_FILE = "config.yaml"  # the config file the commands read unless given -c
+LOG_LEVELS = ("debug", "info", "warning", "error")  # log_level, and the commands' --log-level
 ExplainBackend = Literal[BACKEND_CHOICES]  # what runs the explainer's float model: auto, litert or tensorflow
 ExplainBatchSize = Annotated[int, Field(ge=1, le=256, description="images per forward/backward pass of the explainer")]
 
@@ -290,7 +283,7 @@ class ExplainConfig(StrictModel):
     backend: ExplainBackend = Field("auto", description=(
         "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
         "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
-    threads: int = Field(EXPLAINER_THREADS, ge=1, le=16, description="threads of the explainer process's backend")
+    threads: int = Field(DEFAULT_THREADS, ge=1, le=16, description="threads of the explainer process's backend")
     batch_size: ExplainBatchSize = ExplainOptions.batch_size
     smoothgrad_samples: int = Field(ExplainOptions.smoothgrad_samples, ge=1, le=256,
                                     description="noisy copies per word for smoothgrad")
@@ -323,7 +316,7 @@ class AppConfig(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker")
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="snapshot folder")
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="explanations")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level (stderr)")
+    log_level: Literal[LOG_LEVELS] = Field("info", description="log level (stderr)")
 
 
 class WorkerConfig(StrictModel):
@@ -340,7 +333,7 @@ class WorkerConfig(StrictModel):
     backend: ExplainBackend = Field("auto", description=(
         "what runs each bundle's float model: litert (the bundle's explainer_float.tflite, no TensorFlow), "
         "tensorflow (captioner.keras; a GPU when TensorFlow sees one), or auto = litert when the bundle has the graph"))
-    threads: int = Field(EXPLAINER_THREADS, ge=1, le=64, description="threads of the explainer's backend")
+    threads: int = Field(DEFAULT_THREADS, ge=1, le=64, description="threads of the explainer's backend")
     batch_size: ExplainBatchSize = ExplainOptions.batch_size
     session_expiry_s: int = Field(0, ge=0, description=(
         "MQTT 5 session expiry: 0 = the broker forgets this worker's subscription when it disconnects; more "
@@ -349,7 +342,7 @@ class WorkerConfig(StrictModel):
     announce_interval_s: float = Field(10.0, gt=0, description=(
         "seconds between announcements (retained {prefix}/workers/{id}, with queue and rates)"))
     mqtt: MqttConnectionConfig = Field(default_factory=MqttConnectionConfig, description="MQTT broker (MQTT 5)")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level (stderr)")
+    log_level: Literal[LOG_LEVELS] = Field("info", description="log level (stderr)")
 
     @field_validator("mqtt")
     @classmethod
@@ -365,182 +358,3 @@ class WorkerConfig(StrictModel):
     def bundle_paths(self) -> list[Path]:
         """The bundle folders, each resolved like model.bundle (current directory, then install folder)."""
         return [ModelConfig(bundle=b).bundle_path() for b in self.bundles]
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One error in a config file: dotted key path, 1-based line (0 = unknown) and message."""
-
-    path: str
-    line: int
-    message: str
-
-    def format(self, filename: str) -> str:
-        """``file:line: key.path: message``."""
-        where = f"{filename}:{self.line}" if self.line else filename
-        return f"{where}: {self.path or '(top level)'}: {self.message}"
-
-
-class ConfigError(Exception):
-    """A config file cannot be used; ``problems`` lists every error found."""
-
-    def __init__(self, filename: str, problems: list[ConfigProblem]):
-        self.filename = filename
-        self.problems = sorted(problems, key=lambda p: (p.line == 0, p.line))  # in file order, unknown lines last
-        super().__init__("\n".join(p.format(filename) for p in problems))
-
-
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def substitute_env(value: str, environ: dict[str, str]) -> str:
-    """Replace ``${VAR}`` and ``${VAR:-default}``; raise KeyError(VAR) for an unset VAR without default."""
-    def replace(match: re.Match) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        raise KeyError(name)
-    return ENV_REFERENCE.sub(replace, value)
-
-
-def _line_index(node: yaml.Node, path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
-    """Map each key path of a composed YAML tree to the 1-based line of its key (or item)."""
-    index = {} if index is None else index
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key_path = path + (key_node.value,)
-            index[key_path] = key_node.start_mark.line + 1
-            _line_index(value_node, key_path, index)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            index[path + (i,)] = item.start_mark.line + 1
-            _line_index(item, path + (i,), index)
-    return index
-
-
-def _line_of(path: tuple, lines: dict[tuple, int]) -> int:
-    """Line of a key path, or of its nearest parent that the file has (missing keys)."""
-    for end in range(len(path), 0, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return 0
-
-
-def _substitute_tree(data: Any, path: tuple, environ: dict, lines: dict, problems: list) -> Any:
-    """Apply ``${VAR}`` substitution to every string of the loaded YAML data."""
-    if isinstance(data, dict):
-        return {k: _substitute_tree(v, path + (k,), environ, lines, problems) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_substitute_tree(v, path + (i,), environ, lines, problems) for i, v in enumerate(data)]
-    if isinstance(data, str):
-        try:
-            return substitute_env(data, environ)
-        except KeyError as exc:
-            problems.append(ConfigProblem(_dotted(path), _line_of(path, lines),
-                                          f"environment variable {exc.args[0]} is not set (write ${{{exc.args[0]}:-default}} for a default)"))
-    return data
-
-
-def _dotted(path: tuple) -> str:
-    """``('camera', 'source', 'fps')`` -> ``camera.source.fps`` (list items as ``[i]``)."""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _data_path(loc: tuple, data: Any) -> tuple:
-    """A pydantic error location as a path in the data: drops union tags such as ``'scenes'``."""
-    path, node = [], data
-    for part in loc:
-        if isinstance(node, dict) and part not in node and node.get("type") == part:
-            continue  # the discriminated union names the variant; the YAML has no such key
-        path.append(part)
-        node = node.get(part) if isinstance(node, dict) else (
-            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
-    return tuple(path)
-
-
-def _message(error: dict) -> str:
-    """A pydantic error as one readable sentence with the offending value."""
-    kind, msg = error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        return "unknown key (not part of the config schema; check its spelling and indentation)"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "union_tag_not_found":
-        return "needs a `type:` key (opencv, images, picamera2 or scenes)"
-    msg = msg.removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], (dict, list)) and not kind.startswith("union_tag"):
-        msg += f" (got {error['input']!r})"
-    return msg
-
-
-def parse_config(text: str, filename: str = "<config>", environ: dict[str, str] | None = None,
-                 model: type[StrictModel] = AppConfig) -> AppConfig:
-    """Validate YAML text as an AppConfig (or another ``model``); raise ConfigError listing every problem."""
-    environ = dict(os.environ) if environ is None else environ
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(filename, [ConfigProblem("", mark.line + 1 if mark else 0, f"not valid YAML: {problem}")]) from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(filename, [ConfigProblem("", 1, "the file must be a mapping of sections (model:, camera:, ...)")])
-    lines = _line_index(node) if node is not None else {}
-    problems: list[ConfigProblem] = []
-    data = _substitute_tree(data, (), environ, lines, problems)
-    if problems:
-        raise ConfigError(filename, problems)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors():
-            path = _data_path(error["loc"], data)
-            if error["type"] == "union_tag_invalid":
-                path += ("type",)  # point at the line that names the unknown kind
-            problems.append(ConfigProblem(_dotted(path), _line_of(path, lines), _message(error)))
-        raise ConfigError(filename, problems) from None
-
-
-def load_config(path: str | os.PathLike, model: type[StrictModel] = AppConfig) -> AppConfig:
-    """Read and validate a config file as ``model``; raise ConfigError (also for a missing file)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", 0, f"cannot read the file: {exc.strerror}")]) from None
-    return parse_config(text, str(path), model=model)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``explaincam check-config``."""
-    parser.add_argument("-c", "--config", default=CONFIG_FILE, help=f"config file to check (default: {CONFIG_FILE})")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Print each problem as ``file:line: key.path: message`` in file order, then check that the model
-    bundle is there and whole (hashes); exit 1 if anything is wrong."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem.format(exc.filename), file=sys.stderr)
-        print(f"{exc.filename}: {len(exc.problems)} error(s)", file=sys.stderr)
-        return 1
-    try:
-        load_bundle(cfg.model.bundle_path())
-    except BundleError as exc:
-        line = _line_of(("model", "bundle"), _line_index(yaml.compose(Path(args.config).read_text(),
-                                                                      Loader=yaml.SafeLoader)))
-        print(ConfigProblem("model.bundle", line, str(exc)).format(args.config), file=sys.stderr)
-        return 1
-    print(f"{args.config}: OK (camera {cfg.camera.name!r}, source {cfg.camera.source.type}, "
-          f"broker {cfg.mqtt.host}:{cfg.mqtt.port}, bundle {cfg.model.bundle})")
-    return 0

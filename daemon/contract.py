@@ -62,7 +62,6 @@ Home Assistant discovery (``daemon.discovery``) uses :func:`discovery_config_top
 
 from __future__ import annotations
 
-import base64
 import datetime
 import json
 import re
@@ -71,7 +70,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from daemon.explain.heatmap import decode_png, encode_png
+from daemon.imaging import encode_png, from_base64, png_base64, png_from_base64, to_base64
 
 ONLINE, OFFLINE = "online", "offline"
 PLACEHOLDER_TEXT = "no explanation yet"
@@ -226,10 +225,7 @@ def placeholder_png(width: int = 448, height: int = 224) -> bytes:
     (text_w, text_h), _ = cv2.getTextSize(PLACEHOLDER_TEXT, font, scale, thickness)
     origin = ((width - text_w) // 2, (height + text_h) // 2)
     cv2.putText(image, PLACEHOLDER_TEXT, origin, font, scale, (220, 220, 220), thickness, cv2.LINE_AA)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
+    return encode_png(image)
 
 
 # --- a fleet's payloads (daemon.fleet) ---------------------------------------------------------
@@ -266,7 +262,7 @@ class JobMessage:
             "format": JOB_FORMAT, "job_id": self.job_id, "camera": self.camera, "request_id": self.request_id,
             "frame_id": self.frame_id, "caption": self.caption, "tokens": self.tokens, "words": self.indices,
             "methods": self.methods, "options": self.options, "bundle": {"name": self.bundle_name, "sha256": self.bundle_sha256},
-            "attempt": self.attempt, "frame_png": base64.b64encode(encode_png(self.image)).decode("ascii"),
+            "attempt": self.attempt, "frame_png": png_base64(self.image),
         }).encode()
 
     @classmethod
@@ -282,7 +278,7 @@ class JobMessage:
             raise MessageError(f"job format {data.get('format')!r} is not supported (expected {JOB_FORMAT})")
         try:
             bundle = data["bundle"]
-            image = decode_png(base64.b64decode(data["frame_png"], validate=True))
+            image = png_from_base64(data["frame_png"])
             job = cls(job_id=str(data["job_id"]), camera=str(data["camera"]), request_id=data.get("request_id"),
                       frame_id=int(data["frame_id"]), caption=str(data["caption"]),
                       tokens=[int(t) for t in data["tokens"]], indices=[int(i) for i in data["words"]],
@@ -320,7 +316,7 @@ def job_id_of(payload: bytes) -> str | None:
 
 def encode_result(job_id: str, attempt: int, worker: str, response: dict, grid_png: bytes | None) -> bytes:
     """A worker's result payload."""
-    grid = base64.b64encode(grid_png).decode("ascii") if grid_png is not None else None
+    grid = to_base64(grid_png) if grid_png is not None else None
     return json.dumps({"job_id": job_id, "attempt": attempt, "worker": worker, "response": response,
                        "grid_png": grid}).encode()
 
@@ -359,7 +355,7 @@ class ResultMessage:
             data = json.loads(payload)
             grid = data.get("grid_png")
             result = cls(str(data["job_id"]), int(data.get("attempt", 1)), str(data.get("worker")), data["response"],
-                         base64.b64decode(grid, validate=True) if grid is not None else None)
+                         from_base64(grid) if grid is not None else None)
         except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
             raise MessageError(f"unreadable result: {type(exc).__name__}: {exc}") from None
         if not isinstance(result.response, dict) or "status" not in result.response:

@@ -20,7 +20,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from daemon.broker import LocalBroker, broker_answers, find_mosquitto, free_port, install_mosquitto
 from daemon.captioner import DEFAULT_BUNDLE
-from daemon.config import AppConfig, load_config
+from daemon.config import AppConfig
+from daemon.config_file import load_config
 from daemon.contract import CameraTopics
 
 DEMO_SNAPSHOT_DIR = Path("build/snapshot")

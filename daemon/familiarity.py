@@ -10,9 +10,8 @@ The descriptor is the int8 encoder's (dequantized) features beside cheap image
 statistics of the frame (histograms of saturation, brightness, gradient magnitude at two
 scales and the Laplacian, the share of strongly coloured pixels and the noise level).
 The encoder's features alone do not separate: an encoder trained on generated shapes
-maps real photos into the middle of its shape codes (on the shipped model, whitened and
-nearest-neighbour distances on them flag at most 29 % of real photos at a 1 % false-alarm
-rate); the image statistics do.
+maps real photos into the middle of its shape codes (whitened and nearest-neighbour
+distances on them flag few real photos; README has the figures); the image statistics do.
 
 Distances are measured after PCA whitening of the standardised descriptor, with a
 variance floor so that directions the calibration frames never varied in do not turn

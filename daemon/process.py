@@ -1,10 +1,11 @@
-"""What every long-running explaincam process sets up first: its log output and its stop signals.
-
-Used by ``explaincam run`` (daemon/app.py) and ``explaincam worker`` (daemon/fleet/worker.py).
+"""What every explaincam process shares: its version, its exit code for a bad config, and (the
+long-running ones, ``explaincam run`` in daemon/app.py and ``explaincam worker`` in
+daemon/fleet/worker.py) how they set up their log output and their stop signals.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import signal
@@ -13,6 +14,16 @@ import threading
 from typing import Callable
 
 log = logging.getLogger("explaincam")
+
+EXIT_CONFIG = 2  # bad config, model or MQTT settings: restarting will not help (the unit's RestartPreventExitStatus)
+
+
+def package_version() -> str:
+    """explaincam's installed version (pyproject.toml's), or "unknown" when run from a tree that is not installed."""
+    try:
+        return importlib.metadata.version("explaincam")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def setup_logging(level: str) -> None:

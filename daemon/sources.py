@@ -14,17 +14,16 @@ import logging
 import sys
 import threading
 import time
-import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from daemon.config import (ImagesSourceConfig, OpenCVSourceConfig, Picamera2SourceConfig, ScenesSourceConfig,
                            SourceConfigBase)
+from daemon.imaging import read_image, to_rgb
 from daemon.scenes import scene_at
 
 log = logging.getLogger(__name__)
@@ -42,15 +41,6 @@ class SourceError(Exception):
 
 class EndOfStream(Exception):
     """A finite source (video file or folder without ``loop``) has no more frames."""
-
-
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 from an OpenCV BGR, BGRA or grey image."""
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class FrameSource(ABC):
@@ -205,32 +195,6 @@ class ImageFolderSource(FrameSource):
 
     def close(self) -> None:
         self._files = []
-
-
-REDUCED_JPEG_READS = ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                      (8, cv2.IMREAD_REDUCED_COLOR_8))
-
-
-def read_image(path: Path, max_pixels: int) -> tuple[np.ndarray | None, str]:
-    """An image file as OpenCV BGR(A)/grey, at most ``max_pixels`` large; ``(None, why)`` when it
-    cannot be read. The size comes from the header (Pillow reads no pixels for it); a JPEG
-    over the limit is decoded at 1/2, 1/4 or 1/8 size (cheap: the decoder skips detail)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as header:
-                width, height, kind = header.width, header.height, header.format
-    except (OSError, Image.DecompressionBombError, ValueError):
-        return None, "missing or not a readable image"
-    flag = cv2.IMREAD_COLOR
-    if width * height > max_pixels:
-        fits = [flag for factor, flag in REDUCED_JPEG_READS if width * height <= max_pixels * factor * factor]
-        if kind != "JPEG" or not fits:
-            return None, (f"{width}x{height} is larger than camera.source.max_pixels ({max_pixels} pixels)"
-                          + ("" if kind == "JPEG" else "; only JPEG files are read at a reduced size"))
-        flag = fits[0]
-    image = cv2.imread(str(path), flag)
-    return (image, "") if image is not None else (None, "missing or not a readable image")
 
 
 class Picamera2Source(FrameSource):

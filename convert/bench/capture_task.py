@@ -102,7 +102,7 @@ def explaining(daemon: Daemon, caption_for: Callable, seconds: float) -> dict:
         if feeder.ok_count() == 0:
             return {"error": f"the explainer gave no explanation within {EXPLAINER_START_TIMEOUT_S:.0f} s: "
                              f"{feeder.answers[0] if feeder.answers else 'no answer'}"}
-        pid = service.worker_pid
+        pid = service.local.explainer_pid
         cpu_before, ok_before = cpu_seconds(pid) if pid else None, feeder.ok_count()
         done, elapsed = caption_for(seconds)
         if feeder.ok_count() == ok_before:  # the window must hold at least one whole explanation

@@ -9,7 +9,7 @@ from convert.bench.measure import bench_frames, read_proc_status
 from daemon.bundle import load_bundle
 from daemon.config import ExplainConfig
 from daemon.explain.explainer import Explainer
-from daemon.explain.registry import METHODS
+from daemon.explain_settings import METHODS
 
 
 def explain_task(params: dict) -> dict:

@@ -11,7 +11,8 @@ it weights:
   (the image, noisy copies, points on a path), combined into one map per word.
 
 ACE (``daemon.explain.ace``) is a method of its own kind: a block of concepts and a row of
-the explanation picture instead of a heatmap per word.
+the explanation picture instead of a heatmap per word, and a resource of its own (the
+bundle's concept bank) that ``Method.load`` brings once per explainer.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from daemon.explain import heatmap
-from daemon.explain.registry import ExplainOptions
 from daemon.explain.targets import weight_rows, word_targets
+from daemon.explain_settings import ExplainOptions
 
 
 @dataclass
@@ -57,6 +58,11 @@ class Method:
     """An explanation method: ``run`` answers its part of an explanation of a subject."""
 
     name = ""
+
+    def load(self, explainer):
+        """What this method needs beside the explainer's backend, loaded once per explainer
+        (``Explainer.resources``); None by default (ACE: its concept bank)."""
+        return None
 
     def run(self, explainer, subject: Subject) -> MethodResult:
         """This method's result for the subject, with the explainer's backend, options and bundle."""

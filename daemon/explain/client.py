@@ -24,10 +24,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import CONFIG_FILE, AppConfig, ConfigError, load_config
+from daemon.config import CONFIG_FILE, AppConfig
+from daemon.config_file import ConfigError, load_config
 from daemon.contract import CameraTopics, explain_request
-from daemon.explain.registry import METHODS
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
+from daemon.explain_settings import METHODS
 
 IMAGE_GRACE_S = 2.0  # how long to wait for the grid picture after the response
 

@@ -1,6 +1,6 @@
 """The answer pipeline: a bundle's float model behind a backend, explaining captions word by word.
 
-One pipeline serves the explainer process (``daemon.explain.worker``), ``explaincam explain``
+One pipeline serves the explainer process (``daemon.explain.process``), fleet workers, ``explaincam explain``
 and ``explaincam evaluate``: ``Explainer.explain`` runs the requested methods (each a
 registered ``Method``, ACE included) over the backend, and ``answer`` turns that into the
 MQTT response and the explanation picture, each heatmap and the picture encoded once. It
@@ -18,16 +18,17 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.bundle import Bundle, BundleError, load_bundle
+from daemon.bundle import Bundle, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
-from daemon.explain import heatmap
-from daemon.explain.ace import ConceptBank, ConceptExplainer
-from daemon.explain.backends import DEFAULT_THREADS, load_backend
+from daemon.explain import heatmap, picture
+from daemon.explain.backends import load_backend
 from daemon.explain.base import MethodResult, Subject
-from daemon.explain.registry import ExplainOptions, load_method
+from daemon.explain.registry import load_method
 from daemon.explain.requests import response
 from daemon.explain.targets import log_softmax, teacher_tokens, word_logprobs
+from daemon.explain_settings import DEFAULT_THREADS, ExplainOptions
+from daemon.imaging import encode_png
 from daemon.vocab import Vocabulary
 
 
@@ -60,7 +61,7 @@ class Explanation:
                 if result.maps is None:
                     continue
                 peak = result.peaks[k]
-                record[name] = {"heatmap": heatmap.png_base64(result.maps[k]),
+                record[name] = {"heatmap": heatmap.heatmap_png_base64(result.maps[k]),
                                 "peak": None if peak is None else list(peak),
                                 **(result.word_fields[k] if result.word_fields else {})}
             records.append(record)
@@ -76,7 +77,7 @@ class Explanation:
         maps, peaks = self.maps, self.peaks
         rows = [(f"#{index} {word}", [(m, maps[m][k], peaks[m][k]) for m in maps])
                 for k, (index, word) in enumerate(zip(self.indices, self.words))]
-        parts = [heatmap.grid(self.image, rows)]
+        parts = [picture.grid(self.image, rows)]
         parts += [r.picture_row for r in self.results.values() if r.picture_row is not None]
         width = max(p.shape[1] for p in parts)
         return np.vstack([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts])
@@ -98,7 +99,7 @@ class Explainer:
         self.backend = backend
         self.layer = backend.gradcam_layer
         self.size = self.bundle.input_size
-        self._concepts = None
+        self._resources: dict[str, object] = {}
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An RGB frame at the model's input size, as float32 0..255."""
@@ -137,14 +138,12 @@ class Explainer:
         teacher = teacher_tokens(self.vocab.start, tokens)
         return word_logprobs(self.backend.logits(np.asarray(images, np.float32), teacher), teacher)
 
-    def concepts(self):
-        """The ACE engine with the bundle's concept bank, loaded on first use (BundleError without a bank)."""
-        if self._concepts is None:
-            if not self.bundle.has("concepts"):
-                raise BundleError(f"{self.bundle.path}: the bundle has no concept bank (concepts.npz); "
-                                  "build one with `explaincam concepts`")
-            self._concepts = ConceptExplainer(self, ConceptBank.load(self.bundle.file("concepts")))
-        return self._concepts
+    def resources(self, method: str):
+        """What method ``method`` loads beside the backend (its ``Method.load``: ACE's concept bank),
+        loaded on first use and kept for this explainer."""
+        if method not in self._resources:
+            self._resources[method] = load_method(method).load(self)
+        return self._resources[method]
 
     def explain(self, image: np.ndarray, tokens: list[int], indices: list[int] | None = None,
                 methods: list[str] | tuple[str, ...] = ("gradcam",)) -> Explanation:
@@ -181,6 +180,6 @@ def answer(explainer: Explainer, image: np.ndarray, tokens: list[int], indices: 
                        float_caption=explainer.vocab.decode(float_tokens), words=explanation.word_records(),
                        timings_ms={**timings, **explanation.timings_ms})
     payload.update(explanation.blocks())
-    picture = heatmap.encode_png(explanation.picture())
+    picture = encode_png(explanation.picture())
     payload["timings_ms"]["render_ms"] = round((time.perf_counter() - render_started) * 1e3, 1)
     return payload, picture

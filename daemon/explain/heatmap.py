@@ -1,20 +1,17 @@
-"""Heatmap maths and drawing, pure numpy + OpenCV (no TensorFlow).
+"""Heatmap maths, pure numpy + OpenCV (no TensorFlow), and a map's grey PNG in base64.
 
 A method's raw map (any resolution, any sign convention already applied) becomes a 0..1
 map at image size; its peak is the argmax after a light Gaussian smoothing, so a single
-noisy gradient pixel does not decide where the explanation points. The grid drawn here is
-the picture of one explanation: per word, the frame and one overlay per method.
+noisy gradient pixel does not decide where the explanation points. The picture drawn of
+the maps is ``daemon.explain.picture``'s.
 """
 
 from __future__ import annotations
 
-import base64
-
 import cv2
 import numpy as np
 
-TILE = 192  # side of one grid panel in pixels
-_LABEL_HEIGHT = 22
+from daemon.imaging import png_base64, png_from_base64
 
 
 def normalise(raw: np.ndarray) -> np.ndarray:
@@ -58,82 +55,11 @@ def to_uint8(heatmap: np.ndarray) -> np.ndarray:
     return np.round(np.clip(heatmap, 0, 1) * 255).astype(np.uint8)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """PNG bytes of a grey (H, W) or RGB (H, W, 3) uint8 image."""
-    if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """Grey or RGB uint8 image of PNG bytes; raise ValueError if they are not an image."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("not a decodable PNG")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
-
-
-def png_base64(heatmap: np.ndarray) -> str:
+def heatmap_png_base64(heatmap: np.ndarray) -> str:
     """Base64 text of the 8-bit grey PNG of a 0..1 map (what the MQTT response carries)."""
-    return base64.b64encode(encode_png(to_uint8(heatmap))).decode("ascii")
+    return png_base64(to_uint8(heatmap))
 
 
 def heatmap_from_base64(text: str) -> np.ndarray:
     """The 0..1 map of a response's base64 PNG heatmap."""
-    return decode_png(base64.b64decode(text, validate=True)).astype(np.float32) / 255.0
-
-
-def colourise(heatmap: np.ndarray) -> np.ndarray:
-    """RGB uint8 rendering of a 0..1 map with the JET colour map."""
-    return cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5,
-            peak_xy: tuple[int, int] | None = None) -> np.ndarray:
-    """The map's colours blended over an RGB uint8 image (map resized to it), peak marked."""
-    h, w = image.shape[:2]
-    colours = colourise(upsample(heatmap, (h, w)))
-    out = cv2.addWeighted(image, 1 - alpha, colours, alpha, 0)
-    if peak_xy is not None:
-        cv2.drawMarker(out, tuple(int(v) for v in peak_xy), (255, 255, 255), cv2.MARKER_CROSS, max(8, w // 16), 2)
-    return out
-
-
-def labelled(panel: np.ndarray, label: str, tile: int) -> np.ndarray:
-    """A panel resized to ``tile`` with a text strip above it."""
-    panel = cv2.resize(panel, (tile, tile), interpolation=cv2.INTER_AREA)
-    strip = np.full((_LABEL_HEIGHT, tile, 3), 32, np.uint8)
-    cv2.putText(strip, label[:28], (4, _LABEL_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (255, 255, 255), 1, cv2.LINE_AA)
-    return np.vstack([strip, panel])
-
-
-def grid(image: np.ndarray | None, rows: list[tuple[str, list[tuple[str, np.ndarray, tuple[int, int] | None]]]],
-         tile: int = TILE) -> np.ndarray:
-    """The explanation picture: one row per word, the frame then one overlay per method.
-
-    ``rows`` is ``[(word label, [(method, 0..1 map, peak or None), ...]), ...]``. Without
-    an image (a client that only has the heatmaps) the maps are drawn in colour alone.
-    """
-    if not rows:
-        rows = [("(no words)", [])]
-    columns = max(len(panels) for _, panels in rows) + 1
-    blank = np.zeros((tile + _LABEL_HEIGHT, tile, 3), np.uint8)
-    lines = []
-    for word, panels in rows:
-        if image is not None:
-            cells = [labelled(image, word, tile)]
-        else:
-            cells = [labelled(np.zeros((tile, tile, 3), np.uint8), word, tile)]
-        for method, heatmap, peak_xy in panels:
-            if image is not None:
-                drawn = overlay(image, heatmap, peak_xy=peak_xy)
-            else:
-                drawn = colourise(heatmap)
-            cells.append(labelled(drawn, f"{word.split(' ', 1)[-1]} / {method}", tile))
-        cells += [blank] * (columns - len(cells))
-        lines.append(np.hstack(cells))
-    return np.vstack(lines)
+    return png_from_base64(text).astype(np.float32) / 255.0

@@ -6,8 +6,8 @@ path x' -> x (a midpoint Riemann sum); the map is |sum over colour channels|.
 Each word's answer reports how well the sum meets the method's completeness axiom: the
 attributions should add up to the score change along the path,
 ``completeness_error = |sum(attributions) - (score(x) - score(x'))| / |score(x) - score(x')|``
-(null when the score does not change). The default steps keep its median under 5% on
-held-out scenes (see ``ExplainOptions.ig_steps``).
+(null when the score does not change). The README gives its median at the default
+``ExplainOptions.ig_steps`` and beside it.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ import json
 import sys
 
 from daemon.bundle import BundleError
-from daemon.captioner import DEFAULT_BUNDLE, Captioner, read_rgb
+from daemon.captioner import DEFAULT_BUNDLE, Captioner
 from daemon.encoder import EncoderError
-from daemon.explain.backends import BACKEND_CHOICES, BackendError
+from daemon.explain.backends import BackendError
 from daemon.explain.explainer import Explainer, answer
-from daemon.explain.registry import DEFAULT_METHODS, METHODS, ExplainOptions
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
+from daemon.explain_settings import BACKEND_CHOICES, DEFAULT_METHODS, METHODS, ExplainOptions
+from daemon.imaging import read_rgb
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,28 +1,15 @@
-"""The explanation methods a request may name, and the module that implements each.
+"""The explanation methods by name: ``load_method`` imports the module that implements one.
 
-A method module defines ``METHOD``, an object with ``name`` and ``run(explainer, subject)``
-(see ``daemon.explain.base``). Adding a method is one module plus one line here.
+A method module defines ``METHOD``, an object with ``name``, ``load(explainer)`` and
+``run(explainer, subject)`` (see ``daemon.explain.base``). The names and their modules are
+``daemon.explain_settings.METHODS``: adding a method is one module plus one line there.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 
-METHODS: dict[str, str] = {
-    "gradcam": "daemon.explain.gradcam",
-    "gradcampp": "daemon.explain.gradcampp",
-    "saliency": "daemon.explain.saliency",
-    "smoothgrad": "daemon.explain.smoothgrad",
-    "integrated_gradients": "daemon.explain.integrated_gradients",
-    "ace": "daemon.explain.ace",
-}
-
-# The methods that draw a heatmap per word (what the faithfulness metrics of ``explaincam
-# evaluate`` score); ACE answers concepts, and evaluate scores it by its removal test.
-MAP_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "saliency", "smoothgrad", "integrated_gradients")
-
-DEFAULT_METHODS = ["gradcam", "saliency"]  # what a request that names no method gets (explain.default_methods)
+from daemon.explain_settings import METHODS
 
 
 def load_method(name: str):
@@ -30,18 +17,3 @@ def load_method(name: str):
     if name not in METHODS:
         raise KeyError(f"unknown explanation method {name!r}")
     return importlib.import_module(METHODS[name]).METHOD
-
-
-@dataclass(frozen=True)
-class ExplainOptions:
-    """How hard the methods work: batch size and the sample counts of the sampling methods.
-
-    These defaults are the config's too (``explain.batch_size``, ``smoothgrad_samples``, ``ig_steps``).
-    """
-
-    batch_size: int = 16  # images per forward/backward pass
-    smoothgrad_samples: int = 16  # noisy copies per word (Smilkov et al. suggest 10-50)
-    smoothgrad_noise: float = 0.15  # noise sigma as a share of the 0..255 input range
-    ig_steps: int = 64  # points on the path from the black baseline: median completeness error 3.4% on
-    # held-out scenes (8.5% at 32, 1.8% at 128; see daemon.explain.integrated_gradients)
-    seed: int = 0  # noise of SmoothGrad, so repeated requests give the same map

@@ -12,7 +12,6 @@ even from one that is not valid JSON or too large.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from daemon.explain import heatmap
-from daemon.explain.registry import METHODS
+from daemon.explain import heatmap, picture
+from daemon.explain_settings import METHODS
+from daemon.imaging import encode_png, from_base64
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
                "frame_not_cached", "busy", "internal", "shutting_down",
@@ -197,13 +197,13 @@ def save_explanation(out: str | Path, payload: dict, grid_png: bytes | None) -> 
             if not (isinstance(value, dict) and "heatmap" in value):
                 continue
             path = out / f"{record['index']:02d}_{re.sub(r'[^A-Za-z0-9]+', '_', record['word'])}_{method}.png"
-            path.write_bytes(base64.b64decode(value["heatmap"]))
+            path.write_bytes(from_base64(value["heatmap"]))
             written.append(path)
             peak = tuple(value["peak"]) if value.get("peak") else None
             panels.append((method, heatmap.heatmap_from_base64(value["heatmap"]), peak))
         rows.append((f"#{record['index']} {record['word']}", panels))
     if grid_png is None:
-        grid_png = heatmap.encode_png(heatmap.grid(None, rows))
+        grid_png = encode_png(picture.grid(None, rows))
     (out / "grid.png").write_bytes(grid_png)
     written.append(out / "grid.png")
     return written

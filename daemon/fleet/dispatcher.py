@@ -153,7 +153,7 @@ class RemoteDispatcher:
         return self.config.mode == "remote" or bool(self.registry.available(self.bundle_sha256))
 
     def submit(self, job, reply) -> ErrorResponse | None:
-        """Publish an accepted job (a daemon.explain.worker.Job); an ErrorResponse (busy) when too many wait."""
+        """Publish an accepted job (a daemon.explain.job.Job); an ErrorResponse (busy) when too many wait."""
         message = JobMessage(job_id=uuid.uuid4().hex, camera=self.camera, request_id=job.request_id,
                              frame_id=job.frame_id, caption=job.caption, tokens=list(job.tokens),
                              indices=list(job.indices), methods=list(job.methods), bundle_name=self.bundle_name,

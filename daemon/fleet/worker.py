@@ -35,29 +35,29 @@ import numpy as np
 
 from daemon import contract
 from daemon.bundle import BundleError, load_bundle
-from daemon.config import ConfigError, WorkerConfig, load_config
+from daemon.config import LOG_LEVELS, WorkerConfig
+from daemon.config_file import ConfigError, load_config
 from daemon.contract import JobMessage, MessageError, PrefixTopics
 from daemon.explain.backends import BackendError
 from daemon.explain.explainer import Explainer
-from daemon.explain.registry import ExplainOptions
+from daemon.explain.job import Job, answer_job
 from daemon.explain.requests import ErrorResponse
-from daemon.explain.worker import Job, answer
+from daemon.explain_settings import ExplainOptions
 from daemon.fleet.dispatcher import bundle_identity
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
-from daemon.process import install_signal_handlers, setup_logging
+from daemon.process import EXIT_CONFIG, install_signal_handlers, setup_logging
 from daemon.stats import percentiles
 
 log = logging.getLogger("explaincam.worker")
 
-EXIT_CONFIG = 2  # bad config, bundle or MQTT settings: restarting will not help
 RATE_WINDOW_S = 60.0  # jobs_per_min counts the jobs finished in this window
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam worker``."""
     parser.add_argument("-c", "--config", default="worker.yaml", help="worker config file (default: worker.yaml)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+    parser.add_argument("--log-level", choices=LOG_LEVELS,
                         help="override the config's log_level")
 
 
@@ -173,7 +173,7 @@ class FleetWorker:
         image = np.full((explainer.size, explainer.size, 3), 128, np.uint8)
         tokens = explainer.float_caption(image)[:1]
         if tokens:
-            answer(explainer, Job(0, None, 0, image, "", tokens, [0], ["gradcam"]))
+            answer_job(explainer, Job(0, None, 0, image, "", tokens, [0], ["gradcam"]))
 
     # --- announcements -----------------------------------------------------------------
 
@@ -285,7 +285,7 @@ class FleetWorker:
             explainer.options = ExplainOptions(batch_size=self.cfg.batch_size,
                                                smoothgrad_samples=job.options["smoothgrad_samples"],
                                                ig_steps=job.options["ig_steps"])
-            payload, grid = answer(explainer, Job(0, job.request_id, job.frame_id, job.image, job.caption,
+            payload, grid = answer_job(explainer, Job(0, job.request_id, job.frame_id, job.image, job.caption,
                                                   job.tokens, job.indices, job.methods))
         except Exception as exc:  # answered as `internal`; the worker goes on
             log.exception("job %s failed", job.job_id)

@@ -16,7 +16,7 @@ from convert.bench.run import BACKENDS
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain.backends import explainer_graph
-from daemon.explain.registry import METHODS
+from daemon.explain_settings import METHODS
 
 THREADS = ("1", "2")
 

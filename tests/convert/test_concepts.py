@@ -12,8 +12,8 @@ from convert.scenes import write_scenes
 from daemon.bundle import load_bundle, sha256_file
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.cli import main as cli
-from daemon.explain.ace import BACKGROUND, ConceptBank
-from daemon.explain.heatmap import decode_png
+from daemon.explain.concept_bank import BACKGROUND, ConceptBank
+from daemon.imaging import decode_png
 from daemon.scenes import scene_at
 
 SMALL = ["--clusters", "6", "--members", "8", "--min-images", "2", "--random-sets", "3", "--quiet"]

@@ -18,7 +18,7 @@ from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
 from daemon.scenes import scene_at
-from daemon.snapshot import SnapshotWriter
+from daemon.snapshot import SnapshotFolder
 from daemon.sources import Frame, FrameGrabber, make_source
 from tests.conftest import SHIPPED_BUNDLE
 
@@ -50,7 +50,7 @@ def make_loop(captioner, tmp_path, grabber=None, **caption_settings):
                                     "snapshot": {"dir": str(tmp_path), "min_interval_s": 0}})
     grabber = grabber or FrameGrabber(make_source(cfg.camera.source))
     publisher = RecordingPublisher(cfg)
-    snapshot = SnapshotWriter(tmp_path, "cam", 0)
+    snapshot = SnapshotFolder(tmp_path, "cam", 0)
     return CaptionLoop(cfg, captioner, grabber, FrameCache(4), publisher, TOPICS, SystemdNotifier(None), snapshot)
 
 

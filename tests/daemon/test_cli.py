@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from daemon.explain import client
-from daemon.config import ConfigError
+from daemon.config_file import ConfigError
 from tests.conftest import REPO
 
 

@@ -12,7 +12,8 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from daemon.config import AppConfig, ConfigError, ModelConfig, OpenCVSourceConfig, load_config, parse_config
+from daemon.config import AppConfig, ModelConfig, OpenCVSourceConfig
+from daemon.config_file import ConfigError, load_config, parse_config
 from tests.conftest import REPO
 
 

@@ -7,7 +7,8 @@ import json
 import cv2
 import numpy as np
 
-from daemon.snapshot import SnapshotWriter, draw_caption, encode_jpeg
+from daemon.imaging import encode_jpeg
+from daemon.snapshot import SnapshotFolder, draw_caption
 
 
 def test_draw_caption_scales_the_frame_and_adds_a_band():
@@ -18,7 +19,7 @@ def test_draw_caption_scales_the_frame_and_adds_a_band():
 
 
 def test_writer_writes_decodable_image_json_and_html(tmp_path):
-    writer = SnapshotWriter(tmp_path / "snap", "front", min_interval_s=0)
+    writer = SnapshotFolder(tmp_path / "snap", "front", min_interval_s=0)
     rgb = np.zeros((120, 160, 3), np.uint8)
     rgb[..., 0] = 200  # red
     message = {"frame_id": 7, "ts": 1700000000.0, "caption": "a red <square>", "model": "m",
@@ -35,7 +36,7 @@ def test_writer_writes_decodable_image_json_and_html(tmp_path):
 
 
 def test_the_page_is_written_once_and_escapes_the_camera_name(tmp_path):
-    writer = SnapshotWriter(tmp_path, "<cam>", min_interval_s=0)
+    writer = SnapshotFolder(tmp_path, "<cam>", min_interval_s=0)
     writer.write(b"jpeg", {"frame_id": 1, "caption": "x"})
     assert "<h1>&lt;cam&gt;</h1>" in (tmp_path / "index.html").read_text()
     (tmp_path / "index.html").write_text("edited")
@@ -45,7 +46,7 @@ def test_the_page_is_written_once_and_escapes_the_camera_name(tmp_path):
 
 def test_writer_respects_the_minimum_interval(tmp_path):
     now = [100.0]
-    writer = SnapshotWriter(tmp_path, "cam", min_interval_s=2.0, clock=lambda: now[0])
+    writer = SnapshotFolder(tmp_path, "cam", min_interval_s=2.0, clock=lambda: now[0])
     assert writer.due()
     writer.write(b"jpeg", {"frame_id": 1, "caption": "x"})
     now[0] += 1.0
@@ -59,6 +60,6 @@ def test_temporaries_of_a_write_cut_short_are_removed_when_the_writer_starts(tmp
     (tmp_path / ".latest.json.k3j2x.tmp").write_text('{"capt')  # what a power cut mid-write leaves
     (tmp_path / ".explanation.png.a1b2.tmp").write_bytes(b"\x89PN")
     (tmp_path / "notes.tmp").write_text("a user's file, not one of ours")
-    SnapshotWriter(tmp_path, "cam")
+    SnapshotFolder(tmp_path, "cam")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "notes.tmp"]
     assert json.loads((tmp_path / "latest.json").read_text()) == {"caption": "kept"}

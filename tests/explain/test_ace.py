@@ -8,8 +8,8 @@ import pytest
 from convert.concepts import bottleneck_layer
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
-from daemon.explain import ace
-from daemon.explain.heatmap import decode_png
+from daemon.explain import ace, concept_bank, picture, segments
+from daemon.imaging import decode_png, png_base64
 from daemon.scenes import COLOURS, PLURALS, SHAPES, scene_at
 
 HELD_OUT_SEED = 6161  # not the bank's discovery stream (5050) nor training (1)
@@ -26,15 +26,15 @@ def square_scene() -> tuple[np.ndarray, np.ndarray]:
 
 def test_segments_are_multi_resolution_without_duplicates_or_specks():
     image, square = square_scene()
-    masks = ace.segment(image)
+    masks = segments.segment(image)
     assert masks.dtype == bool and masks.shape[1:] == (224, 224)
-    assert (masks.reshape(len(masks), -1).mean(axis=1) >= ace.MIN_AREA).all()
+    assert (masks.reshape(len(masks), -1).mean(axis=1) >= segments.MIN_AREA).all()
     flat = masks.reshape(len(masks), -1).astype(np.int64)
     inter = flat @ flat.T
     union = flat.sum(1)[:, None] + flat.sum(1)[None, :] - inter
     jaccard = inter / union
     np.fill_diagonal(jaccard, 0)
-    assert jaccard.max() <= ace.DEDUP_JACCARD
+    assert jaccard.max() <= segments.DEDUP_JACCARD
     # the coarsest level alone covers the image, and some segment lies on the square
     assert len(masks) > 15
     assert max((m & square).sum() / m.sum() for m in masks) > 0.95
@@ -44,33 +44,33 @@ def test_patch_is_the_segment_cropped_resized_and_filled_outside():
     image, square = square_scene()
     yy, xx = np.mgrid[:224, :224]
     disc = (yy - 100) ** 2 + (xx - 120) ** 2 < 30 ** 2
-    patch = ace.extract_patch(image, disc, 96)
+    patch = segments.extract_patch(image, disc, 96)
     assert patch.shape == (96, 96, 3) and patch.dtype == np.float32
-    assert np.allclose(patch[0, 0], ace.FILL_VALUE)  # corner: outside the disc
+    assert np.allclose(patch[0, 0], segments.FILL_VALUE)  # corner: outside the disc
     assert np.allclose(patch[48, 48], (220, 30, 30), atol=1)  # centre: the square's colour
-    filled = ace.fill_regions(image, square)
-    assert np.allclose(filled[square], ace.FILL_VALUE) and np.array_equal(filled[~square], image[~square])
-    cover = ace.coverage(square, (7, 7))
+    filled = segments.fill_regions(image, square)
+    assert np.allclose(filled[square], segments.FILL_VALUE) and np.array_equal(filled[~square], image[~square])
+    cover = segments.coverage(square, (7, 7))
     assert cover.shape == (7, 7) and cover.max() == 1.0 and cover.min() == 0.0
 
 
 def test_random_area_matches_the_requested_area():
     image, _ = square_scene()
-    fine = ace.segment(image, (80,), min_area=0.0)
+    fine = segments.segment(image, (80,), min_area=0.0)
     rng = np.random.default_rng(0)
     for area in (500, 3000, 12000):
-        union = ace.random_area(fine, area, rng)
+        union = segments.random_area(fine, area, rng)
         assert abs(int(union.sum()) - area) < 0.5 * area
 
 
-def small_bank(k=3, c=4) -> ace.ConceptBank:
+def small_bank(k=3, c=4) -> concept_bank.ConceptBank:
     """A hand-made bank: concept j sits at 10 * e_j with radius 2."""
     centres = np.zeros((k, c), np.float32)
     centres[np.arange(k), np.arange(k)] = 10
-    thumbs = np.zeros((k, 5, ace.THUMB, ace.THUMB, 3), np.uint8)
-    colour = np.array([["red"] * 4 + [ace.BACKGROUND], ["red", "blue", "blue", "blue", "blue"], [ace.BACKGROUND] * 5])
-    shape = np.array([["circle"] * 5, ["square"] * 3 + ["cross"] * 2, [ace.BACKGROUND] * 5])
-    return ace.ConceptBank(layer="activation_17", centres=centres, radius=np.full(k, 2.0, np.float32),
+    thumbs = np.zeros((k, 5, segments.THUMB, segments.THUMB, 3), np.uint8)
+    colour = np.array([["red"] * 4 + [concept_bank.BACKGROUND], ["red", "blue", "blue", "blue", "blue"], [concept_bank.BACKGROUND] * 5])
+    shape = np.array([["circle"] * 5, ["square"] * 3 + ["cross"] * 2, [concept_bank.BACKGROUND] * 5])
+    return concept_bank.ConceptBank(layer="activation_17", centres=centres, radius=np.full(k, 2.0, np.float32),
                            cavs=centres / 10, words=["a", "red"], tcav=np.full((k, 2), 0.5, np.float32),
                            tcav_p=np.full((k, 2), 0.5, np.float32), significant=np.zeros((k, 2), bool),
                            association=np.ones((k, 2), np.float32),
@@ -82,9 +82,9 @@ def small_bank(k=3, c=4) -> ace.ConceptBank:
 def test_bank_round_trip_assignment_and_purity(tmp_path):
     bank = small_bank()
     bank.save(tmp_path / "concepts.npz")
-    loaded = ace.ConceptBank.load(tmp_path / "concepts.npz")
+    loaded = concept_bank.ConceptBank.load(tmp_path / "concepts.npz")
     assert loaded.words == ["a", "red"] and loaded.labels == bank.labels and loaded.layer == "activation_17"
-    assert loaded.n_segments == ace.N_SEGMENTS and loaded.fill == ace.FILL_VALUE
+    assert loaded.n_segments == segments.N_SEGMENTS and loaded.fill == segments.FILL_VALUE
     assert np.array_equal(loaded.exemplar_colour, bank.exemplar_colour)
     points = np.array([[9.5, 0, 0, 0], [0, 0, 10, 1], [5, 5, 0, 0]], np.float32)
     assigned, ratio = loaded.assign(points)
@@ -92,8 +92,8 @@ def test_bank_round_trip_assignment_and_purity(tmp_path):
     assert ratio[0] < 1 and ratio[2] > 1
     purity = loaded.word_purity()
     assert purity["red"] == (0.8, 0) and purity["blue"] == (0.8, 1) and purity["circle"] == (1.0, 0)
-    assert ace.BACKGROUND not in purity
-    assert loaded.exemplar_strip(1, 3).shape == (ace.THUMB, 3 * ace.THUMB, 3)
+    assert concept_bank.BACKGROUND not in purity
+    assert loaded.exemplar_strip(1, 3).shape == (segments.THUMB, 3 * segments.THUMB, 3)
 
 
 def test_relevance_adds_the_neighbouring_words_lift():
@@ -104,11 +104,11 @@ def test_relevance_adds_the_neighbouring_words_lift():
 
 
 def test_provenance_label_prefers_whole_objects_then_colour_then_shape():
-    assert ace.provenance_label(["red"] * 3 + ["blue"], ["circle"] * 4) == "red circle"
-    assert ace.provenance_label(["red"] * 4, ["circle", "cross", "square", "triangle"]) == "red (mixed shapes)"
-    assert ace.provenance_label(["red", "blue", "green", "red"], ["cross"] * 4) == "cross (mixed colours)"
-    assert ace.provenance_label([ace.BACKGROUND] * 3 + ["red"], [ace.BACKGROUND] * 3 + ["cross"]) == "background"
-    assert ace.provenance_label([""] * 3, [""] * 3) == ""
+    assert concept_bank.provenance_label(["red"] * 3 + ["blue"], ["circle"] * 4) == "red circle"
+    assert concept_bank.provenance_label(["red"] * 4, ["circle", "cross", "square", "triangle"]) == "red (mixed shapes)"
+    assert concept_bank.provenance_label(["red", "blue", "green", "red"], ["cross"] * 4) == "cross (mixed colours)"
+    assert concept_bank.provenance_label([concept_bank.BACKGROUND] * 3 + ["red"], [concept_bank.BACKGROUND] * 3 + ["cross"]) == "background"
+    assert concept_bank.provenance_label([""] * 3, [""] * 3) == ""
 
 
 def test_concept_map_gives_each_pixel_its_best_fitting_concept():
@@ -118,9 +118,9 @@ def test_concept_map_gives_each_pixel_its_best_fitting_concept():
     masks[2, 3, 3] = True  # no concept
     labels = ace.concept_map((4, 4), masks, np.array([1, 2, -1]), np.array([0.9, 0.2, 3.0]))
     assert labels.tolist() == [[2, 2, 2, 2], [2, 2, 2, 2], [1, 1, -1, -1], [1, 1, -1, -1]]
-    drawn = ace.draw_concept_map(np.zeros((4, 4, 3), np.uint8), labels)
+    drawn = picture.draw_concept_map(np.zeros((4, 4, 3), np.uint8), labels)
     assert drawn.shape == (4, 4, 3) and drawn.dtype == np.uint8
-    png = decode_png(base64.b64decode(ace.png_base64(drawn)))
+    png = decode_png(base64.b64decode(png_base64(drawn)))
     assert np.array_equal(png, drawn)
 
 
@@ -132,7 +132,7 @@ def shipped():
     from daemon.explain.explainer import Explainer
 
     explainer = Explainer(load_bundle(DEFAULT_BUNDLE), backend="tensorflow")
-    concepts = explainer.concepts()
+    concepts = explainer.resources("ace")
     return explainer, concepts.bank, concepts
 
 
@@ -145,7 +145,7 @@ def test_shipped_bank_has_a_pure_concept_for_every_colour_and_shape(shipped):
     assert all(share > 0.7 for share in report.values()), report
     assert bank.layer == bottleneck_layer(explainer.backend.captioner) == explainer.backend.bottleneck_layer
     assert set(COLOURS) | set(SHAPES) <= set(bank.words)
-    assert bank.thumbnails.shape[2:] == (ace.THUMB, ace.THUMB, 3)
+    assert bank.thumbnails.shape[2:] == (segments.THUMB, segments.THUMB, 3)
 
 
 def test_ace_explains_every_word_of_a_frame(shipped):
@@ -162,7 +162,7 @@ def test_ace_explains_every_word_of_a_frame(shipped):
     for c in block["concepts"]:
         assert c["label"] == bank.labels[c["id"]] and 0 < c["area"] <= 1
         strip = decode_png(base64.b64decode(c["exemplars"]))
-        assert strip.shape == (ace.THUMB, ace.EXEMPLARS_SHOWN * ace.THUMB, 3)
+        assert strip.shape == (segments.THUMB, concept_bank.EXEMPLARS_SHOWN * segments.THUMB, 3)
     assert [w["index"] for w in block["words"]] == list(range(len(tokens)))
     assert [w["word"] for w in block["words"]] == scene.caption.split()
     for w in block["words"]:  # ranked by relevance, then tcav; the removal drop plays no part
@@ -172,7 +172,7 @@ def test_ace_explains_every_word_of_a_frame(shipped):
     removed = block["counterfactual"]["removed_concepts"]
     assert len(removed) == 1 and removed[0] in ids
     assert set(block["counterfactual"]["caption"].split()) <= set(explainer.vocab.words)
-    row = ace.grid_row(result, bank, 192)  # concept map, legend, counterfactual
+    row = ace.picture_row(result, bank, 192)  # concept map, legend, counterfactual
     # a 192 px panel under a label strip of 18 px a line (+4), as many lines as the longest label needs
     assert row.shape[1:] == (3 * 192, 3) and row.shape[0] >= 214 and (row.shape[0] - 196) % 18 == 0
     assert row[-192:].any()
@@ -196,7 +196,7 @@ def test_removing_the_top_concept_of_object_words_beats_random_segments(shipped)
 
 def test_a_frame_without_concepts_still_answers(shipped):
     explainer, bank, concept_explainer = shipped
-    far = ace.ConceptBank(**{**bank.__dict__, "radius": np.zeros_like(bank.radius)})  # nothing is near enough
+    far = concept_bank.ConceptBank(**{**bank.__dict__, "radius": np.zeros_like(bank.radius)})  # nothing is near enough
     result = ace.ConceptExplainer(explainer, far).explain(scene_at(HELD_OUT_SEED, 0).image, [1, 2], [0])
     block = result.to_json(far)
     assert block["concepts"] == [] and block["words"][0]["ranking"] == []
@@ -224,7 +224,7 @@ def test_ace_is_a_method_of_the_one_answer_pipeline(shipped):
 
 def test_a_bank_of_another_layer_is_refused_with_its_layer_named(shipped):
     explainer, bank, _ = shipped
-    other = ace.ConceptBank(**{**bank.__dict__, "layer": "expanded_conv_3"})
+    other = concept_bank.ConceptBank(**{**bank.__dict__, "layer": "expanded_conv_3"})
     with pytest.raises(ValueError, match="expanded_conv_3.*explaincam concepts"):
         ace.ConceptExplainer(explainer, other)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from daemon.explain.ace import LABEL_SCALE, _labelled, label_lines
-from daemon.explain.heatmap import TILE
+from daemon.explain.picture import LABEL_SCALE, TILE, label_lines, labelled
 
 
 def test_a_long_counterfactual_label_is_wrapped_not_cut():
@@ -19,6 +18,6 @@ def test_a_long_counterfactual_label_is_wrapped_not_cut():
 
 def test_panels_of_one_row_share_the_strip_height():
     panel = np.zeros((50, 50, 3), np.uint8)
-    short, long = _labelled(panel, "concepts", TILE, rows=3), _labelled(panel, "a " * 40, TILE, rows=3)
+    short, long = labelled(panel, "concepts", TILE, rows=3), labelled(panel, "a " * 40, TILE, rows=3)
     assert short.shape == long.shape and short.shape[1] == TILE
     assert short[:short.shape[0] - TILE].max() == 255  # the text is drawn in the strip

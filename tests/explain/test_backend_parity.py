@@ -12,7 +12,7 @@ import pytest
 
 from daemon.bundle import load_bundle
 from daemon.explain.backends import explainer_graph
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
+from daemon.explain_settings import MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
@@ -55,8 +55,8 @@ def test_maps_peaks_and_concept_rankings_match(explainers):
                 worst[method] = min(worst[method], r)
                 assert r >= 0.99, f"{method} word {k} of {scene.caption!r}: Pearson {r:.4f}"
         assert candidate.peaks["gradcam"] == reference.peaks["gradcam"], scene.caption
-        tf_ace = tf_explainer.concepts().explain(scene.image, tokens, counterfactual=False)
-        lite_ace = lite_explainer.concepts().explain(scene.image, tokens, counterfactual=False)
+        tf_ace = tf_explainer.resources("ace").explain(scene.image, tokens, counterfactual=False)
+        lite_ace = lite_explainer.resources("ace").explain(scene.image, tokens, counterfactual=False)
         assert lite_ace.present == tf_ace.present
         for row in range(len(tokens)):
             assert ([lite_ace.present[j] for j in lite_ace.ranking(row)]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from daemon.bundle import Bundle, load_bundle
-from daemon.config import ConfigError, load_config
+from daemon.config_file import ConfigError, load_config
 from daemon.explain.backends import BackendError, choose_backend, explainer_graph, load_backend
 from tests.conftest import SHIPPED_BUNDLE
 
@@ -81,10 +81,10 @@ def test_the_pipeline_and_every_method_import_no_tensorflow():
     """With the LiteRT backend the explainer process never imports TensorFlow: none of this does."""
     import subprocess
 
-    from daemon.explain.registry import METHODS
+    from daemon.explain_settings import METHODS
     from tests.conftest import REPO
 
-    modules = ["daemon.explain.explainer", "daemon.explain.worker", "daemon.explain.oneshot",
+    modules = ["daemon.explain.explainer", "daemon.explain.process", "daemon.explain.oneshot",
                "daemon.explain.backends", *METHODS.values()]
     code = (f"import sys; import {', '.join(modules)}; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))")

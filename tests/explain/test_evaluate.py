@@ -8,7 +8,7 @@ import argparse
 from convert import evaluate as ev
 from convert.scenes import write_scenes
 from daemon.bundle import load_bundle
-from daemon.explain.registry import ExplainOptions
+from daemon.explain_settings import ExplainOptions
 from tests.conftest import SHIPPED_BUNDLE
 
 

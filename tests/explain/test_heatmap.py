@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from daemon.explain import heatmap
+from daemon.explain import heatmap, picture
+from daemon.imaging import decode_png, encode_png
 
 
 def test_normalise_maps_to_unit_range_and_flat_maps_to_zero():
@@ -34,19 +35,19 @@ def test_peak_smoothing_ignores_a_single_noisy_pixel():
 
 def test_png_base64_round_trip():
     m = np.linspace(0, 1, 224 * 224, dtype=np.float32).reshape(224, 224)
-    back = heatmap.heatmap_from_base64(heatmap.png_base64(m))
+    back = heatmap.heatmap_from_base64(heatmap.heatmap_png_base64(m))
     assert back.shape == m.shape and np.abs(back - m).max() <= 1 / 255 + 1e-6
     rgb = np.random.default_rng(0).integers(0, 255, (10, 12, 3), dtype=np.uint8)
-    assert np.array_equal(heatmap.decode_png(heatmap.encode_png(rgb)), rgb)
+    assert np.array_equal(decode_png(encode_png(rgb)), rgb)
 
 
 def test_overlay_and_grid_shapes():
     image = np.full((224, 224, 3), 100, np.uint8)
     hot = np.zeros((7, 7), np.float32)
     hot[3, 3] = 1
-    out = heatmap.overlay(image, hot, peak_xy=(112, 112))
+    out = picture.overlay(image, hot, peak_xy=(112, 112))
     assert out.shape == image.shape and out.dtype == np.uint8 and not np.array_equal(out, image)
     rows = [("#0 a", [("gradcam", hot, (1, 1)), ("saliency", hot, None)]), ("#1 red", [("gradcam", hot, None)])]
-    grid = heatmap.grid(image, rows, tile=64)
+    grid = picture.grid(image, rows, tile=64)
     assert grid.shape == (2 * (64 + 22), 3 * 64, 3)
-    assert heatmap.grid(None, rows, tile=64).shape == grid.shape
+    assert picture.grid(None, rows, tile=64).shape == grid.shape

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from daemon.decoder import log_softmax
-from daemon.explain.registry import MAP_METHODS, ExplainOptions
 from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
+from daemon.explain_settings import MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
@@ -177,6 +177,7 @@ def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     from daemon.explain import heatmap
     from daemon.explain.base import MethodResult
     from daemon.explain.explainer import Explanation
+    from daemon.explain.picture import labelled, overlay
 
     image = scene_at(HELD_OUT_SEED, 0).image
     spot = np.zeros((224, 224), np.float32)
@@ -187,7 +188,7 @@ def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     records = explanation.word_records()
     assert records[0]["saliency"]["peak"] is None and records[1]["saliency"]["peak"] is not None
     picture = explanation.picture()
-    unmarked = heatmap.labelled(heatmap.overlay(image, maps[0]), "a / saliency", 192)
+    unmarked = labelled(overlay(image, maps[0]), "a / saliency", 192)
     assert np.array_equal(picture[:214, 192:384], unmarked)  # no peak marker drawn
 
 

@@ -19,7 +19,8 @@ from paho.mqtt.properties import Properties
 from daemon.bundle import load_bundle
 from daemon.contract import CameraTopics
 from daemon.explain.backends import choose_backend
-from daemon.explain.heatmap import decode_png, heatmap_from_base64
+from daemon.explain.heatmap import heatmap_from_base64
+from daemon.imaging import decode_png
 from tests.conftest import (CAMERA, CAPTION, PREFIX, REPO, REQUEST, RESPONSE, START_TIMEOUT, child_pids,
                             daemon_config, wait_until)
 

@@ -8,7 +8,7 @@ import json
 import cv2
 
 from daemon.explain import oneshot
-from daemon.explain.heatmap import decode_png
+from daemon.imaging import decode_png
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 

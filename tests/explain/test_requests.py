@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from daemon.explain.registry import METHODS
+from daemon.explain_settings import METHODS
 from daemon.explain.requests import (ERROR_CODES, ErrorResponse, ExplainRequest, check_words, parse_words,
                                      response, validate_request)
 

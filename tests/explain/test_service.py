@@ -13,11 +13,13 @@ import pytest
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
-from daemon.explain.heatmap import decode_png
-from daemon.explain import service as service_module
+from daemon.explain import local as local_module
+from daemon.explain.local import LocalDispatcher
 from daemon.explain.service import ExplainService
 from daemon.framecache import CachedFrame, FrameCache
+from daemon.imaging import decode_png
 from daemon.scenes import scene_at
+from daemon.snapshot import SnapshotFolder
 from tests.conftest import SHIPPED_BUNDLE, wait_until
 
 EXPLAIN_TIMEOUT = 180
@@ -59,11 +61,11 @@ def frames():
 
 
 def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeypatch):
-    monkeypatch.setattr(service_module, "STUCK_S", 3.0)
+    monkeypatch.setattr(local_module, "STUCK_S", 3.0)
     published = Published()
     config = ExplainConfig(idle_exit_s=3, queue_size=1, smoothgrad_samples=2, ig_steps=256, threads=1)
-    service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snap",
-                             publish=published, topics=TOPICS,
+    service = ExplainService(config=config, local=LocalDispatcher(config, SHIPPED_BUNDLE),
+                             snapshot=SnapshotFolder(tmp_path / "snap", "cam"), publish=published, topics=TOPICS,
                              frame_cache=frames, model_name="test-model")
     try:
         # the first request starts the process; the queue holds one, so the next is busy at once
@@ -83,15 +85,15 @@ def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeyp
         assert snapshot["made_at"] == info["made_at"]  # restored with the picture when the daemon restarts
 
         # idle: the process ends by itself, and the next request starts it again
-        wait_until(lambda: service.worker_pid is None, 30, message="the idle explainer to exit")
+        wait_until(lambda: service.local.explainer_pid is None, 30, message="the idle explainer to exit")
         service.handle_request(b'{"id": "three", "words": [0], "methods": ["saliency"]}')
         three, _, _ = published.answer("three")
         assert three["status"] == "ok" and "load_ms" in three["timings_ms"]
 
         # a crash mid-explanation is an `internal` error with the id; the daemon goes on
         service.handle_request(b'{"id": "four", "methods": ["integrated_gradients"]}')
-        wait_until(lambda: service._running is not None, EXPLAIN_TIMEOUT, message="the job to start")
-        os.kill(service.worker_pid, signal.SIGKILL)
+        wait_until(lambda: service.local._running is not None, EXPLAIN_TIMEOUT, message="the job to start")
+        os.kill(service.local.explainer_pid, signal.SIGKILL)
         four, _, _ = published.answer("four", timeout=30)
         assert (four["status"], four["error"]["code"]) == ("error", "internal")
         assert "crashed" in four["error"]["message"]
@@ -99,11 +101,11 @@ def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeyp
         assert published.answer("five")[0]["status"] == "ok"
 
         # a stuck explainer (stopped, say) that leaves a job untaken is killed and replaced
-        stuck = service.worker_pid
+        stuck = service.local.explainer_pid
         os.kill(stuck, signal.SIGSTOP)
         service.handle_request(b'{"id": "six", "words": [0], "methods": ["gradcam"]}')
         assert published.answer("six")[0]["status"] == "ok"
-        assert service.worker_pid not in (None, stuck)
+        assert service.local.explainer_pid not in (None, stuck)
     finally:
         service.stop()
-    assert service.worker_pid is None
+    assert service.local.explainer_pid is None

@@ -10,7 +10,7 @@ import pytest
 import skimage.data
 from skimage.segmentation import slic
 
-from daemon.explain import ace
+from daemon.explain import segments
 from daemon.explain.superpixels import MIN_SIZE_FACTOR, slic_labels
 from daemon.scenes import scene_at
 
@@ -27,15 +27,16 @@ def best_iou(reference: np.ndarray, labels: np.ndarray) -> float:
 
 def reference_slic(image: np.ndarray, n: int) -> np.ndarray:
     """scikit-image's SLIC with ACE's settings."""
-    return slic(image, n_segments=n, compactness=ace.COMPACTNESS, sigma=ace.SIGMA, start_label=0, channel_axis=-1)
+    return slic(image, n_segments=n, compactness=segments.COMPACTNESS, sigma=segments.SIGMA, start_label=0,
+                channel_axis=-1)
 
 
 def test_segments_match_scikit_image_on_held_out_scenes_and_a_photo():
     images = [scene_at(HELD_OUT_SEED, i).image for i in range(6)] + [skimage.data.chelsea()]  # 300 x 451
     ious = []
     for image in images:
-        for n in ace.N_SEGMENTS:
-            ours, theirs = slic_labels(image, n, ace.COMPACTNESS, ace.SIGMA), reference_slic(image, n)
+        for n in segments.N_SEGMENTS:
+            ours, theirs = slic_labels(image, n, segments.COMPACTNESS, segments.SIGMA), reference_slic(image, n)
             assert ours.dtype == np.int32 and ours.shape == image.shape[:2]
             assert abs(int(ours.max()) - int(theirs.max())) <= 2
             ious.append(best_iou(theirs, ours))
@@ -45,8 +46,8 @@ def test_segments_match_scikit_image_on_held_out_scenes_and_a_photo():
 
 def test_every_segment_is_one_connected_piece_of_at_least_half_a_segment():
     image = scene_at(HELD_OUT_SEED, 7).image
-    for n in ace.N_SEGMENTS:
-        labels = slic_labels(image, n, ace.COMPACTNESS, ace.SIGMA)
+    for n in segments.N_SEGMENTS:
+        labels = slic_labels(image, n, segments.COMPACTNESS, segments.SIGMA)
         count = int(labels.max()) + 1
         assert set(np.unique(labels)) == set(range(count))  # numbered 0..count-1, none missing
         grid = len(range(int(np.sqrt(224 * 224 / n) // 2), 224, round(np.sqrt(224 * 224 / n)))) ** 2
@@ -58,11 +59,11 @@ def test_every_segment_is_one_connected_piece_of_at_least_half_a_segment():
 
 def test_a_flat_image_is_cut_into_scikit_images_starting_grid():
     image = np.full((224, 224, 3), 90, np.uint8)
-    labels = slic_labels(image, 16, ace.COMPACTNESS, ace.SIGMA)
+    labels = slic_labels(image, 16, segments.COMPACTNESS, segments.SIGMA)
     assert labels.max() + 1 == 16
     np.testing.assert_array_equal(labels, reference_slic(image, 16))
 
 
 def test_an_image_that_is_not_rgb_is_refused():
     with pytest.raises(ValueError, match="RGB"):
-        slic_labels(np.zeros((32, 32), np.uint8), 4, ace.COMPACTNESS, ace.SIGMA)
+        slic_labels(np.zeros((32, 32), np.uint8), 4, segments.COMPACTNESS, segments.SIGMA)

@@ -83,7 +83,7 @@ def test_bad_and_huge_images_are_logged_once(tmp_path, mosquitto, collect, daemo
 
 def test_max_pixels_reads_a_huge_jpeg_at_a_reduced_size(tmp_path):
     """The reduced read itself, on the real decoder: the shape says what was decoded."""
-    from daemon.sources import read_image
+    from daemon.imaging import read_image
 
     path = tmp_path / "huge.jpg"
     cv2.imwrite(str(path), np.full((2000, 3000, 3), 127, np.uint8))

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from daemon.explain.requests import ERROR_CODES, MAX_ID_LENGTH
-from daemon.explain.registry import METHODS
+from daemon.explain_settings import METHODS
 from tests.conftest import CAPTION, RESPONSE, START_TIMEOUT, daemon_config, wait_until
 from tests.faults.probes import NODELAY, Requester, figures, live_captions
 

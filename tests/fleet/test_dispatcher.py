@@ -20,8 +20,9 @@ from paho.mqtt.properties import Properties
 
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig, MqttConfig
-from daemon.explain.heatmap import decode_png, encode_png
+from daemon.imaging import decode_png, encode_png
 from daemon.explain.requests import response
+from daemon.explain.local import LocalDispatcher
 from daemon.explain.service import ExplainService
 from daemon import contract
 from daemon.contract import CameraTopics, JobMessage, PrefixTopics
@@ -29,6 +30,7 @@ from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import CachedFrame, FrameCache
 from daemon.mqtt import MqttPublisher
 from daemon.scenes import scene_at
+from daemon.snapshot import SnapshotFolder
 from tests.conftest import PREFIX, SHIPPED_BUNDLE, wait_until
 
 CAMERA = "fleetcam"
@@ -106,9 +108,9 @@ def fleet_service(mosquitto, frames, tmp_path):
                                   topics.availability)
         config = ExplainConfig(mode=mode, remote=remote, threads=1, idle_exit_s=60)
         dispatcher = RemoteDispatcher(config, topics, SHIPPED_BUNDLE, publisher.publish, publisher.subscribe)
-        service = ExplainService(config=config, bundle_path=SHIPPED_BUNDLE, snapshot_dir=tmp_path / "snapshot",
-                                 publish=publisher.publish, topics=topics,
-                                 frame_cache=frames, model_name="scenes-mnv3s", remote=dispatcher)
+        service = ExplainService(config=config, local=LocalDispatcher(config, SHIPPED_BUNDLE), remote=dispatcher,
+                                 snapshot=SnapshotFolder(tmp_path / "snapshot", CAMERA), publish=publisher.publish,
+                                 topics=topics, frame_cache=frames, model_name="scenes-mnv3s")
         publisher.start()
         assert publisher.wait_connected(5)
         made.append((service, publisher))
@@ -212,7 +214,7 @@ def test_auto_uses_announced_workers_and_says_timeout_when_they_are_silent(mosqu
         answer = wait_until(lambda: replies(requester, b"c3"), 6, message="the timeout answer")[0]
         assert (answer["status"], answer["error"]["code"]) == ("error", "timeout")
         assert worker.job(2)[0].attempt == 2 and len(worker.jobs) == 2
-        assert service.worker_pid is None  # the local explainer never started
+        assert service.local.explainer_pid is None  # the local explainer never started
         worker.announce(online=False)  # the last will of a worker that died
         wait_until(lambda: not service.remote.takes(), 5, message="the worker to count as gone")
     finally:

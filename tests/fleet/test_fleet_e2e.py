@@ -57,10 +57,10 @@ def fleet(tmp_path_factory):
 def local_explainer():
     """The explainer a camera's own explainer process would load (same bundle, same options)."""
     from daemon.config import ExplainConfig
-    from daemon.explain.worker import WorkerSettings, _load
+    from daemon.explain.process import ProcessSettings, load_explainer
     from tests.conftest import SHIPPED_BUNDLE
 
-    return _load(WorkerSettings(bundle_path=str(SHIPPED_BUNDLE), explain=ExplainConfig(threads=1)))
+    return load_explainer(ProcessSettings(bundle_path=str(SHIPPED_BUNDLE), explain=ExplainConfig(threads=1)))
 
 
 def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet, local_explainer):
@@ -110,9 +110,9 @@ def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet,
 
 def _local_answer(explainer, job: JobMessage) -> tuple[dict, bytes]:
     """The answer pipeline run here on the job's frame."""
-    from daemon.explain.worker import Job, answer
+    from daemon.explain.job import Job, answer_job
 
-    return answer(explainer, Job(0, job.request_id, job.frame_id, job.image, job.caption, job.tokens,
+    return answer_job(explainer, Job(0, job.request_id, job.frame_id, job.image, job.caption, job.tokens,
                                  job.indices, job.methods))
 
 

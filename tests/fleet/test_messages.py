@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from daemon.bundle import write_manifest
-from daemon.config import ConfigError, WorkerConfig, parse_config
+from daemon.config import WorkerConfig
+from daemon.config_file import ConfigError, parse_config
 from daemon.contract import JobMessage, MessageError, ResultMessage, encode_result, job_id_of
 from daemon.mqtt import topic_filter
 from tests.conftest import REPO, SHIPPED_BUNDLE
@@ -112,7 +113,7 @@ def test_subscriptions_match_by_their_topic_filter():
 
 
 def test_the_documented_worker_yaml_holds_every_key_with_its_default():
-    from daemon.config import load_config
+    from daemon.config_file import load_config
 
     documented = load_config(REPO / "systemd" / "worker.yaml", WorkerConfig)
     assert documented == WorkerConfig()

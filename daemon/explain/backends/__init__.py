@@ -21,10 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from daemon.explain.backends.litert import LiteRTBackend
-from daemon.explain.registry import ExplainOptions
-
-BACKEND_CHOICES = ("auto", "litert", "tensorflow")
-DEFAULT_THREADS = 2  # threads of a backend (explain.threads, a worker's threads) unless told
+from daemon.explain_settings import BACKEND_CHOICES, DEFAULT_THREADS, ExplainOptions
 
 
 class BackendError(Exception):

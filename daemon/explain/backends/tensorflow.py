@@ -17,7 +17,7 @@ import keras
 
 from daemon.explain.backends import token_rows
 from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
-from daemon.explain.registry import ExplainOptions
+from daemon.explain_settings import ExplainOptions
 
 
 class SplitCaptioner:

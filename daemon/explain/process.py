@@ -1,10 +1,11 @@
 """The explainer process: loads the float model once and answers jobs until it has been idle.
 
-``serve`` is the process's main function (multiprocessing ``spawn``). This module imports
-no TensorFlow, so the capture process can name ``serve`` as the target; the process loads
-the explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
+``serve`` is the process's main function (multiprocessing ``spawn``); the capture process's
+``daemon.explain.local.LocalDispatcher`` starts and supervises it. This module imports no
+TensorFlow, so the capture process can name ``serve`` as the target; the process loads the
+explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
 
-Messages to the service, on the results pipe:
+Messages to the dispatcher, on the results pipe:
 ``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message)``.
 """
 
@@ -19,41 +20,20 @@ import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from daemon.config import ExplainConfig
-from daemon.explain.explainer import Explainer, answer as explain_answer
+from daemon.explain.explainer import Explainer
+from daemon.explain.job import answer_job
 
 PARENT_CHECK_S = 1.0  # how often the explainer looks whether the daemon is still there
 
 
-@dataclass
-class Job:
-    """One accepted request: the frame as published and what to explain in it."""
-
-    key: int
-    request_id: str
-    frame_id: int
-    image: np.ndarray  # RGB uint8 at the model's input size
-    caption: str
-    tokens: list[int]  # published caption's word tokens (no start/end)
-    indices: list[int]
-    methods: list[str]
-
-
 @dataclass(frozen=True)
-class WorkerSettings:
+class ProcessSettings:
     """What the explainer process needs to start: the bundle and the ``explain`` section of the config
     (backend, threads, niceness, idle timeout, effort)."""
 
     bundle_path: str
     explain: ExplainConfig
-
-
-def answer(explainer, job: Job) -> tuple[dict, bytes]:
-    """The ok response (without service timings) and the explanation picture (PNG) of one job."""
-    return explain_answer(explainer, job.image, job.tokens, job.indices, job.methods, job.request_id,
-                          frame_id=job.frame_id, caption=job.caption)
 
 
 @contextlib.contextmanager
@@ -74,11 +54,11 @@ def native_stderr_silenced():
         os.close(saved)
 
 
-def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
+def serve(jobs, results, settings: ProcessSettings, parent_pid: int) -> None:
     """Process main: nice itself, load the model on the first job, answer jobs, exit when idle.
 
     ``jobs`` is a queue of Job (``None`` asks it to stop); ``results`` the writing end of a
-    pipe to the service. An exception while explaining is answered as a failed job and the
+    pipe to the dispatcher. An exception while explaining is answered as a failed job and the
     process goes on. It ends itself when the daemon ``parent_pid`` is gone (checked every
     PARENT_CHECK_S, also while explaining) or its results can no longer be written, and it
     ignores SIGHUP and SIGINT (a closed terminal or Ctrl-C reaches the whole process group:
@@ -106,9 +86,9 @@ def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
             if explainer is None:
                 started = time.perf_counter()
                 with native_stderr_silenced():  # TensorFlow's CUDA/CPU notices bypass its log level
-                    explainer = _load(settings)
+                    explainer = load_explainer(settings)
                 load_ms = (time.perf_counter() - started) * 1e3
-            payload, grid = answer(explainer, job)
+            payload, grid = answer_job(explainer, job)
             if load_ms:
                 payload["timings_ms"]["load_ms"] = round(load_ms, 1)
             message = ("done", job.key, payload, grid)
@@ -119,7 +99,7 @@ def serve(jobs, results, settings: WorkerSettings, parent_pid: int) -> None:
 
 
 def _send(results, message: tuple) -> bool:
-    """Write one message to the service; False when nobody reads any more (the daemon is gone)."""
+    """Write one message to the dispatcher; False when nobody reads any more (the daemon is gone)."""
     try:
         results.send(message)
     except OSError:  # BrokenPipeError: the daemon's end is closed
@@ -134,7 +114,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(0)
 
 
-def _load(settings: WorkerSettings):
+def load_explainer(settings: ProcessSettings):
     """The explainer on the configured backend (LiteRT needs no TensorFlow import)."""
     config = settings.explain
     return Explainer(settings.bundle_path, config.options(), config.gradcam_layer, config.backend, config.threads)
