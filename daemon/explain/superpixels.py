@@ -58,8 +58,9 @@ def _cluster(lab: np.ndarray, centres: np.ndarray, step: int, compactness: float
     """Local k-means of the pixels around ``centres`` (K, 5: y, x, colour); the label of each pixel.
 
     Each centre looks at the pixels within two grid steps of it (the step of a grid of K
-    points, bounds truncated as scikit-image truncates them); a pixel goes to the first centre nearest to it, a pixel no window covers
-    keeps its label. Distances: colour² / compactness² + space² / step², scikit-image's weights.
+    points, bounds truncated as scikit-image truncates them); a pixel goes to the first
+    centre nearest to it, a pixel no window covers keeps its label. Distances: colour² /
+    compactness² + space² / step², scikit-image's weights.
     """
     h, w = lab.shape[:2]
     planes = [np.ascontiguousarray(lab[..., i], np.float32) / np.float32(compactness) for i in range(3)]
