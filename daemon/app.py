@@ -34,7 +34,7 @@ from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
 from daemon.explain.backends import BackendError, choose_backend
 from daemon.explain.local import LocalDispatcher
-from daemon.explain.service import ExplainService
+from daemon.explain.service import ExplainService, picture_jpeg
 from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import FrameCache
 from daemon.mqtt import MqttPublisher, MqttSetupError
@@ -42,6 +42,7 @@ from daemon.notify import SystemdNotifier
 from daemon.process import EXIT_CONFIG, install_signal_handlers, package_version, setup_logging
 from daemon.snapshot import SnapshotFolder, last_explanation
 from daemon.sources import FrameGrabber, make_source
+from daemon.twins import TwinWatch
 
 log = logging.getLogger("explaincam")
 
@@ -102,23 +103,28 @@ def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera:
             announce()
 
     announce()
-    publisher.subscribe(status_topic, on_birth)
+    publisher.subscribe(status_topic, on_birth,
+                        purpose="Home Assistant's restarts go unheard: its entities of this camera stay unavailable "
+                                "after Home Assistant restarts until the daemon does")
 
 
 def publish_last_explanation(publisher: MqttPublisher, topics: contract.CameraTopics, snapshot_dir) -> None:
     """Publish (retained) the explain image this daemon knows at start: the last explanation in
     its snapshot folder (``explanation.png`` and ``.json``), or else the "no explanation yet"
-    placeholder. Either way the topic holds a picture from the start, and its info says
+    placeholder, as a JPEG. Either way the topic holds a picture from the start, and its info says
     truthfully when (or that never) it was made."""
-    png, info = contract.placeholder_png(), contract.placeholder_info()
+    picture, info = picture_jpeg(contract.placeholder_png()), contract.placeholder_info()
     if snapshot_dir is not None:
         try:
-            png, info = last_explanation(snapshot_dir) or (png, info)
+            saved = last_explanation(snapshot_dir)
+            if saved is not None:
+                picture, info = picture_jpeg(saved[0]), saved[1]
         except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("the last explanation in %s cannot be read (%s); publishing the placeholder",
                         Path(snapshot_dir), exc)
+    picture, fit = picture
     publisher.publish(topics.explain_image_info, json.dumps(info), qos=1, retain=True)
-    publisher.publish(topics.explain_image, png, qos=1, retain=True)
+    publisher.publish(topics.explain_image, picture, qos=1, retain=True, fit=fit)
 
 
 class DaemonSetupError(Exception):
@@ -139,12 +145,15 @@ class Daemon:
     notifier: SystemdNotifier
     explain_service: ExplainService | None = None
     snapshot: SnapshotFolder | None = None
+    twins: TwinWatch | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Connect, start the camera, tell systemd READY=1 and caption until ``stop`` is set; then :meth:`close`."""
         try:
             self.grabber.start()
             self.publisher.start()
+            if self.twins is not None:
+                self.twins.start()
             deadline = time.monotonic() + SOURCE_START_TIMEOUT_S
             while not (stop.is_set() or self.grabber.wait_started(0.25) or time.monotonic() > deadline):
                 pass
@@ -165,6 +174,8 @@ class Daemon:
         self.notifier.stopping()
         self.notifier.status("stopping")
         self.grabber.stop(timeout=0.5)
+        if self.twins is not None:
+            self.twins.stop()
         if self.explain_service is not None:
             try:  # the `shutting_down` answers are sent by publisher.stop's flush
                 self.explain_service.stop(timeout=0.5)
@@ -208,23 +219,27 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
         except OSError as exc:
             log.error("snapshot folder %s is not usable (%s); no snapshot files will be written",
                       cfg.snapshot.dir, exc.strerror or exc)
-    explain_service = start_explain_service(cfg, topics, captioner, cache, publisher, snapshot)
+    twins = TwinWatch(publisher.publish, publisher.subscribe, topics, publisher.client_id)
+    explain_service = start_explain_service(cfg, topics, captioner, cache, publisher, snapshot,
+                                            answers_requests=twins.answers_requests)
     announce_to_home_assistant(cfg, publisher, camera, captioner.bundle.name)
     publish_last_explanation(publisher, topics, cfg.snapshot.dir if cfg.snapshot.enabled else None)
 
     source_cfg = cfg.camera.source
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
     loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
-    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot)
+    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot, twins)
 
 
 def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, captioner: Captioner, cache: FrameCache,
-                          publisher: MqttPublisher, snapshot: SnapshotFolder | None) -> ExplainService | None:
+                          publisher: MqttPublisher, snapshot: SnapshotFolder | None,
+                          answers_requests: Callable[[], bool] = lambda: True) -> ExplainService | None:
     """The explainer (a process of its own, started on the first request, or a fleet's workers with
     ``explain.mode`` remote/auto), subscribed to this camera's explain requests; None, with the
     reason logged, if it cannot be set up: captioning goes on without it. What can be missing
     on a box (TensorFlow, or the bundle's explainer graph, for the configured backend) is said
-    at start; requests are then answered with that error."""
+    at start; requests are then answered with that error. While ``answers_requests()`` is False
+    (a twin that started first answers them, ``daemon.twins``) requests are left to it."""
     if cfg.explain.mode != "remote":
         try:
             choose_backend(captioner.bundle, cfg.explain.backend, cfg.explain.gradcam_layer)
@@ -236,16 +251,22 @@ def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, caption
             remote = RemoteDispatcher(cfg.explain, topics, captioner.bundle.path, publisher.publish,
                                       publisher.subscribe)
         service = ExplainService(config=cfg.explain, publish=publisher.publish, topics=topics, frame_cache=cache,
-                                 local=LocalDispatcher(cfg.explain, captioner.bundle.path), remote=remote,
-                                 snapshot=snapshot, model_name=captioner.bundle.name)
+                                 local=LocalDispatcher(cfg.explain, captioner.bundle.path,
+                                                       captioner.bundle.manifest_sha256),
+                                 remote=remote, snapshot=snapshot, model_name=captioner.bundle.name)
     except Exception:
         log.exception("the explainer could not be set up; captioning goes on without it")
         return None
 
     def on_explain_request(payload: bytes, properties) -> None:  # on the MQTT network thread: returns at once
+        if not answers_requests():
+            log.debug("explain request left to the twin daemon that answers this camera's requests")
+            return
         service.handle_request(payload, response_topic=getattr(properties, "ResponseTopic", None),
                                correlation_data=getattr(properties, "CorrelationData", None))
-    publisher.subscribe(topics.explain_request, on_explain_request, retained=False)
+    publisher.subscribe(topics.explain_request, on_explain_request, retained=False,
+                        purpose="no explain request reaches this daemon (Home Assistant's Explain button and "
+                                "`explaincam request` get no answer)")
     return service
 
 

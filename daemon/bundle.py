@@ -73,6 +73,7 @@ class Bundle:
 
     path: Path
     manifest: dict
+    manifest_sha256: str = ""  # of manifest.json as read: names this exact bundle (it hashes every other file)
 
     @property
     def name(self) -> str:
@@ -153,7 +154,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not a model bundle: {MANIFEST} is missing")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        raw = manifest_path.read_bytes()
+        manifest = json.loads(raw)
     except (OSError, ValueError, RecursionError) as exc:
         raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from None
     check_manifest(manifest, manifest_path)
@@ -171,7 +173,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
                 raise BundleError(f"{path}: {name} does not match its sha256 in the manifest "
                                   f"(expected {expected[:12]}…, found {actual[:12]}…); "
                                   "the bundle is corrupt or was edited")
-    return Bundle(path, manifest)
+    return Bundle(path, manifest, hashlib.sha256(raw).hexdigest())
+
+
+def manifest_sha256(path: str | Path) -> str:
+    """The sha256 of a bundle folder's manifest.json as it is on disk now; OSError if it cannot be read."""
+    return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()
 
 
 def write_manifest(path: str | Path, manifest: dict) -> dict:

@@ -20,7 +20,7 @@ from daemon.captioner import Captioner
 from daemon.config import AppConfig
 from daemon.contract import CameraTopics, PrefixTopics, caption_message, caption_state_message, source_message
 from daemon.framecache import CachedFrame, FrameCache
-from daemon.imaging import encode_jpeg
+from daemon.imaging import encode_jpeg, jpeg_within
 from daemon.mqtt import MqttPublisher
 from daemon.notify import SystemdNotifier
 from daemon.snapshot import SnapshotFolder, draw_caption
@@ -127,15 +127,16 @@ class CaptionLoop:
         return cached
 
     def _publish_image(self, frame: Frame, message: dict) -> None:
-        """The JPEG with the caption drawn on it: to MQTT and the snapshot folder, as configured."""
+        """The JPEG with the caption drawn on it: to MQTT and the snapshot folder, as configured; on MQTT
+        made smaller (quality, then size) where the broker's packet limit asks for it."""
         write_snapshot = self.snapshot is not None and self.snapshot.due()
         publish_jpeg = self._jpeg_due(frame.ts)
         if not (publish_jpeg or write_snapshot):
             return
-        jpeg = encode_jpeg(draw_caption(frame.image, message["caption"], self.cfg.snapshot.width),
-                           self.cfg.snapshot.jpeg_quality)
+        drawn = draw_caption(frame.image, message["caption"], self.cfg.snapshot.width)
+        jpeg = encode_jpeg(drawn, self.cfg.snapshot.jpeg_quality)
         if publish_jpeg:
-            self.publisher.publish(self.topics.snapshot, jpeg, retain=True)
+            self.publisher.publish(self.topics.snapshot, jpeg, retain=True, fit=lambda room: jpeg_within(drawn, room))
             self._last_jpeg_ts = frame.ts
         if write_snapshot:
             self.snapshot.write(jpeg, message)

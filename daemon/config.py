@@ -187,6 +187,11 @@ class MqttConnectionConfig(StrictModel):
     reconnect_min_s: int = Field(1, ge=1, description="first wait before reconnecting to a lost broker")
     reconnect_max_s: int = Field(30, ge=1, description="longest wait between reconnect attempts")
     queue_size: int = Field(100, ge=1, description="outgoing messages held while the broker is slow or away; the oldest are dropped")
+    max_packet_size: int | None = Field(None, ge=128, le=268_435_460, description=(
+        "largest MQTT packet in bytes the broker accepts (Mosquitto's max_packet_size); null = what the broker "
+        "states in CONNACK (MQTT 5) or no limit (MQTT 3.1.1). Larger messages are made smaller or not sent"))
+    connack_timeout_s: float = Field(5.0, gt=0, le=120, description=(
+        "seconds a connection attempt waits for the broker's CONNACK before it counts as failed"))
 
     @field_validator("protocol", mode="before")
     @classmethod

@@ -16,10 +16,12 @@ topic                                       dir  retained  payload
 ``{prefix}/{camera}/snapshot``              out  yes       JPEG with the caption drawn on it, at
                                                            most every ``mqtt.jpeg_interval_s``
 ``{prefix}/{camera}/source``                out  yes       :func:`source_message`, on a change
+``{prefix}/{camera}/claim``                 i/o  no        :func:`claim_message`: which daemon publishes
+                                                           as this camera (``daemon.twins``), repeated
 ``{prefix}/{camera}/explain/request``       in   no        :func:`explain_request`
 ``{prefix}/{camera}/explain/response``      out  no        the response (``daemon.explain.requests``),
                                                            unless the request named a Response Topic
-``{prefix}/{camera}/explain/image``         out  yes       PNG grid of the last explanation, or
+``{prefix}/{camera}/explain/image``         out  yes       JPEG grid of the last explanation, or
                                                            :func:`placeholder_png` until there is one
 ``{prefix}/{camera}/explain/image/info``    out  yes       :func:`explanation_info` of that PNG
 ``{prefix}/{camera}/explain/job``           out  no        :class:`JobMessage` for a fleet's workers
@@ -101,9 +103,11 @@ class CameraTopics:
                                               "changes (:func:`caption_state_message`).")
     snapshot = Subtopic("snapshot", "JPEG of a recent frame with its caption drawn on it, retained.")
     source = Subtopic("source", "The camera source's state, retained, on a change (:func:`source_message`).")
+    claim = Subtopic("claim", "Which daemon publishes as this camera (:func:`claim_message`), repeated; a daemon "
+                              "that hears another's claim has a twin (``daemon.twins``).")
     explain_request = Subtopic("explain/request", "Explanation requests to this daemon (:func:`explain_request`).")
     explain_response = Subtopic("explain/response", "Answers to requests that named no MQTT 5 Response Topic.")
-    explain_image = Subtopic("explain/image", "PNG grid of the last explanation (or the placeholder), retained.")
+    explain_image = Subtopic("explain/image", "JPEG grid of the last explanation (or the placeholder), retained.")
     explain_image_info = Subtopic("explain/image/info", "What the retained explain image shows and when it was made "
                                                         "(:func:`explanation_info`), retained.")
     explain_job = Subtopic("explain/job", "This camera's explain jobs for a fleet's workers (:class:`JobMessage`).")
@@ -189,6 +193,13 @@ def source_message(state: dict, description: str) -> dict:
     ``since`` (Unix s in ``state``) as :func:`iso_time`, like every time in the contract (Home Assistant
     shows the attribute as a date, not as a ten-digit number)."""
     return {**state, "since": iso_time(state["since"]), "source": description}
+
+
+def claim_message(instance: str, host: str, pid: int, client_id: str, started: float, ts: float) -> dict:
+    """The JSON on ``claim``: one daemon's run (``instance``: random per run), where it runs, when it
+    started and when it said so (``ts``, Unix s: a claim much older than its repeat interval is stale)."""
+    return {"instance": instance, "host": host, "pid": pid, "client_id": client_id, "started": round(started, 3),
+            "ts": round(ts, 3)}
 
 
 def explain_request(request_id: str, frame: str | int = "latest", methods: list[str] | None = None,

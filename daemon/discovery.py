@@ -76,7 +76,7 @@ def _entities(prefix: str, camera: str) -> list[tuple[str, str, dict]]:
             "name": "Last explanation",
             "icon": "mdi:image-search",
             "image_topic": topics.explain_image,
-            "content_type": "image/png",
+            "content_type": "image/jpeg",
             "json_attributes_topic": topics.explain_image_info,
         }),
         ("sensor", "source", {

@@ -43,12 +43,40 @@ def decode_png(data: bytes) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
-    """JPEG bytes of an RGB uint8 image."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+def encode_jpeg(rgb: np.ndarray, quality: int = 85, full_colour: bool = False) -> bytes:
+    """JPEG bytes of an RGB uint8 image; ``full_colour`` keeps colour at full resolution (4:4:4,
+    for thin coloured detail such as heatmap overlays) instead of halving it (4:2:0)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    if full_colour:
+        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes()
+
+
+SMALLER_JPEG_QUALITIES = (70, 55, 40, 30)  # tried in turn when a JPEG must fit a broker's packet limit
+
+
+def jpeg_within(rgb: np.ndarray, room: int) -> bytes | None:
+    """The best JPEG of an RGB image of at most ``room`` bytes: lower qualities first, then halving its
+    size (not below 96 px wide); None when none fits."""
+    while True:
+        for quality in SMALLER_JPEG_QUALITIES:
+            data = encode_jpeg(rgb, quality)
+            if len(data) <= room:
+                return data
+        if rgb.shape[1] < 192:
+            return None
+        rgb = cv2.resize(rgb, (rgb.shape[1] // 2, rgb.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An encoded image (PNG, JPEG) as RGB uint8; ValueError if it is not one."""
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def to_base64(data: bytes) -> str:

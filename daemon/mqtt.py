@@ -22,8 +22,19 @@ message handed over after it (one connection is read in order). Until then it is
 
 A broker that hands this client's session to another client with the same client id
 (MQTT 5 reason "Session taken over", or, from brokers that just close the old connection,
-connections closed again and again soon after they were accepted) is named in the log
-with a hint.
+connections closed again and again soon after they were accepted, each at no sign of
+another cause) is named in the log with a hint. A close that has another reason (an MQTT 5
+DISCONNECT reason code, or a larger packet than the broker ever took sent just before) is
+named as that instead.
+
+What brokers in the wild do (``daemon.packet_limits``, ``daemon.broker_refusals``): a packet
+above the broker's Maximum Packet Size (CONNACK, or ``mqtt.max_packet_size``) is never sent;
+a message given a ``fit`` is made smaller, others are dropped, said once per topic and
+counted (``too_large``). Every SUBACK and PUBACK reason code is read: a refused
+subscription is an error naming the topic and what stops working, refused publishes are
+said once per topic and counted (``refused``). A CONNECT that gets no CONNACK within
+``mqtt.connack_timeout_s`` is a failed attempt with its reason; over MQTT 5 (no answer, or
+"Unsupported protocol version") the log names ``mqtt.protocol``.
 """
 
 from __future__ import annotations
@@ -46,16 +57,24 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from daemon.broker_refusals import RefusalNotices, refusal_hint
 from daemon.config import MqttConnectionConfig
 from daemon.contract import OFFLINE, ONLINE
+from daemon.packet_limits import PacketLimit, payload_room, publish_packet_size
 
 log = logging.getLogger(__name__)
 
 MessageCallback = Callable[[bytes, "Properties | None"], None]
+PayloadFit = Callable[[int], "bytes | None"]  # room in bytes -> a payload that fits, or None
 MAX_TOPIC_BYTES = 65535  # an MQTT string's length is two bytes
 SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
 SHORT_CONNECTION_S = 10.0  # a connection the broker closes sooner than this is suspicious...
 SHORT_CONNECTIONS_HINT = 3  # ...and this many in a row get the duplicate-client-id hint
+UNSPECIFIED = 0x80  # paho's reason code for a connection that just closed (no DISCONNECT packet)
+UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: the broker does not speak this MQTT version
+PACKET_SUSPECT_S = 1.0  # a close this soon after a packet larger than any the broker took blames its size
+PROTOCOL_HINT = ("the broker may speak only MQTT 3.1.1: set mqtt.protocol: 3.1.1 in the config "
+                 "(or upgrade the broker to one that speaks MQTT 5)")
 
 
 def topic_problem(topic: str) -> str | None:
@@ -127,6 +146,7 @@ class OutgoingMessage:
     retain: bool
     properties: Properties | None
     seq: int
+    fit: PayloadFit | None = None
 
 
 class MqttPublisher:
@@ -147,17 +167,29 @@ class MqttPublisher:
         self.dropped = 0
         self.sent = 0
         self.delivered = 0
-        self._unconfirmed: OrderedDict[int, int] = OrderedDict()  # mid -> QoS, in the order handed to paho
-        self._early_acks: set[int] = set()  # acknowledgements that came before their mid was recorded
+        # mid -> (QoS, topic, packet bytes), in the order handed to paho
+        self._unconfirmed: OrderedDict[int, tuple[int, str, int]] = OrderedDict()
+        self._early_acks: dict[int, int] = {}  # mid -> reason code of acks that came before their mid was recorded
         self._connected_at = 0.0
         self._short_connections = 0
         self._ignored_retained: set[str] = set()
+        self.limit = PacketLimit(configured=config.max_packet_size)
+        self.notices = RefusalNotices(log)
+        self._largest_taken = 0  # the largest packet the broker has acknowledged
+        # (monotonic time, bytes, topic) of packets sent in the last PACKET_SUSPECT_S larger than any the broker took
+        self._recent_large: deque[tuple[float, int, str]] = deque()
+        self._attempt = 0  # connection attempts whose socket opened
+        self._connack_missed = 0  # the last attempt closed for want of a CONNACK
+        self._answered = 0  # the last attempt that got a CONNACK
+        self._packet_hinted: set[str] = set()  # topics named in a packet-size hint
+        self._suback_topics: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topics, in order
         self._queue: deque[OutgoingMessage] = deque()
         self._retained: dict[str, OutgoingMessage] = {}
         self._retained_sent: dict[str, int] = {}
         self._republish_pending = False
         # topic -> (qos, callback, retained, with_topic)
         self._subscriptions: dict[str, tuple[int, MessageCallback, bool, bool]] = {}
+        self._purposes: dict[str, str] = {}  # topic -> what stops working if the broker refuses it
         self._seq = 0
         self._stopping = False
         self._cond = threading.Condition()
@@ -190,6 +222,8 @@ class MqttPublisher:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
         return client
 
     def start(self) -> None:
@@ -226,13 +260,15 @@ class MqttPublisher:
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
                 correlation_data: bytes | None = None, response_topic: str | None = None,
-                message_expiry_s: int | None = None) -> bool:
+                message_expiry_s: int | None = None, fit: PayloadFit | None = None) -> bool:
         """Queue a message without blocking; False if the queue was full and the oldest was dropped,
         or if ``topic`` cannot be published to (the message is dropped with a log line).
 
         ``correlation_data``, ``response_topic`` and ``message_expiry_s`` (the broker drops the
         message, retained or queued, after that many seconds) are MQTT 5 properties (ignored on 3.1.1).
         A retained message is also remembered and re-published after every reconnect.
+        ``fit(room)`` makes a payload of at most ``room`` bytes (or None) when the message's
+        packet would be larger than the broker accepts; without it such a message is dropped.
         """
         problem = topic_problem(topic)
         if problem is not None:
@@ -252,7 +288,7 @@ class MqttPublisher:
                 properties.ResponseTopic = response_topic
         with self._cond:
             self._seq += 1
-            message = OutgoingMessage(topic, data, qos, retain, properties, self._seq)
+            message = OutgoingMessage(topic, data, qos, retain, properties, self._seq, fit)
             if retain:
                 self._retained[topic] = message
                 if self.state != "connected":
@@ -267,7 +303,7 @@ class MqttPublisher:
         return accepted
 
     def subscribe(self, topic: str, callback: MessageCallback, qos: int = 0, retained: bool = True,
-                  with_topic: bool = False) -> None:
+                  with_topic: bool = False, purpose: str = "") -> None:
         """Call ``callback(payload, properties)`` for each message on ``topic`` (wildcards allowed),
         or ``callback(payload, properties, topic)`` with ``with_topic``.
 
@@ -275,12 +311,21 @@ class MqttPublisher:
         are renewed on every reconnect. ``properties`` is None on MQTT 3.1.1. With
         ``retained=False`` retained messages are never handed to ``callback`` (a command
         someone published with the retain flag would otherwise run again at every reconnect).
+        ``purpose`` says what stops working when the broker refuses the subscription
+        ("explain requests are not answered"), for the log line.
         """
         with self._cond:
             self._subscriptions[topic] = (qos, callback, retained, with_topic)
-            connected = self.state == "connected"
-        if connected:
-            self._client.subscribe([self._subscription(topic, qos, retained)])
+            self._purposes[topic] = purpose
+            if self.state == "connected":  # under the lock: the SUBACK's handler needs the mid recorded
+                self._send_subscribe(self._client, [topic])
+
+    def _send_subscribe(self, client: paho.Client, topics: list[str]) -> None:
+        """SUBSCRIBE to ``topics`` (known subscriptions) and remember them for the SUBACK (caller holds the lock)."""
+        result, mid = client.subscribe([self._subscription(t, self._subscriptions[t][0], self._subscriptions[t][2])
+                                        for t in topics])
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._suback_topics[mid] = list(topics)
 
     def _subscription(self, topic: str, qos: int, retained: bool) -> tuple:
         """``(topic, qos)`` for paho; on MQTT 5 with retain handling 2 when retained messages are unwanted."""
@@ -295,7 +340,10 @@ class MqttPublisher:
             depth = len(self._queue)
             return {"state": self.state, "last_error": self.last_error, "reconnects": self.reconnects,
                     "sent": self.sent, "delivered": self.delivered, "pending": len(self._unconfirmed),
-                    "dropped": self.dropped, "queue_depth": depth}
+                    "dropped": self.dropped, "queue_depth": depth,
+                    "refused": self.notices.count("refused"), "too_large": self.notices.count("too_large"),
+                    "refused_subscriptions": self.notices.topics_of("refused_subscription"),
+                    "max_packet_size": self.limit.bytes}
 
     def stop(self, timeout: float = 1.0) -> None:
         """Flush what can be sent, publish ``offline``, disconnect; bounded by about ``timeout`` s."""
@@ -322,8 +370,13 @@ class MqttPublisher:
 
     # -- paho callbacks (network thread) -------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._cond:
+            self._answered = self._attempt
         if reason_code.is_failure:
-            self._connect_failed(f"broker refused the connection: {reason_code}", logging.ERROR)
+            reason = f"broker refused the connection: {reason_code}"
+            if self.is_v5 and reason_code == UNSUPPORTED_PROTOCOL:
+                reason = f"{reason}; {PROTOCOL_HINT}"
+            self._connect_failed(reason, logging.ERROR)
             return
         with self._cond:
             if self._stopping:
@@ -333,19 +386,45 @@ class MqttPublisher:
             self.connects += 1
             self._connected_at = time.monotonic()
             self._republish_pending = True
-            subscriptions = [self._subscription(topic, qos, retained)
-                             for topic, (qos, _, retained, _) in self._subscriptions.items()]
+            self.limit.broker = getattr(properties, "MaximumPacketSize", None) if self.is_v5 else None
             # SUBSCRIBE is queued before the sender wakes (it needs this lock), so the broker
             # has the subscriptions before anything queued is published: a reply to what we
             # publish (Home Assistant's birth after discovery) cannot arrive unheard
-            if subscriptions:
-                client.subscribe(subscriptions)
+            if self._subscriptions:
+                self._send_subscribe(client, list(self._subscriptions))
             self._cond.notify_all()
-        log.info("MQTT: connected to %s:%d%s", self.config.host, self.config.port,
-                 f" (reconnect {self.reconnects})" if self.reconnects else "")
+        limit = self.limit.bytes
+        log.info("MQTT: connected to %s:%d%s%s", self.config.host, self.config.port,
+                 f" (reconnect {self.reconnects})" if self.reconnects else "",
+                 f"; packets up to {limit} bytes ({self.limit.source})" if limit else "")
         info = client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         with self._cond:
-            self._track(info.mid, 1)
+            self._track(info.mid, 1, self.availability_topic, 0)
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        """paho opened a connection and sends CONNECT: a CONNACK must follow within ``connack_timeout_s``."""
+        with self._cond:
+            self._attempt += 1
+            attempt = self._attempt
+        timer = threading.Timer(self.config.connack_timeout_s, self._connack_overdue, args=(attempt, sock))
+        timer.daemon = True
+        timer.start()
+
+    def _connack_overdue(self, attempt: int, sock) -> None:
+        """Timer: no CONNACK came for ``attempt``: a failed attempt; close its socket so paho tries again."""
+        with self._cond:
+            if attempt != self._attempt or self.state in ("connected", "stopped") or self._stopping:
+                return
+            self._connack_missed = attempt
+        reason = (f"no CONNACK from {self.config.host}:{self.config.port} within {self.config.connack_timeout_s:g} s "
+                  f"of CONNECT (MQTT {self.config.protocol})")
+        if self.is_v5:
+            reason = f"{reason}; {PROTOCOL_HINT}"
+        self._connect_failed(reason, logging.ERROR)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # paho's loop reads the end of file and reconnects
+        except OSError:
+            pass
 
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is still at hand.
@@ -364,28 +443,57 @@ class MqttPublisher:
         hint = None
         with self._cond:
             was_connected = self.state == "connected"
+            before_connack = not was_connected and self._answered != self._attempt
             if self.state != "stopped":
                 self.state = "disconnected"
-            lost = [mid for mid, qos in self._unconfirmed.items() if qos == 0]
+            lost = [mid for mid, (qos, _, _) in self._unconfirmed.items() if qos == 0]
             for mid in lost:  # a QoS 0 message the broker never confirmed is gone with the connection
                 del self._unconfirmed[mid]
             self.dropped += len(lost)
+            timed_out = self._connack_missed == self._attempt
             if was_connected and not self._stopping:
                 self.last_error = f"connection lost: {reason_code}"
-                hint = self._takeover_hint(reason_code)
+                hint = self._disconnect_hint(reason_code)
             self._cond.notify_all()
         if was_connected and not self._stopping:
             log.warning("MQTT: %s; reconnecting%s", self.last_error,
                         f" ({len(lost)} unconfirmed messages lost)" if lost else "")
             if hint:
                 log.error("MQTT: %s", hint)
+        elif before_connack and not timed_out and not self._stopping and self._attempt:
+            reason = f"{self.config.host}:{self.config.port} closed the connection without answering CONNECT"
+            if self.is_v5:
+                reason = f"{reason}; {PROTOCOL_HINT}"
+            self._connect_failed(reason, logging.ERROR)
 
-    def _takeover_hint(self, reason_code) -> str | None:
-        """The log line naming a session takeover, or None (caller holds the lock)."""
+    def _disconnect_hint(self, reason_code) -> str | None:
+        """The log line naming why the broker closed the connection, when there is more to say than
+        its reason code: a session takeover or a packet too large; None otherwise (caller holds the lock)."""
         if reason_code == SESSION_TAKEN_OVER:
             self.last_error = f"session taken over by another client with client id {self.client_id!r}"
             return (f"the broker handed this session to another client with the same client id "
                     f"{self.client_id!r}: give each daemon its own mqtt.client_id (or leave it unset)")
+        if reason_code != UNSPECIFIED:  # an MQTT 5 DISCONNECT that names its cause: no guessing
+            self._short_connections = 0
+            return None
+        now = time.monotonic()
+        suspects = [(size, topic) for sent, size, topic in self._recent_large
+                    if now - sent <= PACKET_SUSPECT_S and size > self._largest_taken > 0]
+        self._recent_large.clear()
+        if suspects:
+            self._short_connections = 0
+            size, topic = max(suspects)
+            self.last_error = f"connection lost right after a {size}-byte packet on {topic}"
+            if topic in self._packet_hinted:
+                return None
+            self._packet_hinted.add(topic)
+            return (f"the broker closed the connection right after a {size}-byte packet on {topic}, larger than "
+                    f"any it accepted ({self._largest_taken} bytes): it probably caps the packet size "
+                    "(Mosquitto's max_packet_size); set mqtt.max_packet_size to its limit")
+        return self._takeover_hint()
+
+    def _takeover_hint(self) -> str | None:
+        """The duplicate-client-id hint after SHORT_CONNECTIONS_HINT short connections in a row (caller holds the lock)."""
         if time.monotonic() - self._connected_at >= SHORT_CONNECTION_S:
             self._short_connections = 0
             return None
@@ -416,37 +524,67 @@ class MqttPublisher:
                 log.exception("MQTT: handler for %s failed", message.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        """paho: a QoS 0 message was written to the socket, or a QoS 1/2 one acknowledged."""
+        """paho: a QoS 0 message was written to the socket, or a QoS 1/2 one acknowledged (PUBACK/PUBREC,
+        whose MQTT 5 reason code may refuse it)."""
+        code = getattr(reason_code, "value", 0)
         with self._cond:
-            qos = self._unconfirmed.get(mid)
-            if qos is None:
-                self._early_acks.add(mid)  # a QoS 1/2 ack can beat the sender's bookkeeping
+            entry = self._unconfirmed.get(mid)
+            if entry is None:
+                self._early_acks[mid] = code  # a QoS 1/2 ack can beat the sender's bookkeeping
                 return
-            if qos > 0:
-                self._confirm(mid)
+            if entry[0] > 0:
+                self._confirm(mid, code)
 
-    def _confirm(self, mid: int) -> None:
-        """The broker acknowledged ``mid``: it and every QoS 0 message handed over before it are
-        delivered (caller holds the lock)."""
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        """paho: a SUBACK; a refused topic is an error naming it and what stops working."""
+        with self._cond:
+            topics = self._suback_topics.pop(mid, [])
+            purposes = [self._purposes.get(topic, "") for topic in topics]
+        for topic, purpose, code in zip(topics, purposes, reason_codes):
+            if code.is_failure:
+                self.notices.report("refused_subscription", topic, logging.ERROR,
+                                    f"MQTT: the broker refused the subscription to {topic} ({code}): "
+                                    f"{purpose or 'its messages never arrive'}; {refusal_hint(code.value)}")
+
+    def _confirm(self, mid: int, code: int = 0) -> None:
+        """The broker acknowledged ``mid`` (refused it with a ``code`` of 0x80 or more): every QoS 0
+        message handed over before it is delivered, and so is ``mid`` unless refused (caller holds the lock)."""
         earlier = []
-        for other, qos in self._unconfirmed.items():
+        for other, (qos, _, size) in self._unconfirmed.items():
             if other == mid:
                 break
             if qos == 0:
-                earlier.append(other)
-        for other in earlier:
+                earlier.append((other, size))
+        for other, size in earlier:
             del self._unconfirmed[other]
-        del self._unconfirmed[mid]
-        self.delivered += len(earlier) + 1
+            self._largest_taken = max(self._largest_taken, size)
+        _, topic, size = self._unconfirmed.pop(mid)
+        self.delivered += len(earlier)
+        if code >= 0x80:
+            self.notices.report("refused", topic, logging.WARNING,
+                                f"MQTT: the broker refused a message on {topic} (reason code 0x{code:02X}): "
+                                f"subscribers of {topic} get nothing; {refusal_hint(code)}")
+            return
+        self.delivered += 1
+        self._largest_taken = max(self._largest_taken, size)
 
-    def _track(self, mid: int, qos: int) -> None:
-        """Remember a message handed to paho until the broker confirms it (caller holds the lock)."""
+    def _track(self, mid: int, qos: int, topic: str, size: int) -> None:
+        """Remember a message of ``size`` bytes handed to paho until the broker confirms it (caller holds the lock)."""
         self._unconfirmed.pop(mid, None)  # message ids wrap around after 65535
-        self._unconfirmed[mid] = qos
+        self._unconfirmed[mid] = (qos, topic, size)
         if mid in self._early_acks:
-            self._early_acks.discard(mid)
+            code = self._early_acks.pop(mid)
             if qos > 0:
-                self._confirm(mid)
+                self._confirm(mid, code)
+
+    def _note_sent(self, size: int, topic: str) -> None:
+        """Keep a packet larger than any the broker took for PACKET_SUSPECT_S: a close right after it
+        blames its size (caller holds the lock)."""
+        now = time.monotonic()
+        while self._recent_large and now - self._recent_large[0][0] > PACKET_SUSPECT_S:
+            self._recent_large.popleft()
+        if size > self._largest_taken:
+            self._recent_large.append((now, size, topic))
 
     # -- sender thread ------------------------------------------------------------------
     def _next_batch(self) -> list[OutgoingMessage] | None:
@@ -474,11 +612,35 @@ class MqttPublisher:
                 else:
                     self._cond.wait()
 
+    def _fitted(self, message: OutgoingMessage) -> bytes | None:
+        """The payload to send: as given when its packet fits the broker's limit, else made smaller by the
+        message's ``fit``, else None (dropped, said once per topic and counted)."""
+        limit = self.limit.bytes
+        topic_bytes = len(message.topic.encode())
+        properties_bytes = (len(message.properties.pack()) if message.properties is not None else 1) if self.is_v5 else 0
+        size = publish_packet_size(topic_bytes, len(message.payload), message.qos, properties_bytes)
+        if limit is None or size <= limit:
+            return message.payload
+        room = payload_room(limit, topic_bytes, message.qos, properties_bytes)
+        smaller = message.fit(room) if message.fit is not None and room > 0 else None
+        if smaller is not None and len(smaller) <= room:
+            self.notices.report("made_smaller", message.topic, logging.INFO,
+                                f"MQTT: messages on {message.topic} are larger than {self.limit.source} "
+                                f"({limit} bytes): sent smaller ({len(message.payload)} -> {len(smaller)} bytes)")
+            return smaller
+        self.notices.report("too_large", message.topic, logging.WARNING,
+                            f"MQTT: a message on {message.topic} was not sent: its packet ({size} bytes) is larger "
+                            f"than {self.limit.source} ({limit} bytes)")
+        return None
+
     def _send_loop(self) -> None:
         while (batch := self._next_batch()) is not None:
             for message in batch:
+                payload = self._fitted(message)
+                if payload is None:
+                    continue
                 try:
-                    info = self._client.publish(message.topic, message.payload, message.qos, message.retain,
+                    info = self._client.publish(message.topic, payload, message.qos, message.retain,
                                                 message.properties)
                 except (ValueError, TypeError) as exc:  # paho refuses the message: drop it, keep sending
                     log.warning("MQTT: message on %r dropped: %s", message.topic, exc)
@@ -488,11 +650,13 @@ class MqttPublisher:
                 sent = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
                 # paho keeps a QoS 1/2 message it could not send yet and sends it after the reconnect
                 kept = message.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
+                size = publish_packet_size(len(message.topic.encode()), len(payload), message.qos, 0)
                 with self._cond:
                     if sent:
                         self.sent += 1
+                        self._note_sent(size, message.topic)
                     if sent or kept:
-                        self._track(info.mid, message.qos)
+                        self._track(info.mid, message.qos, message.topic, size)
                     elif not message.retain:  # retained values are re-published after the reconnect
                         self.dropped += 1
                 if not sent:

@@ -99,13 +99,13 @@ class MessageCollector:
     """A real MQTT 5 client that subscribes (again after every reconnect) and keeps what arrives;
     ``connected`` is set once the broker has its subscriptions."""
 
-    def __init__(self, port: int, topics: list[str], host: str = "127.0.0.1"):
+    def __init__(self, port: int, topics: list[str], host: str = "127.0.0.1", protocol=paho.MQTTv5):
         self.topics = topics
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"collector-{id(self)}",
-                                  protocol=paho.MQTTv5)
+                                  protocol=protocol)
         self.client.reconnect_delay_set(1, 1)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.connected.clear()
@@ -151,11 +151,12 @@ class MessageCollector:
 
 @pytest.fixture
 def collect():
-    """Factory: ``collect(port, topic, ...)`` -> a connected MessageCollector, closed at teardown."""
+    """Factory: ``collect(port, topic, ..., protocol=paho.MQTTv5)`` -> a connected MessageCollector,
+    closed at teardown (``protocol=paho.MQTTv311`` for brokers that speak only MQTT 3.1.1)."""
     collectors = []
 
-    def make(port: int, *topics: str, wait: bool = True) -> MessageCollector:
-        collector = MessageCollector(port, list(topics))
+    def make(port: int, *topics: str, wait: bool = True, protocol=paho.MQTTv5) -> MessageCollector:
+        collector = MessageCollector(port, list(topics), protocol=protocol)
         collectors.append(collector)
         if wait:
             assert collector.connected.wait(5), "collector could not connect"

@@ -29,8 +29,9 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Callable
 
+from daemon.bundle import manifest_sha256
 from daemon.explain.job import Job
-from daemon.explain.process import ProcessSettings, serve
+from daemon.explain.process import BUNDLE_CHANGED, ProcessSettings, serve
 from daemon.explain.requests import ErrorResponse
 
 log = logging.getLogger("explaincam.explain")
@@ -69,10 +70,13 @@ class _ExplainerProcess:
 class LocalDispatcher:
     """Explains accepted jobs in this box's explainer process, one at a time, ``queue_size`` waiting at most."""
 
-    def __init__(self, config, bundle_path: str | Path):
-        """``config`` is the ExplainConfig; the process explains the bundle at ``bundle_path``."""
+    def __init__(self, config, bundle_path: str | Path, bundle_sha256: str | None = None):
+        """``config`` is the ExplainConfig; the process explains the bundle at ``bundle_path`` whose
+        manifest has ``bundle_sha256`` (the one the capture process loaded; default: the one on disk
+        now), or answers ``bundle_changed``."""
         self.config = config
-        self.settings = ProcessSettings(str(bundle_path), config)
+        self.settings = ProcessSettings(str(bundle_path), config, bundle_sha256 or manifest_sha256(bundle_path))
+        self._bundle_changed_said = False
         self._context = multiprocessing.get_context("spawn")
         _start_resource_tracker()
         self._explainer: _ExplainerProcess | None = None
@@ -176,8 +180,13 @@ class LocalDispatcher:
             return
         reply = pending.reply
         if kind == "failed":
-            log.error("explanation %r failed: %s", reply.request_id, message[2])
-            self._reply(ErrorResponse(reply.request_id, "internal", message[2]).payload(), reply)
+            code = message[3]
+            if code != BUNDLE_CHANGED:
+                log.error("explanation %r failed: %s", reply.request_id, message[2])
+            elif not self._bundle_changed_said:  # every request says it; the log once
+                self._bundle_changed_said = True
+                log.error("%s; until then explain requests are answered %s (logged once)", message[2], BUNDLE_CHANGED)
+            self._reply(ErrorResponse(reply.request_id, code, message[2]).payload(), reply)
             return
         payload, grid = message[2], message[3]
         now = time.monotonic()

@@ -6,7 +6,12 @@ TensorFlow, so the capture process can name ``serve`` as the target; the process
 explainer's backend (LiteRT, or TensorFlow as the fallback) only once it runs.
 
 Messages to the dispatcher, on the results pipe:
-``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message)``.
+``("started", key)``, ``("done", key, response, grid_png)``, ``("failed", key, message, error code)``.
+
+The process explains only the bundle the capture process loaded: it checks the sha256 of
+the bundle's manifest (which hashes every other file) against the capture process's before
+and after loading it. A bundle replaced on disk since the daemon started (an upgrade copied
+over) is answered with error ``bundle_changed``, never with another model's explanation.
 """
 
 from __future__ import annotations
@@ -20,20 +25,28 @@ import threading
 import time
 from dataclasses import dataclass
 
+from daemon.bundle import manifest_sha256
 from daemon.config import ExplainConfig
 from daemon.explain.explainer import Explainer
 from daemon.explain.job import answer_job
 
 PARENT_CHECK_S = 1.0  # how often the explainer looks whether the daemon is still there
+BUNDLE_CHANGED = "bundle_changed"
+
+
+class BundleChangedError(Exception):
+    """The bundle on disk is not the one the capture process loaded (its manifest's sha256 differs)."""
 
 
 @dataclass(frozen=True)
 class ProcessSettings:
-    """What the explainer process needs to start: the bundle and the ``explain`` section of the config
-    (backend, threads, niceness, idle timeout, effort)."""
+    """What the explainer process needs to start: the bundle, the sha256 of its manifest as the capture
+    process loaded it, and the ``explain`` section of the config (backend, threads, niceness, idle
+    timeout, effort)."""
 
     bundle_path: str
     explain: ExplainConfig
+    bundle_sha256: str
 
 
 @contextlib.contextmanager
@@ -92,8 +105,10 @@ def serve(jobs, results, settings: ProcessSettings, parent_pid: int) -> None:
             if load_ms:
                 payload["timings_ms"]["load_ms"] = round(load_ms, 1)
             message = ("done", job.key, payload, grid)
+        except BundleChangedError as exc:
+            message = ("failed", job.key, str(exc), BUNDLE_CHANGED)
         except Exception as exc:  # reported to the requester as an `internal` error
-            message = ("failed", job.key, f"{type(exc).__name__}: {exc}")
+            message = ("failed", job.key, f"{type(exc).__name__}: {exc}", "internal")
         if not _send(results, message):
             return
 
@@ -115,6 +130,23 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 def load_explainer(settings: ProcessSettings):
-    """The explainer on the configured backend (LiteRT needs no TensorFlow import)."""
+    """The explainer on the configured backend (LiteRT needs no TensorFlow import), of the very bundle
+    the capture process loaded; BundleChangedError when the one on disk is another."""
+    _check_bundle(settings, lambda: manifest_sha256(settings.bundle_path))
     config = settings.explain
-    return Explainer(settings.bundle_path, config.options(), config.gradcam_layer, config.backend, config.threads)
+    explainer = Explainer(settings.bundle_path, config.options(), config.gradcam_layer, config.backend, config.threads)
+    _check_bundle(settings, lambda: explainer.bundle.manifest_sha256)  # swapped while it loaded
+    return explainer
+
+
+def _check_bundle(settings: ProcessSettings, read_sha256) -> None:
+    """BundleChangedError unless ``read_sha256()`` is the manifest sha256 the capture process loaded."""
+    try:
+        found = read_sha256()
+    except OSError as exc:
+        found = f"unreadable: {exc.strerror or exc}"
+    if found != settings.bundle_sha256:
+        now = found if found.startswith("unreadable") else f"{found[:12]}…"
+        raise BundleChangedError(
+            f"the model bundle {settings.bundle_path} changed on disk since the daemon loaded it (manifest sha256 "
+            f"{settings.bundle_sha256[:12]}… then, {now} now); restart to use the new bundle")

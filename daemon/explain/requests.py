@@ -25,7 +25,7 @@ from daemon.explain_settings import METHODS
 from daemon.imaging import encode_png, from_base64
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
-               "frame_not_cached", "busy", "internal", "shutting_down",
+               "frame_not_cached", "busy", "internal", "shutting_down", "bundle_changed", "response_too_large",
                "timeout", "no_worker", "unknown_bundle", "bad_job")  # the last four: a fleet (daemon/fleet/)
 MAX_ID_LENGTH = 128
 _ID_PATTERN = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_ID_LENGTH)
@@ -163,6 +163,28 @@ def parse_words(text: str) -> str | list[int]:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ValueError(f"words must be 'all' or indices like 0,2 (got {text!r})") from None
+
+
+def fitted_response(payload: dict, room: int, image_topic: str) -> bytes | None:
+    """An ok response as at most ``room`` bytes of JSON (a broker's packet limit): without the inline
+    heatmaps (and method blocks such as ACE's), saying so and where the picture is; else the error
+    ``response_too_large``; None when not even that fits."""
+    full = len(json.dumps(payload))
+    slim = {key: value for key, value in payload.items() if not (isinstance(value, dict) and key in METHODS)}
+    slim["words"] = [{key: ({k: v for k, v in value.items() if k != "heatmap"} if isinstance(value, dict) else value)
+                      for key, value in word.items()} for word in payload.get("words", [])]
+    slim["omitted"] = {"heatmaps": True, "reason": f"the full answer ({full} bytes) is larger than the broker "
+                                                   f"accepts ({room} bytes)",
+                       "picture": f"the explanation picture is on {image_topic}; the full answer is the "
+                                  "snapshot folder's explanation.json"}
+    for candidate in (slim, ErrorResponse(payload.get("id"), "response_too_large",
+                                          f"the answer ({full} bytes) is larger than the broker accepts ({room} "
+                                          f"bytes), even without its heatmaps; the explanation picture is on "
+                                          f"{image_topic}", payload.get("frame_id"), payload.get("caption")).payload()):
+        text = json.dumps(candidate).encode()
+        if len(text) <= room:
+            return text
+    return None
 
 
 def summary_lines(payload: dict) -> list[str]:

@@ -138,8 +138,10 @@ class RemoteDispatcher:
         self._stopping = threading.Event()
         self._reply: Callable | None = None
         self._deliver: Callable | None = None
-        subscribe(self.result_topic, self._on_result, qos=1)
-        subscribe(PrefixTopics(topics.prefix).workers, self._on_worker_message, qos=1, with_topic=True)
+        subscribe(self.result_topic, self._on_result, qos=1,
+                  purpose="no answer of a fleet's workers arrives: remote explain requests time out")
+        subscribe(PrefixTopics(topics.prefix).workers, self._on_worker_message, qos=1, with_topic=True,
+                  purpose="no fleet worker is seen: explain.mode auto explains locally, remote answers no_worker")
         self._thread = threading.Thread(target=self._retry_loop, name="fleet-retry", daemon=True)
 
     def start(self, reply: Callable, deliver: Callable) -> None:

@@ -142,7 +142,7 @@ class FleetWorker:
             log.info("bundle %s (%s, manifest sha256 %s…) loaded on %s and warmed up in %.1f s", name, path,
                      sha256[:12], explainer.backend.name, time.perf_counter() - started)
         self.publisher.subscribe(self.topics.explain_jobs(self.cfg.group), self._on_job, qos=1,
-                                 with_topic=True)
+                                 with_topic=True, purpose="this worker gets no explain jobs")
         self.publisher.start()
         explain_thread = threading.Thread(target=self._explain_loop, args=(stop,), name="fleet-explain", daemon=True)
         explain_thread.start()

@@ -24,7 +24,7 @@ from tests.conftest import CAMERA, PREFIX, REPO, SHIPPED_BUNDLE, daemon_config, 
 
 TOPICS = CameraTopics.for_camera(PREFIX, CAMERA)
 STATS = PrefixTopics(PREFIX).stats
-RUNNING_ONLY = {TOPICS.availability, STATS, TOPICS.source}  # connection, stats timer, camera state
+RUNNING_ONLY = {TOPICS.availability, STATS, TOPICS.source, TOPICS.claim}  # connection, stats timer, camera state, twin watch
 
 
 def live_topics(collector) -> set[str]:

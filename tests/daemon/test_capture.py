@@ -37,7 +37,7 @@ class RecordingPublisher(MqttPublisher):
         super().__init__(config.mqtt, "capture-test", TOPICS.availability)
         self.published: list[tuple[str, bytes, bool]] = []
 
-    def publish(self, topic, payload, qos=0, retain=False, correlation_data=None, response_topic=None):
+    def publish(self, topic, payload, qos=0, retain=False, correlation_data=None, response_topic=None, fit=None):
         self.published.append((topic, payload if isinstance(payload, bytes) else payload.encode(), retain))
         return super().publish(topic, payload, qos, retain, correlation_data, response_topic)
 

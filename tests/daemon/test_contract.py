@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from daemon.app import publish_last_explanation
+from daemon.explain.service import picture_jpeg
 from daemon.contract import (CameraTopics, PrefixTopics, caption_state_message, explain_request, explanation_info,
                              parse_iso_time, placeholder_png, source_message)
 
@@ -20,7 +21,7 @@ CAMERA_TOPICS = ("availability", "caption", "caption_state", "snapshot", "source
 class Published(list):
     """The publisher's ``publish`` seam: keeps (topic, payload, retain)."""
 
-    def publish(self, topic, payload, qos=0, retain=False):
+    def publish(self, topic, payload, qos=0, retain=False, fit=None):
         self.append((topic, payload if isinstance(payload, bytes) else payload.encode(), retain))
 
     def on(self, topic):
@@ -71,14 +72,14 @@ def test_payloads():
 def test_the_placeholder_is_published_when_no_explanation_was_made(tmp_path):
     published = Published()
     publish_last_explanation(published, TOPICS, tmp_path)
-    (png,) = published.on(TOPICS.explain_image)
-    assert png == placeholder_png()
-    assert cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape[2] == 3
+    (jpeg,) = published.on(TOPICS.explain_image)
+    assert jpeg.startswith(b"\xff\xd8") and jpeg == picture_jpeg(placeholder_png())[0]
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (224, 448, 3)
     assert json.loads(published.on(TOPICS.explain_image_info)[0])["placeholder"] is True
 
 
 def test_the_last_explanation_of_the_snapshot_folder_is_published_with_when_it_was_made(tmp_path):
-    grid = cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    grid = cv2.imencode(".png", np.full((16, 24, 3), 200, np.uint8))[1].tobytes()
     (tmp_path / "explanation.png").write_bytes(grid)
     made_at = "2024-03-20T18:02:11+00:00"
     (tmp_path / "explanation.json").write_text(json.dumps(
@@ -86,7 +87,9 @@ def test_the_last_explanation_of_the_snapshot_folder_is_published_with_when_it_w
          "words": [{"index": 0, "word": "a", "gradcam": {}}]}))
     published = Published()
     publish_last_explanation(published, TOPICS, tmp_path)
-    assert published.on(TOPICS.explain_image) == [grid]
+    (jpeg,) = published.on(TOPICS.explain_image)  # the saved picture, as a JPEG
+    assert jpeg.startswith(b"\xff\xd8")
+    assert np.abs(cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int) - 200).max() <= 2
     info = json.loads(published.on(TOPICS.explain_image_info)[0])
     assert info == {"placeholder": False, "made_at": made_at, "request_id": "r7", "frame_id": 41,
                     "caption": "a red circle", "methods": ["gradcam"]}
@@ -97,4 +100,4 @@ def test_an_unreadable_last_explanation_gives_the_placeholder(tmp_path):
     (tmp_path / "explanation.json").write_text("{torn")
     published = Published()
     publish_last_explanation(published, TOPICS, tmp_path)
-    assert published.on(TOPICS.explain_image) == [placeholder_png()]
+    assert published.on(TOPICS.explain_image) == [picture_jpeg(placeholder_png())[0]]

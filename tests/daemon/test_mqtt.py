@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from daemon.config import MqttConfig
 from daemon.broker import LocalBroker, free_port
 from daemon.mqtt import MqttPublisher, MqttSetupError, read_password, topic_problem
+from daemon.packet_limits import payload_room, publish_packet_size
 from tests.conftest import wait_until
 
 AVAILABILITY = "t/availability"
@@ -173,3 +176,59 @@ def test_password_comes_from_a_file_or_the_environment(tmp_path, monkeypatch):
         read_password(MqttConfig(username="u", password_file=tmp_path / "missing"))
     with pytest.raises(MqttSetupError, match="does not exist"):
         MqttPublisher(MqttConfig(tls={"ca_certs": tmp_path / "nope.pem"}), "x", AVAILABILITY)
+
+
+@pytest.mark.parametrize("qos,properties", [(0, False), (1, False), (1, True)])
+def test_the_largest_payload_that_fits_is_exactly_what_the_broker_takes(tmp_path, qos, properties):
+    limit = 1024
+    broker = LocalBroker(free_port(), tmp_path / "capped", extra_config=f"max_packet_size {limit}\n")
+    broker.start()
+    try:
+        topic = "t/limit"
+        extra = Properties(PacketTypes.PUBLISH)
+        extra.CorrelationData = b"0123456789"
+        packed = len(extra.pack()) if properties else 1
+        room = payload_room(limit, len(topic), qos, packed)
+        assert publish_packet_size(len(topic), room, qos, packed) == limit
+
+        def survives(size: int) -> bool:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-{size}", protocol=paho.MQTTv5)
+            lost = threading.Event()
+            client.on_disconnect = lambda *a: lost.set()
+            client.connect("127.0.0.1", broker.port)
+            client.loop_start()
+            client.publish(topic, b"x" * size, qos=qos, properties=extra if properties else None)
+            client.publish(topic, b"after", qos=1).wait_for_publish(3)  # an answer only if still connected
+            kept = not lost.wait(0.5)
+            client.disconnect()
+            client.loop_stop()
+            return kept
+
+        # MQTT 5 counts the whole packet; Mosquitto 2.0 checks only its Remaining Length, the fixed
+        # header's 3 bytes less: the spec's room is always taken, and 4 bytes more never
+        assert survives(room) and not survives(room + 4)
+    finally:
+        broker.stop()
+
+
+def test_a_message_too_large_for_the_broker_is_made_smaller_or_dropped_once(tmp_path, publishers, collect, caplog):
+    broker = LocalBroker(free_port(), tmp_path / "capped", extra_config="max_packet_size 2048\n")
+    broker.start()
+    try:
+        publisher = publishers(broker.port)
+        assert publisher.wait_connected(5)
+        watcher = collect(broker.port, "t/#")
+        with caplog.at_level("INFO", logger="daemon.mqtt"):
+            for _ in range(3):
+                publisher.publish("t/big", b"x" * 4000, qos=1)
+                publisher.publish("t/fits", b"y" * 4000, qos=1, fit=lambda room: b"y" * room)
+            publisher.publish("t/after", b"still connected", qos=1)
+            watcher.wait_for("t/after", timeout=5)
+        assert not watcher.on("t/big")
+        # 2048 bytes less: fixed header 1 + Remaining Length 2, topic 2 + 6, packet id 2, properties 1
+        assert [len(m.payload) for m in watcher.on("t/fits")] == [2048 - 14] * 3
+        status = publisher.status()
+        assert (status["too_large"], status["max_packet_size"], status["reconnects"]) == (3, 2048, 0)
+        assert sum("t/big was not sent" in r.message for r in caplog.records) == 1
+    finally:
+        broker.stop()

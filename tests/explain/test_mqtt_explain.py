@@ -20,7 +20,7 @@ from daemon.bundle import load_bundle
 from daemon.contract import CameraTopics
 from daemon.explain.backends import choose_backend
 from daemon.explain.heatmap import heatmap_from_base64
-from daemon.imaging import decode_png
+from daemon.imaging import decode_image, decode_png
 from tests.conftest import (CAMERA, CAPTION, PREFIX, REPO, REQUEST, RESPONSE, START_TIMEOUT, child_pids,
                             daemon_config, wait_until)
 
@@ -106,7 +106,7 @@ def test_latest_frame_explained_over_mqtt5_with_correlation_and_the_request_cli(
     assert {"gradcam_ms", "saliency_ms", "queue_ms", "total_ms", "load_ms"} <= set(answer["timings_ms"])
     assert not [m for m in watcher.on(RESPONSE) if m.json()["id"] == "e2e-1"]  # it went to the Response Topic
     grid = watcher.wait_for(IMAGE, timeout=10, since=sent)  # not the placeholder published at start
-    assert decode_png(grid.payload).shape[2] == 3
+    assert grid.payload.startswith(b"\xff\xd8") and decode_image(grid.payload).shape[2] == 3  # a JPEG
     info = watcher.wait_for(IMAGE_INFO, lambda m: not m.json()["placeholder"], timeout=10).json()
     assert (info["request_id"], info["frame_id"]) == ("e2e-1", answer["frame_id"])
     assert info["methods"] == ["gradcam", "saliency"] and info["made_at"]

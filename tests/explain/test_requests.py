@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from daemon.explain.requests import (ERROR_CODES, ErrorResponse, ExplainRequest, check_words, fitted_response,
+                                     parse_words, response, validate_request)
 from daemon.explain_settings import METHODS
-from daemon.explain.requests import (ERROR_CODES, ErrorResponse, ExplainRequest, check_words, parse_words,
-                                     response, validate_request)
 
 MAX = 16384
 DEFAULTS = ["gradcam", "saliency"]
@@ -84,3 +84,21 @@ def test_every_registered_method_is_accepted_and_words_parse():
     assert parse_words("all") == "all" and parse_words("0,2") == [0, 2]
     with pytest.raises(ValueError):
         parse_words("first")
+
+
+def test_an_answer_too_large_for_the_broker_loses_its_heatmaps_then_becomes_an_error():
+    heat = "A" * 5000  # a base64 heatmap
+    full = response("r9", "ok", frame_id=7, caption="a red circle", float_caption="a red circle",
+                    words=[{"index": i, "word": w, "gradcam": {"heatmap": heat, "peak": [1, 2]},
+                            "saliency": {"heatmap": heat, "peak": None}}
+                           for i, w in enumerate(["a", "red", "circle"])],
+                    timings_ms={"total_ms": 5})
+    full["ace"] = {"concept_map": heat * 4}
+    slim = json.loads(fitted_response(full, 2000, "cam/explain/image"))
+    assert (slim["id"], slim["status"], slim["caption"]) == ("r9", "ok", "a red circle")
+    assert slim["words"][1]["gradcam"] == {"peak": [1, 2]} and "ace" not in slim
+    assert slim["omitted"]["heatmaps"] and "cam/explain/image" in slim["omitted"]["picture"]
+    error = json.loads(fitted_response(full, 500, "cam/explain/image"))
+    assert (error["id"], error["status"], error["error"]["code"]) == ("r9", "error", "response_too_large")
+    assert "500 bytes" in error["error"]["message"] and error["error"]["code"] in ERROR_CODES
+    assert fitted_response(full, 50, "cam/explain/image") is None

@@ -8,16 +8,18 @@ import signal
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from daemon.captioner import Captioner
 from daemon.config import ExplainConfig
 from daemon.contract import CameraTopics
 from daemon.explain import local as local_module
+from daemon.explain.explainer import Explainer, answer
 from daemon.explain.local import LocalDispatcher
-from daemon.explain.service import ExplainService
+from daemon.explain.service import ExplainService, picture_jpeg
 from daemon.framecache import CachedFrame, FrameCache
-from daemon.imaging import decode_png
+from daemon.imaging import decode_image
 from daemon.scenes import scene_at
 from daemon.snapshot import SnapshotFolder
 from tests.conftest import SHIPPED_BUNDLE, wait_until
@@ -33,7 +35,7 @@ class Published:
         self.messages = []
         self.lock = threading.Lock()
 
-    def __call__(self, topic, payload, qos=0, retain=False, correlation_data=None):
+    def __call__(self, topic, payload, qos=0, retain=False, correlation_data=None, fit=None):
         with self.lock:
             self.messages.append((topic, payload, retain, correlation_data))
 
@@ -77,7 +79,7 @@ def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeyp
         assert (one["status"], topic, correlation) == ("ok", "reply/one", b"c1")
         assert one["frame_id"] == 101 and one["caption"] == frames.get(101).caption.caption
         image = next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image and retain)
-        assert decode_png(image).ndim == 3
+        assert image.startswith(b"\xff\xd8") and decode_image(image).ndim == 3  # the picture as a JPEG
         info = json.loads(next(p for t, p, retain, _ in published.messages if t == TOPICS.explain_image_info))
         assert (info["request_id"], info["frame_id"], info["methods"]) == ("one", 101, ["gradcam"])
         snapshot = json.loads((tmp_path / "snap" / "explanation.json").read_text())
@@ -109,3 +111,22 @@ def test_queue_busy_idle_exit_crash_and_stuck_recovery(frames, tmp_path, monkeyp
     finally:
         service.stop()
     assert service.local.explainer_pid is None
+
+
+def test_the_picture_of_an_eight_word_caption_is_a_fraction_of_its_png():
+    captioner = Captioner.from_path(SHIPPED_BUNDLE)
+    scene = next(s for s in (scene_at(777, i) for i in range(200)) if len(s.caption.split()) == 8)
+    tokens = list(captioner.caption(scene.image).tokens)
+    assert len(tokens) == 8
+    payload, png = answer(Explainer(SHIPPED_BUNDLE, backend="litert", threads=1), scene.image, tokens,
+                          list(range(8)), ["gradcam", "saliency"], "eight")
+    jpeg, fit = picture_jpeg(png)
+    assert len(jpeg) <= 300_000 and len(png) > 4 * len(jpeg), (len(png), len(jpeg))
+    # the picture a person sees: PSNR against the lossless one (above about 35 dB the difference
+    # is hard to see; the scenes' sensor noise is most of what JPEG changes)
+    error = ((decode_image(jpeg).astype(float) - decode_image(png).astype(float)) ** 2).mean()
+    psnr = 10 * np.log10(255 ** 2 / error)
+    print(f"picture: PNG {len(png)} bytes, JPEG {len(jpeg)} bytes, PSNR {psnr:.1f} dB")
+    assert psnr > 35, psnr
+    smaller = fit(20_000)  # a broker's packet limit: a smaller JPEG of the same picture, or nothing
+    assert smaller is not None and len(smaller) <= 20_000 and decode_image(smaller).shape[2] == 3

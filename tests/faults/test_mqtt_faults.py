@@ -6,7 +6,8 @@
   different snapshot folders) must not take each other's MQTT session over; two that are
   *configured* with one client id get the cause named in the log.
 - While the broker hangs (alive, silent) the stats must not count the captions handed to
-  the MQTT library as delivered: they are pending, then dropped when the keep-alive gives up.
+  the MQTT library as delivered: they are pending, then dropped when the keep-alive gives up
+  (Mosquitto over MQTT 5 and amqtt over MQTT 3.1.1).
 """
 
 from __future__ import annotations
@@ -130,25 +131,25 @@ def test_two_daemons_from_copies_of_one_config_keep_their_sessions(tmp_path, mos
             lost_connections_shared_id_until_hint=shared_lost)
 
 
-def test_stats_do_not_count_captions_swallowed_by_a_hanging_broker(tmp_path, mosquitto, collect, daemon_process):
-    config = daemon_config(tmp_path, mosquitto.port, caption={"rate": 5})
+def test_stats_do_not_count_captions_swallowed_by_a_hanging_broker(tmp_path, broker, collect, daemon_process):
+    config = daemon_config(tmp_path, broker.port, caption={"rate": 5}, mqtt={"protocol": broker.protocol})
     daemon = daemon_process(config)
-    stats = collect(mosquitto.port, STATS, CAPTION)
+    stats = collect(broker.port, STATS, CAPTION, protocol=broker.paho_protocol)
     stats.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
     before = stats.wait_for(STATS, lambda m: m.json()["mqtt"]["delivered"] > 0, timeout=10).json()["mqtt"]
     assert before["dropped"] == 0
     latest = tmp_path / "snapshot" / "latest.json"
 
-    broker = mosquitto._process.pid
+    broker_pid = broker._process.pid
     first_frame = json.loads(latest.read_text())["frame_id"]
     hang_started = time.monotonic()
-    os.kill(broker, signal.SIGSTOP)  # alive but silent: TCP still accepts what fits in its buffers
+    os.kill(broker_pid, signal.SIGSTOP)  # alive but silent: TCP still accepts what fits in its buffers
     try:
         wait_until(lambda: "MQTT: connection lost" in daemon.log(), 30, interval=0.2,
                    message="the keep-alive to notice the hanging broker")
         noticed_s = round(time.monotonic() - hang_started, 1)
     finally:
-        os.kill(broker, signal.SIGCONT)
+        os.kill(broker_pid, signal.SIGCONT)
     last_frame = json.loads(latest.read_text())["frame_id"]
     made = last_frame - first_frame  # captions made while the broker hung
     resumed = time.monotonic()

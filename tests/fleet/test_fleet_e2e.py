@@ -60,7 +60,10 @@ def local_explainer():
     from daemon.explain.process import ProcessSettings, load_explainer
     from tests.conftest import SHIPPED_BUNDLE
 
-    return load_explainer(ProcessSettings(bundle_path=str(SHIPPED_BUNDLE), explain=ExplainConfig(threads=1)))
+    from daemon.bundle import manifest_sha256
+
+    return load_explainer(ProcessSettings(bundle_path=str(SHIPPED_BUNDLE), explain=ExplainConfig(threads=1),
+                                          bundle_sha256=manifest_sha256(SHIPPED_BUNDLE)))
 
 
 def test_every_request_is_answered_once_by_one_worker_with_the_local_maps(fleet, local_explainer):

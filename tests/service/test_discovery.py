@@ -85,7 +85,7 @@ def test_topics_match_the_mqtt_contract():
     assert json.loads(entities["explain"]["payload_press"]) == EXPLAIN_REQUEST == {
         "id": "ha-button", "frame": "latest", "methods": ["gradcam", "saliency"], "words": "all"}
     assert (entities["explanation"]["image_topic"], entities["explanation"]["content_type"]) == (
-        f"{base}/explain/image", "image/png")
+        f"{base}/explain/image", "image/jpeg")
     assert entities["explanation"]["json_attributes_topic"] == f"{base}/explain/image/info"  # made_at
     assert entities["source"]["state_topic"] == f"{base}/source"
     assert all("url_topic" not in payload for payload in entities.values())  # exclusive with image_topic
