@@ -241,6 +241,7 @@ def test_ace_over_mqtt_end_to_end(mosquitto, collect, daemon_process, tmp_path):
     import json
     from pathlib import Path
 
+    from daemon.explain.service import picture_jpeg
     from tests.conftest import daemon_config
     from tests.explain.test_mqtt_explain import (CAPTION, EXPLAIN_TIMEOUT, FAST, IMAGE, START_TIMEOUT,
                                                  Requester)
@@ -271,7 +272,7 @@ def test_ace_over_mqtt_end_to_end(mosquitto, collect, daemon_process, tmp_path):
     assert json.loads((snapshot / "explanation.json").read_text())["ace"] == block
     picture = decode_png((snapshot / "explanation.png").read_bytes())
     assert picture.shape[1] >= 3 * 192  # the ACE row: concept map, legend, counterfactual
-    # the picture published on the image topic (after the start's placeholder) is the one in the folder
-    written = (snapshot / "explanation.png").read_bytes()
-    watcher.wait_for(IMAGE, lambda m: m.payload == written, timeout=10)
+    # the picture published on the image topic (after the start's placeholder) is the folder's, as JPEG
+    published = picture_jpeg((snapshot / "explanation.png").read_bytes())[0]
+    watcher.wait_for(IMAGE, lambda m: m.payload == published, timeout=10)
     assert daemon.process.poll() is None

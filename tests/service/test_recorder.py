@@ -40,9 +40,9 @@ class RecordingPublisher(MqttPublisher):
         super().__init__(cfg.mqtt, "recorder-test", TOPICS.availability)
         self.published: list[tuple[str, bytes]] = []
 
-    def publish(self, topic, payload, qos=0, retain=False, correlation_data=None, response_topic=None):
+    def publish(self, topic, payload, **options):
         self.published.append((topic, payload if isinstance(payload, bytes) else payload.encode()))
-        return super().publish(topic, payload, qos, retain, correlation_data, response_topic)
+        return super().publish(topic, payload, **options)
 
 
 @pytest.fixture(scope="module")
