@@ -230,6 +230,11 @@ def daemon_process(tmp_path):
         process.kill()
 
 
+def loaded_tensorflow(pid: int) -> bool:
+    """Whether the process has a TensorFlow library mapped."""
+    return "_pywrap_tensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+
 def child_pids(pid: int) -> list[int]:
     """Processes whose parent is ``pid`` (from /proc)."""
     children = []

@@ -15,6 +15,12 @@ if ! command -v mosquitto >/dev/null || ! command -v chromium >/dev/null; then
   # The packaged broker is not needed as a service: tests start their own on loopback.
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
+# Java runs pycocoevalcap's METEOR scorer and PTB tokenizer (tests/convert/test_captionscore.py).
+if ! command -v java >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq default-jre-headless
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -129,6 +129,66 @@ def test_macs_agree_between_the_keras_model_and_the_int8_graph(bench):
     assert bench["int8_delegate_partitions"] >= 1
 
 
+def test_figures_are_in_their_units_and_agree_with_their_parts(bench):
+    """What a reader checks before trusting a table: megabytes that look like megabytes, a
+    whole that is not faster than its parts, a share that is a share. The slack (x1.5) is for
+    parts measured in separate runs on a noisy box; a unit or formula error is x1000 or x2."""
+    threads = str(bench["caption_ms"]["threads"])
+    int8 = bench["encoder_ms"]["int8_litert"][threads]["median"]
+    caption, decode = bench["caption_ms"]["median"], bench["decode_ms"]
+    # a caption is one int8 encoding plus a greedy decode: not much cheaper than either part
+    assert caption * 1.5 >= int8 and caption * 1.5 >= decode["numpy_greedy"]["median"], (caption, int8, decode)
+    assert bench["seed_pipeline_ms"]["median"] * 1.5 >= decode["seed_beam3"]["median"]  # its decode is inside it
+    # the capture loop (1 encoder thread, and a JPEG per frame) cannot caption faster than the captioner alone
+    assert bench["captions_per_s"] <= 1.5 * 1000 / caption, (bench["captions_per_s"], caption)
+    capture = bench["rss_mb"]["capture"]
+    assert 30 < capture["rss"] < 1000  # MB; the README: about 100-250 MB
+    cores = bench["machine"]["cores"]
+    for name in measured_backends(bench):
+        b = bench["backends"][name]
+        assert 0 < b["explain_slowdown"] <= 1.5  # explaining beside the loop does not speed it up
+        assert 0 <= b["explainer_cpu_share"] <= cores * 1.1  # CPU seconds per second, at most one per core
+        # the warm answer computes gradcam and saliency for the same words the in-process figures time
+        in_process_s = (b["explain_ms"]["gradcam"] + b["explain_ms"]["saliency"]) / 1e3
+        assert b["warm_answer_s"] * 1.5 >= in_process_s, (b["warm_answer_s"], b["explain_ms"])
+        assert b["cold_answer_s"] < 600 and b["warm_answer_s"] < 60  # seconds, not milliseconds
+    if "litert" in measured_backends(bench):  # the README: 147 MB against 842 MB
+        assert (bench["backends"]["litert"]["explainer_rss_mb"]["hwm"]
+                < bench["backends"]["tensorflow"]["explainer_rss_mb"]["hwm"])
+    assert bench["backends"]["tensorflow"]["explainer_rss_mb"]["hwm"] > 300  # MB: TensorFlow alone is more
+    for n in THREADS:  # an encoder runs below the rate of one large convolution on the same runtime
+        assert 0 < bench["encoder_vs_int8_peak"][n] <= 1.5
+        assert 0.1 < bench["encoder_gops"][n] < 10_000  # GOPS of a CPU
+
+
+def test_table_prints_the_figures_of_the_run(bench):
+    """The printed table carries the JSON's numbers, in the units its labels say."""
+    table = format_table(bench)
+    lines = table.splitlines()
+    for n in THREADS:
+        stats = bench["encoder_ms"]["int8_litert"][n]
+        row = next(line for line in lines if line.startswith("int8 LiteRT") and line.split()[2] == n)
+        assert row.split()[3:] == [f"{stats['median']:.2f}", f"{stats['p95']:.2f}"], row
+        ratios = next(line for line in lines if line.startswith(f"int8 vs Keras predict") and f"at {n} thread" in line)
+        assert ratios.split(": ", 1)[1] == " / ".join(f"{bench[key][n]:.1f}x" for key in (
+            "encoder_int8_vs_keras", "encoder_int8_vs_keras_graph", "encoder_int8_vs_float_tflite")), ratios
+    assert f"pipeline_vs_seed {bench['pipeline_vs_seed']:.1f}x" in table
+    assert f"decoder_vs_seed {bench['decoder_vs_seed']:.1f}x" in table
+    capture = bench["rss_mb"]["capture"]
+    assert (f"{bench['captions_per_s']} captions/s idle; RSS capture: {capture['rss']} MB (peak {capture['hwm']} MB)"
+            in table)
+    names = list(bench["backends"])
+    for label, value in (("cold answer (s)", lambda b: b["cold_answer_s"]),
+                         ("warm answer (s)", lambda b: b["warm_answer_s"]),
+                         ("explainer peak RSS (MB)", lambda b: b["explainer_rss_mb"]["hwm"])):
+        row = next(line for line in lines if line.strip().startswith(label))
+        shown = row.strip()[len(label):].split()
+        assert shown == [str(value(bench["backends"][name])) if bench["backends"][name] else "n/a"
+                         for name in names], row
+    assert f"encoder: {bench['macs'] / 1e6:.1f} M MACs" in table
+    assert bench["machine"]["model"] in table
+
+
 def test_table_shows_the_figures(bench):
     table = format_table(bench)
     for label in ("int8 LiteRT", "Keras float (predict)", "seed-style", "pipeline_vs_seed", "decoder_vs_seed",

@@ -68,7 +68,8 @@ def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
                             env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     try:
         watcher.wait_for(AVAILABILITY, lambda m: m.payload == b"online", timeout=START_TIMEOUT)
-        wait_until(lambda: len(live_captions(watcher)) >= 10, 30, message="ten captions")
+        # 20 captions: the README's exact match (0.997) allows one miss in them (scene 14 of seed 7 is one)
+        wait_until(lambda: len(live_captions(watcher)) >= 20, 60, message="twenty captions")
         captions = live_captions(watcher)
         manifest = json.loads((SHIPPED_BUNDLE / "manifest.json").read_text())
         truths = {scene_at(7, i).caption for i in range(200)}
@@ -81,7 +82,7 @@ def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
             assert len(record["tokens"]) == len(record["caption"].split())
         assert [r["frame_id"] for r in captions] == sorted({r["frame_id"] for r in captions})
         matches = sum(r["caption"] == r["ground_truth"] for r in captions)
-        assert matches >= 0.7 * len(captions), f"only {matches}/{len(captions)} captions match the ground truth"
+        assert matches >= 0.95 * len(captions), f"only {matches}/{len(captions)} captions match the ground truth"
 
         jpeg = watcher.wait_for(SNAPSHOT).payload
         assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None

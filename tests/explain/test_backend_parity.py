@@ -1,8 +1,8 @@
 """The LiteRT backend's explanations equal the TensorFlow backend's on held-out scenes.
 
-Per method and word the 0..1 maps correlate with Pearson >= 0.99 (SmoothGrad with the same
-noise: same seed), Grad-CAM peaks at the same pixel, and ACE ranks the same concepts in the
-same order for every word. Runs when the shipped bundle has its exported graph.
+Per method and word the 0..1 maps correlate with Pearson >= 0.99999 to five decimals, the
+README's figure (SmoothGrad with the same noise: same seed), Grad-CAM peaks at the same
+pixel, and ACE ranks the same concepts in the same order for every word.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def test_maps_peaks_and_concept_rankings_match(explainers):
             for k, (a, b) in enumerate(zip(reference.maps[method], candidate.maps[method])):
                 r = pearson(a, b)
                 worst[method] = min(worst[method], r)
-                assert r >= 0.99, f"{method} word {k} of {scene.caption!r}: Pearson {r:.4f}"
+                assert round(r, 5) >= 0.99999, f"{method} word {k} of {scene.caption!r}: Pearson {r:.6f}"
         assert candidate.peaks["gradcam"] == reference.peaks["gradcam"], scene.caption
         tf_ace = tf_explainer.resources("ace").explain(scene.image, tokens, counterfactual=False)
         lite_ace = lite_explainer.resources("ace").explain(scene.image, tokens, counterfactual=False)
@@ -61,7 +61,7 @@ def test_maps_peaks_and_concept_rankings_match(explainers):
         for row in range(len(tokens)):
             assert ([lite_ace.present[j] for j in lite_ace.ranking(row)]
                     == [tf_ace.present[j] for j in tf_ace.ranking(row)]), (scene.caption, row)
-    print("lowest Pearson per method:", {m: round(v, 5) for m, v in worst.items()})
+    print("lowest Pearson per method:", {m: round(v, 7) for m, v in worst.items()})
 
 
 def test_float_captions_and_word_logprobs_match(explainers):
