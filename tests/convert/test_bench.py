@@ -44,7 +44,9 @@ def measured_backends(bench) -> list[str]:
 def test_every_key_is_there_and_only_a_backend_without_its_graph_is_skipped(bench):
     assert {"encoder_ms", "encoder_int8_vs_keras", "encoder_int8_vs_float_tflite", "decode_ms", "decoder_vs_seed",
             "caption_ms", "pipeline_vs_seed", "captions_per_s", "rss_mb", "backends", "int8_peak_gops",
-            "encoder_vs_int8_peak", "macs", "encoder_gops", "machine"} <= set(bench)
+            "encoder_vs_int8_peak", "macs", "encoder_gops", "machine", "familiarity_ms", "caption_vs_encoder_decoder",
+            "caption_parts_ms",
+            "encoder_invoke_ms", "encoder_call_overhead"} <= set(bench)
     has_graph = explainer_graph(load_bundle(DEFAULT_BUNDLE)) is not None
     assert measured_backends(bench) == (["litert", "tensorflow"] if has_graph else ["tensorflow"])
     if has_graph:
@@ -76,6 +78,16 @@ def test_decoder_and_pipeline_against_the_seed_style_baseline(bench):
     assert bench["decoder_vs_seed"] == pytest.approx(dec["seed_beam3"]["median"] / dec["numpy_beam3"]["median"],
                                                      rel=0.01)
     assert positive_stats(bench["caption_ms"]) and positive_stats(bench["seed_pipeline_ms"])
+    # the caption end to end against its two models and the familiarity check, timed side by side
+    parts = bench["caption_parts_ms"]
+    assert positive_stats(bench["familiarity_ms"]) and positive_stats(parts["encoder"])
+    assert positive_stats(parts["decoder"]) and positive_stats(parts["caption"])
+    assert bench["caption_vs_encoder_decoder"] == pytest.approx(
+        parts["caption"]["median"] / (parts["encoder"]["median"] + parts["decoder"]["median"]), rel=0.01)
+    for n in THREADS:  # what encode() costs beyond the interpreter's invoke
+        assert positive_stats(bench["encoder_invoke_ms"][n])
+        assert bench["encoder_call_overhead"][n] == pytest.approx(
+            bench["encoder_ms"]["int8_litert"][n]["median"] / bench["encoder_invoke_ms"][n]["median"], rel=0.01)
     assert bench["pipeline_vs_seed"] == pytest.approx(
         bench["seed_pipeline_ms"]["median"] / bench["caption_ms"]["median"], rel=0.01)
     # the seed-style decoder is built from the same weights: it finds the same beam-3 caption
@@ -181,7 +193,8 @@ def test_table_shows_the_figures(bench):
     table = format_table(bench)
     for label in ("int8 LiteRT", "Keras float (predict)", "seed-style", "pipeline_vs_seed", "decoder_vs_seed",
                   "captions/s", "RSS capture", "explainer peak RSS", "cold answer", "warm answer", "tensorflow",
-                  "litert", "M MACs", "GOPS", "practical int8 peak", "gradcam", "ace"):
+                  "litert", "M MACs", "GOPS", "practical int8 peak", "gradcam", "ace", "familiarity check",
+                  "caption_vs_encoder_decoder"):
         assert label in table
     assert bench["machine"]["model"] in table
 
