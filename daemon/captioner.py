@@ -41,6 +41,7 @@ class CaptionResult:
     score: float
     timings: dict = field(default_factory=dict)
     familiarity: Familiarity | None = None  # None when the bundle has no feature_stats.npz
+    features: np.ndarray | None = field(default=None, repr=False)  # the encoder's feature vector (the timeline's "similar to")
 
 
 def resize_for_encoder(frame: np.ndarray, size: int, method: str = "area") -> np.ndarray:
@@ -154,7 +155,8 @@ class Captioner:
         if self.feature_stats is not None:
             familiarity = self.feature_stats.judge(frame_descriptor(frame, features))
             timings["familiarity_ms"] = round((time.perf_counter() - t2) * 1e3, 2)
-        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4), timings, familiarity)
+        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4), timings, familiarity,
+                             features)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

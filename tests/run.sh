@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto and Chromium (apt),
-# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to pytest.
+# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to both pytest runs:
+# the independent tests in parallel on every core (pytest-xdist; each file stays on one worker, so its
+# module fixtures are built once), then the timing-sensitive tests (marker `timing`: tests/faults/ and the
+# files tests/conftest.py names) alone, one at a time, so other tests' load does not make them late.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -23,4 +26,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all]'
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest -n auto --dist loadfile -m "not timing" "$@" || status=$?
+timing=0
+.venv/bin/python -m pytest -p no:xdist -m timing "$@" || timing=$?
+[ "$status" -eq 5 ] && status=0  # exit 5: no test was selected (e.g. args naming other tests only)
+[ "$timing" -eq 5 ] && timing=0
+exit $(( status != 0 ? status : timing ))

@@ -9,10 +9,11 @@ from typing import Callable
 
 from convert.bench.child import EXPLAINER_START_TIMEOUT_S, run_child
 from convert.bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt, bench_frames, cpu_info, int8_rate,
-                           speed_ratio, tflite_graph, timed_loop)
+                           speed_ratio, tflite_graph, timed_loop, timed_side_by_side)
 from daemon.bundle import Bundle
 from daemon.captioner import Captioner
 from daemon.encoder import TFLiteEncoder
+from daemon.familiarity import frame_descriptor
 from daemon.explain.backends import BackendError, choose_backend
 
 BACKENDS = ("litert", "tensorflow")  # compared side by side
@@ -34,6 +35,18 @@ class _Report:
         return None
 
 
+HISTORY_EVENTS = 100_000  # events in the store the history bench queries
+HISTORY_QUERIES = 200
+HISTORY_EXPLAIN_REQUESTS = 8  # user's explain requests timed with background explanations on, and as many off
+
+
+def run_history_bench(bundle_path: Path, seconds: float, events: int = HISTORY_EVENTS) -> dict:
+    """The timeline's figures (convert/bench/history_task.py) from a child process, or ``{"error": why}``."""
+    params = {"bundle": str(Path(bundle_path).resolve()), "frames": BENCH_FRAMES, "seconds": seconds,
+              "events": events, "queries": HISTORY_QUERIES, "explain_requests": HISTORY_EXPLAIN_REQUESTS}
+    return run_child("history", params, 600 + 12 * seconds)
+
+
 def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
               log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Measure everything ``explaincam bench`` reports; a JSON-able dict."""
@@ -49,6 +62,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     base = {"bundle": str(bundle.path.resolve()), "seconds": seconds, "frames": BENCH_FRAMES}
 
     encoder_ms: dict[str, dict] = {"int8_litert": {}, "float_tflite": {}, "keras_float": {}, "keras_float_graph": {}}
+    invoke_ms: dict[str, dict] = {}  # the int8 interpreter's invoke alone: what encode() adds is the call path
     keras: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="explaincam-bench-") as tmp:
         float_path, peak_path = Path(tmp) / "encoder_float.tflite", Path(tmp) / "int8_peak.tflite"
@@ -69,6 +83,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         for n in thread_counts:
             int8 = TFLiteEncoder(bundle.file("encoder_int8"), n)
             encoder_ms["int8_litert"][str(n)] = timed_loop(lambda i: int8.encode(frames[i % len(frames)]), seconds)
+            invoke_ms[str(n)] = timed_loop(lambda i: int8.interpreter.invoke(), seconds)
             if float_path.is_file():
                 flt = TFLiteEncoder(float_path, n)
                 encoder_ms["float_tflite"][str(n)] = timed_loop(lambda i: flt.encode(frames[i % len(frames)]), seconds)
@@ -85,7 +100,20 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
             "numpy_beam3": timed_loop(lambda i: decoder.beam(features[i % len(features)], max_length, BEAM_WIDTH),
                                       seconds),
         }
+        # the caption end to end beside its parts, round after round (see timed_side_by_side)
+        stats = captioner.feature_stats
+        parts = {"encoder": lambda i: captioner.encoder.encode(frames[i % len(frames)]),
+                 "decoder": lambda i: decoder.greedy(features[i % len(features)], max_length),
+                 "caption": lambda i: captioner.caption(frames[i % len(frames)])}
+        if stats is not None:
+            parts["familiarity"] = lambda i: stats.judge(frame_descriptor(frames[i % len(frames)],
+                                                                          features[i % len(features)]))
+        caption_parts_ms = timed_side_by_side(parts, seconds)
+        # the caption alone in its own loop, as the capture loop calls it: pipeline_vs_seed's figure
+        # (interleaved with its parts it measured up to 2.4 x slower on a busy box than the capture loop's rate)
         caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
+        familiarity_ms = caption_parts_ms.pop("familiarity", None) or report.take(
+            "familiarity_ms", None, "the bundle has no feature_stats.npz")
 
     note("explanation methods on each backend ...")
     usable = []
@@ -118,6 +146,11 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     decode_ms["seed_beam3"] = seed["decode"] if seed else None
     macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
     int8_graph = report.take("macs_tflite", attempt(lambda: tflite_graph(bundle.file("encoder_int8"))))
+
+    note("the timeline: captions/s with history off / on, an hour of the demo stream, 100,000 stored events ...")
+    history = run_history_bench(bundle.path, seconds)
+    if "error" in history:
+        report.null_reasons["history"] = history["error"]
 
     note(f"capture loop idle and with the explainer busy ({', '.join(usable) or 'no backend'}) ...")
     capture = run_child("capture", {**base, "frames": BENCH_FRAMES, "backends": usable},
@@ -165,7 +198,14 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "decoder_vs_seed": speed_ratio(decode_ms["seed_beam3"], decode_ms["numpy_beam3"]),
         "seed_agreement": seed["agreement"] if seed else None,
         "seed_prefix_length": seed["prefix_length"] if seed else None,
+        "familiarity_ms": familiarity_ms,
         "caption_ms": caption_ms,
+        "caption_parts_ms": caption_parts_ms,
+        "caption_vs_encoder_decoder": round(caption_parts_ms["caption"]["median"] / (
+            caption_parts_ms["encoder"]["median"] + caption_parts_ms["decoder"]["median"]), 3),
+        "encoder_invoke_ms": invoke_ms,
+        "encoder_call_overhead": {n: round(encoder_ms["int8_litert"][n]["median"] / ms["median"], 3)
+                                  for n, ms in invoke_ms.items()},
         "seed_pipeline_ms": seed["pipeline"] if seed else None,
         "pipeline_vs_seed": speed_ratio(seed["pipeline"] if seed else None, caption_ms),
         "captions_per_s": idle,
@@ -174,6 +214,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
                         "drawn per frame) over pre-drawn scenes, 1 encoder thread, MQTT publisher not connected, "
                         "no snapshot files",
         "rss_mb": {"capture": capture.get("capture_rss")},
+        "history": None if "error" in history else history,
         "backends": backends,
         "explain_words": len(caption.tokens),
         "int8_explain": int8,

@@ -44,7 +44,9 @@ def measured_backends(bench) -> list[str]:
 def test_every_key_is_there_and_only_a_backend_without_its_graph_is_skipped(bench):
     assert {"encoder_ms", "encoder_int8_vs_keras", "encoder_int8_vs_float_tflite", "decode_ms", "decoder_vs_seed",
             "caption_ms", "pipeline_vs_seed", "captions_per_s", "rss_mb", "backends", "int8_peak_gops",
-            "encoder_vs_int8_peak", "macs", "encoder_gops", "machine"} <= set(bench)
+            "encoder_vs_int8_peak", "macs", "encoder_gops", "machine", "familiarity_ms", "caption_vs_encoder_decoder",
+            "caption_parts_ms",
+            "encoder_invoke_ms", "encoder_call_overhead"} <= set(bench)
     has_graph = explainer_graph(load_bundle(DEFAULT_BUNDLE)) is not None
     assert measured_backends(bench) == (["litert", "tensorflow"] if has_graph else ["tensorflow"])
     if has_graph:
@@ -76,6 +78,16 @@ def test_decoder_and_pipeline_against_the_seed_style_baseline(bench):
     assert bench["decoder_vs_seed"] == pytest.approx(dec["seed_beam3"]["median"] / dec["numpy_beam3"]["median"],
                                                      rel=0.01)
     assert positive_stats(bench["caption_ms"]) and positive_stats(bench["seed_pipeline_ms"])
+    # the caption end to end against its two models and the familiarity check, timed side by side
+    parts = bench["caption_parts_ms"]
+    assert positive_stats(bench["familiarity_ms"]) and positive_stats(parts["encoder"])
+    assert positive_stats(parts["decoder"]) and positive_stats(parts["caption"])
+    assert bench["caption_vs_encoder_decoder"] == pytest.approx(
+        parts["caption"]["median"] / (parts["encoder"]["median"] + parts["decoder"]["median"]), rel=0.01)
+    for n in THREADS:  # what encode() costs beyond the interpreter's invoke
+        assert positive_stats(bench["encoder_invoke_ms"][n])
+        assert bench["encoder_call_overhead"][n] == pytest.approx(
+            bench["encoder_ms"]["int8_litert"][n]["median"] / bench["encoder_invoke_ms"][n]["median"], rel=0.01)
     assert bench["pipeline_vs_seed"] == pytest.approx(
         bench["seed_pipeline_ms"]["median"] / bench["caption_ms"]["median"], rel=0.01)
     # the seed-style decoder is built from the same weights: it finds the same beam-3 caption
@@ -195,7 +207,8 @@ def test_table_shows_the_figures(bench):
     table = format_table(bench)
     for label in ("int8 LiteRT", "Keras float (predict)", "seed-style", "pipeline_vs_seed", "decoder_vs_seed",
                   "captions/s", "RSS capture", "explainer peak RSS", "cold answer", "warm answer", "tensorflow",
-                  "litert", "M MACs", "GOPS", "practical int8 peak", "gradcam", "ace"):
+                  "litert", "M MACs", "GOPS", "practical int8 peak", "gradcam", "ace", "familiarity check",
+                  "caption_vs_encoder_decoder"):
         assert label in table
     assert bench["machine"]["model"] in table
 
@@ -204,3 +217,22 @@ def test_missing_bundle_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "daemon.cli", "bench", "--bundle", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_timeline_figures_side_by_side(bench):
+    history = bench["history"]
+    capture, hour, full = history["capture"], history["demo_hour"], history["store_100k"]
+    rates = capture["captions_per_s"]
+    assert all(rates[k] > 0 for k in ("off", "defaults", "every_event"))
+    assert capture["ratio_defaults"] == round(rates["defaults"] / rates["off"], 3)
+    assert capture["history_stats"]["defaults"]["events_stored"] <= capture["history_stats"]["defaults"]["events_seen"]
+    # two hours of the demo stream at the defaults: every caption a new event, 10 + 120 an hour kept at most
+    assert hour["frames"] == 14400 and hour["events_seen"] >= 14000 and 200 <= hour["events_stored"] <= 251
+    assert 0 < hour["bytes_written_second_hour"] <= hour["bytes_written_first_hour"] < 50e6
+    assert full["events"] == 100_000 and full["inserts_per_s"] > 0 and full["bytes_per_event"] > 1000
+    for kind in ("text_query_ms", "similar_query_ms"):
+        assert 0 < full[kind]["p50"] <= full[kind]["p95"] and full[kind]["n"] == 200
+    priority = history["explain_priority"]
+    assert priority["answer_ms"]["background_on"]["n"] >= 4 and priority["answer_ms"]["background_off"]["n"] >= 4
+    assert priority["events_explained_in_background"] >= 1 and priority["ratio_median"] > 0
+    assert "timeline (history)" in format_table(bench)

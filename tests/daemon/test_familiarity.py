@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import skimage.data
 import sklearn.datasets
@@ -15,7 +16,9 @@ import pytest
 from convert.feature_stats import new_bundle_feature_stats
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import DEFAULT_BUNDLE, Captioner
-from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats
+from daemon.captioner import resize_for_encoder
+from daemon.familiarity import (FEATURE_STATS_FILE, HIST_BINS, MIN_FRAMES, SATURATED, STATS_SIDE, FeatureStats,
+                                image_statistics, shrink_for_statistics)
 from daemon.scenes import scene_at
 from tests.conftest import REPO
 
@@ -68,6 +71,33 @@ def test_shipped_bundle_knows_generated_scenes_and_flags_real_photos():
     assert scene_rate <= 0.02
     assert photo_rate >= 0.9
     assert np.median([f.familiarity for f in scenes]) > 0.2
+
+
+def test_statistics_frame_has_the_pixels_of_opencvs_area_filter_on_uint8():
+    frames = [scene_at(HELD_OUT_SEED, i).image for i in range(20)] + list(real_photos().values())
+    for frame in frames:
+        for size in (224, 100, 331):
+            image = resize_for_encoder(frame, size)
+            np.testing.assert_array_equal(shrink_for_statistics(image),
+                                          cv2.resize(image, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_AREA))
+
+
+def test_image_statistics_follow_their_definitions():
+    """Histograms and order statistics against numpy's own histogram and percentiles."""
+    for image in (scene_at(HELD_OUT_SEED, 0).image, resize_for_encoder(real_photos()["chelsea"], 224)):
+        stats = image_statistics(image)
+        small = cv2.resize(image, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_AREA)
+        saturation, value = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1:].reshape(-1, 2).T
+        log_share = lambda values, top: np.log(np.histogram(np.minimum(values, top - 1e-3), HIST_BINS, (0, top))[0]
+                                               / values.size + 1e-3)
+        np.testing.assert_allclose(stats[:HIST_BINS], log_share(saturation, 256), rtol=1e-6)
+        np.testing.assert_allclose(stats[HIST_BINS:2 * HIST_BINS], log_share(value, 256), rtol=1e-6)
+        laplacian = np.abs(cv2.Laplacian(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+        np.testing.assert_allclose(stats[4 * HIST_BINS:5 * HIST_BINS], log_share(np.log1p(laplacian.ravel()), 8.0),
+                                   rtol=1e-6)
+        assert stats[-3] == pytest.approx(np.log(np.mean(saturation > SATURATED) + 1e-3), rel=1e-6)
+        assert stats[-2] == pytest.approx(np.percentile(saturation, 98, method="lower") / 255.0, rel=1e-6)
+        assert stats[-1] == pytest.approx(np.log1p(np.percentile(laplacian, 50, method="higher")), rel=1e-6)
 
 
 def bundle_without_stats(tmp_path):

@@ -84,6 +84,21 @@ def what_chromium_sees(url: str, profile: Path) -> dict:
     return json.loads(parser.text)
 
 
+def served_and_seen(www: Path, probe: str, profile: Path) -> dict:
+    """Write ``probe`` as www/probe.html, serve www with ``python -m http.server`` on loopback and return
+    what the probe saw in headless Chromium."""
+    (www / "probe.html").write_text(probe)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(port), 10, message="the http server")
+        return what_chromium_sees(f"http://127.0.0.1:{port}/probe.html", profile)
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
 def test_the_page_shows_caption_words_and_a_loaded_explanation_in_chromium(mosquitto, daemon_process, tmp_path):
     assert CHROMIUM is not None, "chromium is not installed (tests/run.sh installs it)"
     www = tmp_path / "www"
@@ -99,16 +114,7 @@ def test_the_page_shows_caption_words_and_a_loaded_explanation_in_chromium(mosqu
     assert explanation["status"] == "ok" and (snapshot / "explanation.jpg").is_file()
     daemon.stop()  # the folder as the daemon left it: the page must show exactly its latest.json
     latest = json.loads((snapshot / "latest.json").read_text())
-    (www / "probe.html").write_text(PROBE)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: _answers(port), 10, message="the http server")
-        seen = what_chromium_sees(f"http://127.0.0.1:{port}/probe.html", tmp_path / "chromium-profile")
-    finally:
-        server.terminate()
-        server.wait(5)
+    seen = served_and_seen(www, PROBE, tmp_path / "chromium-profile")
     print("FIGURES page:", json.dumps(seen))
     assert seen["latest_width"] > 0, "latest.jpg did not load"
     assert seen["caption"] == latest["caption"]

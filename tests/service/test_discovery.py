@@ -24,8 +24,9 @@ REQUIRED = {  # per component, beside COMMON (Home Assistant: sensor.mqtt, image
     "image": {"image_topic", "content_type"},
     "button": {"command_topic", "payload_press"},
     "binary_sensor": {"state_topic", "value_template"},
+    "event": {"state_topic", "event_types"},  # event.mqtt: event_types is a list of strings
 }
-TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor|image|button)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
+TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor|image|button|event)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
 
 
 def messages(camera: str = CAMERA, **kwargs) -> list[tuple[str, dict]]:
@@ -61,8 +62,8 @@ def test_device_and_origin_blocks():
 def test_unique_ids_are_unique_across_entities_and_cameras():
     ids = [payload["unique_id"] for camera in ("cam", "cam2") for _, payload in messages(camera)]
     topics = [topic for camera in ("cam", "cam2") for topic, _ in messages(camera)]
-    assert len(ids) == len(set(ids)) == 12
-    assert len(topics) == len(set(topics)) == 12
+    assert len(ids) == len(set(ids)) == 14
+    assert len(topics) == len(set(topics)) == 14
 
 
 def test_two_cameras_share_no_topic_that_home_assistant_reads():
