@@ -67,10 +67,16 @@ function methodsOf(word) {
   return Object.keys(word).filter((k) => word[k] && typeof word[k] === "object" && word[k].heatmap);
 }
 
-function buttons(container, labels, chosen, choose) {
+function modelOf(entry) {
+  return entry.model === "int8" ? "the int8 model that published the caption (no gradients)"
+                                : "the model's float32 twin (gradients)";
+}
+
+function buttons(container, labels, chosen, choose, titles = []) {
   container.replaceChildren(...labels.map((label, i) => {
     const button = document.createElement("button");
     button.textContent = label;
+    if (titles[i]) button.title = titles[i];
     button.setAttribute("aria-pressed", String(i === chosen));
     button.onclick = () => choose(i);
     return button;
@@ -83,8 +89,11 @@ async function showOverlay() {
   const methods = methodsOf(words[chosenWord]);
   if (!methods.includes(chosenMethod)) chosenMethod = methods[0] || null;
   buttons($("words"), words.map((w) => w.word), chosenWord, (i) => { chosenWord = i; showOverlay(); });
+  const entries = words[chosenWord];
   buttons($("methods"), methods, methods.indexOf(chosenMethod),
-          (i) => { chosenMethod = methods[i]; showOverlay(); });
+          (i) => { chosenMethod = methods[i]; showOverlay(); },
+          methods.map((m) => m + " explains " + modelOf(entries[m])));
+  $("method-model").textContent = chosenMethod ? chosenMethod + " explains " + modelOf(entries[chosenMethod]) : "";
   const overlay = $("overlay");
   if (chosenMethod) {
     await swapImage(overlay, await colourHeatmap("data:image/png;base64," +

@@ -39,6 +39,8 @@ function look() {
     explained_caption: text("explained-caption"), explanation_meta: text("explanation-meta"),
     words: d ? [...d.querySelectorAll("#words button")].map((b) => b.textContent) : [],
     methods: d ? [...d.querySelectorAll("#methods button")].map((b) => b.textContent) : [],
+    method_titles: d ? [...d.querySelectorAll("#methods button")].map((b) => b.title) : [],
+    method_model: text("method-model"),
     overlay_alt: d && d.getElementById("overlay").alt};
   document.getElementById("seen").textContent = JSON.stringify(seen);
   if (seen.overlay_width > 0 && seen.latest_width > 0) return;
@@ -107,7 +109,7 @@ def test_the_page_shows_caption_words_and_a_loaded_explanation_in_chromium(mosqu
     daemon = daemon_process(config)
     snapshot = Path(config["snapshot"]["dir"])
     wait_until(lambda: (snapshot / "latest.json").is_file(), START_TIMEOUT, message="latest.json")
-    publish.single(REQUEST, json.dumps({"id": "page-1", "frame": "latest", "methods": ["gradcam", "saliency"]}),
+    publish.single(REQUEST, json.dumps({"id": "page-1", "frame": "latest", "methods": ["gradcam", "occlusion"]}),
                    hostname="127.0.0.1", port=mosquitto.port, qos=1)
     wait_until(lambda: (snapshot / "explanation.json").is_file(), EXPLAIN_TIMEOUT, message="explanation.json")
     explanation = json.loads((snapshot / "explanation.json").read_text())
@@ -121,7 +123,11 @@ def test_the_page_shows_caption_words_and_a_loaded_explanation_in_chromium(mosqu
     assert "familiarity" in seen["caption_meta"] and seen["unfamiliar_hidden"]  # generated scenes are familiar
     assert seen["explained_caption"] == explanation["caption"]
     assert seen["words"] == [w["word"] for w in explanation["words"]] == explanation["caption"].split()
-    assert seen["methods"] == ["gradcam", "saliency"]
+    assert seen["methods"] == ["gradcam", "occlusion"]
+    # which model each method explains: the float32 twin (gradients) or the int8 model that captions
+    assert seen["method_model"] == "gradcam explains the model's float32 twin (gradients)"
+    assert seen["method_titles"] == ["gradcam explains the model's float32 twin (gradients)",
+                                     "occlusion explains the int8 model that published the caption (no gradients)"]
     assert seen["frame_width"] == 224 and seen["overlay_width"] == 224
     assert f"frame {explanation['frame_id']}" in seen["explanation_meta"] and "made" in seen["explanation_meta"]
     assert seen["overlay_alt"] == f"gradcam of \u201c{explanation['words'][0]['word']}\u201d"
