@@ -32,6 +32,7 @@ from daemon.config import CONFIG_FILE, LOG_LEVELS, AppConfig
 from daemon.config_file import ConfigError, load_config
 from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
+from daemon.familiarity import REJUDGE_S
 from daemon.explain.backends import BackendError, choose_backend
 from daemon.explain.local import LocalDispatcher
 from daemon.explain_settings import INT8_METHODS
@@ -210,7 +211,8 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
     notifier.status("loading the model")
     bundle_path = cfg.model.bundle_path()
     try:
-        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style)
+        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style,
+                                        familiarity_rejudge_s=REJUDGE_S)
     except (BundleError, EncoderError) as exc:
         raise DaemonSetupError(f"cannot load the model: {exc}") from exc
     log.info("model %s from %s (input %d px, %d encoder threads, beam %d)", captioner.bundle.name,

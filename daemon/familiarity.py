@@ -25,6 +25,7 @@ Pure numpy and OpenCV: the capture process imports it, never TensorFlow.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ THRESHOLD_PERCENTILE = 99.7  # of the held-back calibration frames' distances
 IMAGE_STATISTICS_DIM = 5 * HIST_BINS + 3  # the length of image_statistics()
 FIT_SHARE = 0.75  # the rest of the calibration frames set the threshold
 MIN_FRAMES = 40  # fewer calibration frames give no usable threshold
+REJUDGE_S = 1.0  # the capture loop judges a frame whose caption did not change at most this often
 
 
 def _log_shares(bins: list[np.ndarray]) -> np.ndarray:
@@ -180,3 +182,25 @@ class FeatureStats:
                 stats.variances.shape != stats.components.shape[:1] or stats.reference.size == 0:
             raise ValueError(f"{Path(path).name}: arrays of inconsistent shapes")
         return stats
+
+
+class CaptionFamiliarity:
+    """Familiarity as a stream of frames needs it: judged again when the caption changes, otherwise at most
+    once every ``rejudge_s`` seconds; in between a frame carries the last verdict for its caption.
+
+    A camera shows one scene, with one caption, for many frames, and the check costs about half
+    the int8 encoder. ``rejudge_s`` 0 judges every frame (independent images).
+    """
+
+    def __init__(self, stats: FeatureStats, rejudge_s: float = 0.0):
+        self.stats, self.rejudge_s = stats, rejudge_s
+        self._last: tuple[str, float, Familiarity] | None = None  # (caption, when judged, verdict)
+
+    def judge(self, caption: str, rgb: np.ndarray, features: np.ndarray) -> tuple[Familiarity, bool]:
+        """The verdict for a frame with ``caption``, and whether it was judged now (False: reused)."""
+        now = time.monotonic()
+        if self._last is not None and self._last[0] == caption and now - self._last[1] < self.rejudge_s:
+            return self._last[2], False
+        verdict = self.stats.judge(frame_descriptor(rgb, features))
+        self._last = (caption, now, verdict)
+        return verdict, True

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -17,8 +18,8 @@ from convert.feature_stats import new_bundle_feature_stats
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import DEFAULT_BUNDLE, Captioner
 from daemon.captioner import resize_for_encoder
-from daemon.familiarity import (FEATURE_STATS_FILE, HIST_BINS, MIN_FRAMES, SATURATED, STATS_SIDE, FeatureStats,
-                                image_statistics, shrink_for_statistics)
+from daemon.familiarity import (FEATURE_STATS_FILE, HIST_BINS, MIN_FRAMES, SATURATED, STATS_SIDE, CaptionFamiliarity,
+                                FeatureStats, image_statistics, shrink_for_statistics)
 from daemon.scenes import scene_at
 from tests.conftest import REPO
 
@@ -51,6 +52,23 @@ def test_statistics_flag_far_frames_and_survive_a_round_trip(tmp_path):
     path.write_bytes(b"not an npz")
     with pytest.raises(ValueError, match="feature_stats.npz"):
         FeatureStats.load(path)
+
+
+def test_a_stream_is_judged_again_when_its_caption_changes_or_a_while_has_passed():
+    captioner = Captioner.from_path(DEFAULT_BUNDLE)
+    scene, photo = captioner.resize(scene_at(HELD_OUT_SEED, 0).image), captioner.resize(real_photos()["astronaut"])
+    familiar, strange = (scene, captioner.encode(scene)), (photo, captioner.encode(photo))
+    stream = CaptionFamiliarity(captioner.feature_stats, rejudge_s=0.5)
+    first, judged = stream.judge("a red circle", *familiar)
+    assert judged and not first.out_of_distribution
+    assert stream.judge("a red circle", *strange) == (first, False)  # same caption, within 0.5 s: reused
+    changed, judged = stream.judge("a blue square", *strange)  # the caption changed: judged on this frame
+    assert judged and changed.out_of_distribution
+    time.sleep(0.6)
+    again, judged = stream.judge("a blue square", *familiar)  # same caption, but 0.5 s later
+    assert judged and not again.out_of_distribution
+    every_frame = CaptionFamiliarity(captioner.feature_stats)  # independent images: each judged
+    assert every_frame.judge("x", *familiar)[1] and every_frame.judge("x", *strange) == (changed, True)
 
 
 def test_too_few_calibration_frames_are_refused():
