@@ -36,8 +36,11 @@ def format_table(r: dict) -> str:
     lines.append(f"decoder_vs_seed {_x(r['decoder_vs_seed'])}; seed-style and numpy beams agree on "
                  f"{r['seed_agreement'] if r['seed_agreement'] is not None else 'n/a'} of frames")
     lines += ["", f"{'pipeline (ms per frame)':<37} {'median':>9} {'p95':>9}",
-              f"{'familiarity check':<37} {_ms(r['familiarity_ms'])}",
-              f"{'int8 + numpy greedy (' + str(r['caption_ms']['threads']) + ' threads)':<37} {_ms(r['caption_ms'])}",
+              f"{'familiarity check (when judged)':<37} {_ms(r['familiarity_ms'])}",
+              f"{'caption (' + str(r['caption_ms']['threads']) + ' threads, camera stream)':<37} {_ms(r['caption_ms'])}",
+              f"the stream holds each scene for {r['settings']['scene_hold_frames']} frames; familiarity judged on "
+              + (f"{r['familiarity_judged_share']:.3f}" if r['familiarity_judged_share'] is not None else "n/a")
+              + " of them (a new caption, or a second since the last)",
               f"caption_vs_encoder_decoder {r['caption_vs_encoder_decoder']:.3f} (end to end / (int8 encoder + greedy "
               f"decoder), side by side at {r['caption_ms']['threads']} threads); encode() / invoke(): "
               + ", ".join(f"{v:.3f} at {n}" for n, v in r["encoder_call_overhead"].items()),

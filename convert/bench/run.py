@@ -13,12 +13,15 @@ from convert.bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt,
 from daemon.bundle import Bundle
 from daemon.captioner import Captioner
 from daemon.encoder import TFLiteEncoder
-from daemon.familiarity import frame_descriptor
+from daemon.familiarity import REJUDGE_S, frame_descriptor
 from daemon.explain.backends import BackendError, choose_backend
 
 BACKENDS = ("litert", "tensorflow")  # compared side by side
 INT8_CAPTION_WORDS = 8  # occlusion and RISE are timed on a caption this long (the shipped bundle's longest)
 AGREEMENT_SCENES = 10  # held-out scenes of the float-vs-int8 agreement figures
+# the caption end to end is timed on a camera's stream: each scene held for this many frames
+# (a second at the default 10 fps), captioned as the capture loop does (familiarity judged on a new caption)
+SCENE_HOLD_FRAMES = 10
 
 
 class _Report:
@@ -100,20 +103,28 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
             "numpy_beam3": timed_loop(lambda i: decoder.beam(features[i % len(features)], max_length, BEAM_WIDTH),
                                       seconds),
         }
-        # the caption end to end beside its parts, round after round (see timed_side_by_side)
+        # the caption end to end beside its parts, round after round (see timed_side_by_side); the
+        # caption as the capture loop makes it, on a stream of scenes each held for SCENE_HOLD_FRAMES
+        stream = Captioner(bundle, threads, familiarity_rejudge_s=REJUDGE_S)
+        judged = []
+
+        def stream_caption(i: int) -> None:
+            judged.append("familiarity_ms" in stream.caption(frames[(i // SCENE_HOLD_FRAMES) % len(frames)]).timings)
+
         stats = captioner.feature_stats
         parts = {"encoder": lambda i: captioner.encoder.encode(frames[i % len(frames)]),
                  "decoder": lambda i: decoder.greedy(features[i % len(features)], max_length),
-                 "caption": lambda i: captioner.caption(frames[i % len(frames)])}
+                 "caption": stream_caption}
         if stats is not None:
             parts["familiarity"] = lambda i: stats.judge(frame_descriptor(frames[i % len(frames)],
                                                                           features[i % len(features)]))
         caption_parts_ms = timed_side_by_side(parts, seconds)
         # the caption alone in its own loop, as the capture loop calls it: pipeline_vs_seed's figure
         # (interleaved with its parts it measured up to 2.4 x slower on a busy box than the capture loop's rate)
-        caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
+        caption_ms = {**timed_loop(stream_caption, seconds), "threads": threads}
         familiarity_ms = caption_parts_ms.pop("familiarity", None) or report.take(
             "familiarity_ms", None, "the bundle has no feature_stats.npz")
+        familiarity_judged_share = round(sum(judged) / len(judged), 3) if stats is not None else None
 
     note("explanation methods on each backend ...")
     usable = []
@@ -189,7 +200,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "bundle": {"name": bundle.name, "path": str(bundle.path), "encoder": bundle.manifest.get("encoder")},
         "machine": cpu_info(),
         "settings": {"seconds": seconds, "threads": threads, "seed_frames": seed_frames, "frames": BENCH_FRAMES,
-                     "beam_width": BEAM_WIDTH},
+                     "beam_width": BEAM_WIDTH, "scene_hold_frames": SCENE_HOLD_FRAMES},
         "encoder_ms": encoder_ms,
         "encoder_int8_vs_keras": ratio_by_threads("keras_float"),
         "encoder_int8_vs_keras_graph": ratio_by_threads("keras_float_graph"),
@@ -199,6 +210,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "seed_agreement": seed["agreement"] if seed else None,
         "seed_prefix_length": seed["prefix_length"] if seed else None,
         "familiarity_ms": familiarity_ms,
+        "familiarity_judged_share": familiarity_judged_share,
         "caption_ms": caption_ms,
         "caption_parts_ms": caption_parts_ms,
         "caption_vs_encoder_decoder": round(caption_parts_ms["caption"]["median"] / (

@@ -45,7 +45,7 @@ def test_every_key_is_there_and_only_a_backend_without_its_graph_is_skipped(benc
     assert {"encoder_ms", "encoder_int8_vs_keras", "encoder_int8_vs_float_tflite", "decode_ms", "decoder_vs_seed",
             "caption_ms", "pipeline_vs_seed", "captions_per_s", "rss_mb", "backends", "int8_peak_gops",
             "encoder_vs_int8_peak", "macs", "encoder_gops", "machine", "familiarity_ms", "caption_vs_encoder_decoder",
-            "caption_parts_ms",
+            "caption_parts_ms", "familiarity_judged_share",
             "encoder_invoke_ms", "encoder_call_overhead"} <= set(bench)
     has_graph = explainer_graph(load_bundle(DEFAULT_BUNDLE)) is not None
     assert measured_backends(bench) == (["litert", "tensorflow"] if has_graph else ["tensorflow"])
@@ -82,6 +82,9 @@ def test_decoder_and_pipeline_against_the_seed_style_baseline(bench):
     parts = bench["caption_parts_ms"]
     assert positive_stats(bench["familiarity_ms"]) and positive_stats(parts["encoder"])
     assert positive_stats(parts["decoder"]) and positive_stats(parts["caption"])
+    # the stream holds each scene for some frames: familiarity is judged on a new caption, not on every frame
+    hold = bench["settings"]["scene_hold_frames"]
+    assert 1 / (2 * hold) <= bench["familiarity_judged_share"] <= 2 / hold, bench["familiarity_judged_share"]
     assert bench["caption_vs_encoder_decoder"] == pytest.approx(
         parts["caption"]["median"] / (parts["encoder"]["median"] + parts["decoder"]["median"]), rel=0.01)
     for n in THREADS:  # what encode() costs beyond the interpreter's invoke
@@ -153,8 +156,10 @@ def test_figures_are_in_their_units_and_agree_with_their_parts(bench):
     # a caption is one int8 encoding plus a greedy decode: not much cheaper than either part
     assert caption * 1.5 >= int8 and caption * 1.5 >= decode["numpy_greedy"]["median"], (caption, int8, decode)
     assert bench["seed_pipeline_ms"]["median"] * 1.5 >= decode["seed_beam3"]["median"]  # its decode is inside it
-    # the capture loop (1 encoder thread, and a JPEG per frame) cannot caption faster than the captioner alone
-    assert bench["captions_per_s"] <= 1.5 * 1000 / caption, (bench["captions_per_s"], caption)
+    # the capture loop (1 encoder thread, and a JPEG per frame) cannot caption faster than its two models
+    # at 1 thread (compared at the same thread count: on a loaded box 2 threads can be the slower)
+    one_thread = bench["encoder_ms"]["int8_litert"]["1"]["median"] + decode["numpy_greedy"]["median"]
+    assert bench["captions_per_s"] <= 1.5 * 1000 / one_thread, (bench["captions_per_s"], one_thread)
     capture = bench["rss_mb"]["capture"]
     assert 30 < capture["rss"] < 1000  # MB; the README: about 100-250 MB
     cores = bench["machine"]["cores"]
