@@ -17,5 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-explainer": ("convert.explainer_export", "add the LiteRT gradient graph (explainer_float.tflite) to a bundle"),
     "feature-stats": ("convert.feature_stats", "store a bundle's statistics for the out-of-distribution warning"),
     "bench": ("convert.bench.cli", "measure speed and memory, side by side with the seed-style pipeline"),
+    "history-bench": ("convert.bench.history_cli", "measure the timeline: captions/s with history on and off, "
+                                                   "bytes written, queries over 100,000 events"),
     "fleet-bench": ("convert.bench.fleet", "measure a fleet on a private broker: N camera daemons, 1..M workers"),
 }

@@ -18,13 +18,22 @@ object's ``token_indices``),
 - ``deletion_auc`` / ``insertion_auc``: area under the word's probability as pixels are
   deleted (replaced by the image's mean colour) or inserted (into a strongly blurred copy)
   in heatmap order, 20 steps; ``random`` is the same with a random pixel order;
+  ``deletion_auc_int8`` / ``insertion_auc_int8``: the same curves of the int8 captioner
+  (int8 encoder + numpy step decoder), the model that publishes the captions;
+- ``agreement_with_int8_occlusion``: per float (gradient) method the mean over words of
+  the Pearson correlation of its map with the int8 occlusion map of the same word (``_min``:
+  the lowest), so a user sees how well the float twin stands in for the int8 model;
+- ``gradient_stability``: per gradient method, for words flagged ``below_resolution``
+  (p > 0.9999) and the others, the Pearson of each map with the map of an equivalent
+  computation that rounds differently (convert.stability);
 - ``randomization_similarity``: mean Spearman rank correlation between each map and the
   map of the same method on the model whose top layers were re-initialised, cascading
   from the top (Adebayo et al., 2018): the decoder head, then the encoder head, then the
   backbone's last resolution stage, then the backbone down to the Grad-CAM layer (every
   layer between the explained map and the words). The figure is the last stage's;
   ``randomization_cascade`` has every stage. Low means the maps depend on what the model
-  learned.
+  learned. The int8 methods (occlusion, RISE) explain an int8 quantization of each stage's
+  randomized model (calibrated on 16 scenes), as the converter quantizes the trained one.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from convert import faithfulness as ff
+from convert.stability import StabilityTotals
 from convert.captionscore import coco_scores
 from convert.datasets import IMAGE_FOLDERS, read_flickr_captions
 from convert.health import bundle_health
@@ -47,11 +57,14 @@ from daemon.bundle import BundleError
 from daemon.captioner import Captioner
 from daemon.explain.backends import BackendError
 from daemon.explain.explainer import Explainer
-from daemon.explain_settings import BACKEND_CHOICES, MAP_METHODS, ExplainOptions
+from daemon.explain.perturbation import Int8Scorer
+from daemon.explain.targets import teacher_tokens
+from daemon.explain_settings import BACKEND_CHOICES, INT8_METHODS, MAP_METHODS, ExplainOptions
 from daemon.imaging import read_rgb
 from daemon.scenes import COLOURS, PLURALS, SHAPES, objects_mask
 
 DELETION_STEPS = 20
+RANDOMIZED_CALIBRATION = 16  # calibration scenes of each int8 quantization of the randomized model
 ACE_WORDS = {*COLOURS, *SHAPES, *PLURALS.values()}  # ace_removal_win_rate: the objects' colour and shape words
 DECODER_HEAD = ("logits", "merge_dense", "lstm", "embedding", "feat_dense")
 
@@ -117,6 +130,8 @@ def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 
     result = {"stages": {}, "layers": {}}
     for s, (stage, layers) in enumerate(stages):
         result["layers"][stage] = reinitialise(layers, rng)  # cumulative: earlier stages stay random
+        if any(m in INT8_METHODS for m in methods):  # the int8 methods explain a quantized copy of it
+            randomized._int8 = quantized_scorer(copy, explainer)
         similarity = defaultdict(list)
         for n, (image, tokens, words, trained) in enumerate(scenes):
             after = randomized.explain(image, tokens, words, methods)
@@ -130,6 +145,25 @@ def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 
     return result
 
 
+def quantized_scorer(captioner, explainer) -> Int8Scorer:
+    """An Int8Scorer of a (randomized) Keras captioner: its encoder quantized to int8 as the converter
+    does, calibrated on RANDOMIZED_CALIBRATION scenes, and its decoder weights for the step decoder."""
+    import tempfile
+
+    from convert.model import decoder_weights
+    from convert.pack import calibration_images
+    from convert.quantize import to_int8_tflite
+    from daemon.decoder import StepDecoder
+
+    calibration = calibration_images(explainer.size, RANDOMIZED_CALIBRATION, None, explainer.bundle.resize)
+    flatbuffer = to_int8_tflite(captioner.get_layer("encoder"), lambda: iter(calibration))
+    decoder = StepDecoder(decoder_weights(captioner), explainer.vocab.start, explainer.vocab.end)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "encoder_int8.tflite"
+        path.write_bytes(flatbuffer)
+        return Int8Scorer(path, decoder, explainer.threads, explainer.options.batch_size)
+
+
 class _Totals:
     """Running sums of the explanation metrics."""
 
@@ -138,7 +172,10 @@ class _Totals:
         self.hits = Counter()
         self.words = 0
         self.deletion, self.insertion = defaultdict(list), defaultdict(list)
+        self.deletion_int8, self.insertion_int8 = defaultdict(list), defaultdict(list)
+        self.agreement = defaultdict(list)  # float method -> Pearson of its map with the int8 occlusion map
         self.explain_ms = defaultdict(list)
+        self.stability = None  # StabilityTotals of the gradient heatmap methods
 
     def report(self) -> dict:
         """The metrics as JSON-ready numbers (means over words; explain times per frame)."""
@@ -150,13 +187,18 @@ class _Totals:
             "pointing_game": {m: round(self.hits[m] / self.words, 4) if self.words else None for m in self.methods},
             "deletion_auc": {m: mean(self.deletion[m]) for m in keys},
             "insertion_auc": {m: mean(self.insertion[m]) for m in keys},
+            "deletion_auc_int8": {m: mean(self.deletion_int8[m]) for m in keys},
+            "insertion_auc_int8": {m: mean(self.insertion_int8[m]) for m in keys},
+            "agreement_with_int8_occlusion": {m: mean(v) for m, v in self.agreement.items()},
+            "agreement_with_int8_occlusion_min": {m: round(float(np.min(v)), 4) for m, v in self.agreement.items()},
+            "gradient_stability": self.stability.report() if self.stability else {},
             "explain_ms_per_frame": {m: round(float(np.mean(self.explain_ms[m])), 1) for m in self.methods},
         }
 
 
-def _score_fn(explainer, tokens: list[int], index: int):
-    """Callback: probability of word ``index`` of the teacher-forced caption for a batch of images."""
-    return lambda images: np.exp(explainer.word_logprobs(images, tokens)[:, index])
+def _word_score(probabilities, index: int):
+    """Callback: probability of word ``index`` for a batch of images, from all words' ``probabilities``."""
+    return lambda images: probabilities(images)[:, index]
 
 
 def explain_scene(explainer, image: np.ndarray, tokens: list[int], objects: list, totals: _Totals,
@@ -172,22 +214,34 @@ def explain_scene(explainer, image: np.ndarray, tokens: list[int], objects: list
     explanation = explainer.explain(image, tokens, words, totals.methods)
     for method in totals.methods:
         totals.explain_ms[method].append(explanation.timings_ms[f"{method}_ms"])
+    if totals.stability is not None:
+        totals.stability.add(image, tokens, words, explanation)
+    int8 = explainer.int8_scorer()
+    teacher = teacher_tokens(explainer.vocab.start, tokens)
+    models = (("", lambda images: np.exp(explainer.word_logprobs(images, tokens))),
+              ("_int8", lambda images: np.exp(int8.word_logprobs(images, teacher))))
     # the random ordering does not depend on the word: one series scores every word at once
     order = ff.random_order(x.shape[0] * x.shape[1], rng)
     for curve, key in ((ff.deletion_curve, "deletion"), (ff.insertion_curve, "insertion")):
-        scores = curve(lambda images: np.exp(explainer.word_logprobs(images, tokens)), x, order, DELETION_STEPS)
-        for i in words:
-            getattr(totals, key)["random"].append(ff.auc(scores[:, i]))
+        for suffix, probabilities in models:
+            scores = curve(probabilities, x, order, DELETION_STEPS)
+            for i in words:
+                getattr(totals, key + suffix)["random"].append(ff.auc(scores[:, i]))
     for k, i in enumerate(words):
         mask = objects_mask(objects, i, x.shape[:2])
         totals.words += 1
-        score = _score_fn(explainer, tokens, i)
         for method in totals.methods:
             heat = explanation.maps[method][k]
             totals.hits[method] += ff.pointing_hit(explanation.peaks[method][k], mask)
             ranked = ff.importance_order(heat, rng)
-            totals.deletion[method].append(ff.auc(ff.deletion_curve(score, x, ranked, DELETION_STEPS)))
-            totals.insertion[method].append(ff.auc(ff.insertion_curve(score, x, ranked, DELETION_STEPS)))
+            for suffix, probabilities in models:
+                score = _word_score(probabilities, i)
+                getattr(totals, "deletion" + suffix)[method].append(
+                    ff.auc(ff.deletion_curve(score, x, ranked, DELETION_STEPS)))
+                getattr(totals, "insertion" + suffix)[method].append(
+                    ff.auc(ff.insertion_curve(score, x, ranked, DELETION_STEPS)))
+            if "occlusion" in totals.methods and method not in INT8_METHODS:
+                totals.agreement[method].append(ff.pearson(heat, explanation.maps["occlusion"][k]))
     return words, explanation
 
 
@@ -199,9 +253,12 @@ def evaluate(bundle_path: str | Path, scenes_dir: str | Path, limit: int | None 
     records = read_scenes(scenes_dir)[:limit] if limit else read_scenes(scenes_dir)
     captioner = Captioner.from_path(bundle_path, threads=2)
     explainer = Explainer(captioner.bundle, options, gradcam_layer, backend)
+    if explainer.backend is None:  # the float model's figures (and the gradient methods) need one
+        raise BackendError(explainer.backend_problem)
     methods = list(methods or MAP_METHODS)
     kept = []  # scenes for the randomization test
     totals = _Totals(methods)
+    totals.stability = StabilityTotals(explainer, [m for m in methods if m not in INT8_METHODS])
     rng = np.random.default_rng(seed)
     references, hypotheses = [], []
     exact = exact_float = agree = skipped = 0
@@ -310,6 +367,8 @@ def configure(parser) -> None:
                         help="run the randomization test on the first N scenes only (default: all)")
     parser.add_argument("--smoothgrad-samples", type=int, default=defaults.smoothgrad_samples)
     parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps)
+    parser.add_argument("--occlusion-steps", type=int, default=defaults.occlusion_steps)
+    parser.add_argument("--rise-masks", type=int, default=defaults.rise_masks)
     parser.add_argument("--seed", type=int, default=0, help="seed of random orderings and re-initialised weights")
     parser.add_argument("--gradcam-layer", default=None,
                         help="backbone layer for gradcam/gradcampp (default: the bundle manifest's)")
@@ -336,6 +395,15 @@ def _print_table(report: dict) -> None:
         print(f"{m:<22}{report['pointing_game'][m]:>9}{report['deletion_auc'][m]:>10}{report['insertion_auc'][m]:>10}"
               f"{str(report['randomization_similarity'][m]):>11}{report['explain_ms_per_frame'][m]:>10}")
     print(f"{'random order':<22}{'':>9}{report['deletion_auc']['random']:>10}{report['insertion_auc']['random']:>10}")
+    print("on the int8 model (deletion / insertion AUC): " + "  ".join(
+        f"{m} {report['deletion_auc_int8'][m]} / {report['insertion_auc_int8'][m]}" for m in report["deletion_auc_int8"]))
+    if report["agreement_with_int8_occlusion"]:
+        print("agreement with the int8 occlusion map (mean / min Pearson per word): " + "  ".join(
+            f"{m} {v} / {report['agreement_with_int8_occlusion_min'][m]}"
+            for m, v in report["agreement_with_int8_occlusion"].items()))
+    for m, split in report["gradient_stability"].items():
+        print(f"stability of {m} under an equivalent computation (min Pearson, share >= 0.99): " + "  ".join(
+            f"{flag} ({v['words']} words) {v.get('min_pearson')}, {v.get('share_stable')}" for flag, v in split.items()))
     print(f"randomization similarity, mean: {report['randomization_similarity']['mean']}; by cascade stage:")
     for stage, values in report["randomization_cascade"].items():
         print(f"  {stage:<28}" + "  ".join(f"{m} {v}" for m, v in values.items()))
@@ -352,7 +420,8 @@ def main(args) -> int:
               "make one with `explaincam scenes --out DIR`", file=sys.stderr)
         return 2
     started = time.monotonic()
-    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed)
+    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps, seed=args.seed,
+                             occlusion_steps=args.occlusion_steps, rise_masks=args.rise_masks)
     try:
         if args.dataset:
             report = evaluate_dataset(args.bundle, args.dataset, args.limit, Progress("evaluating"))

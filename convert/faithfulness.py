@@ -111,3 +111,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rb -= rb.mean()
     denominator = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
     return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two maps of one size (1.0 when both are constant and equal, else 0.0 for a constant one)."""
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    if a.size != b.size:
+        raise ValueError(f"maps differ in size: {a.size} vs {b.size}")
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a ** 2).sum() * (b ** 2).sum())
+    if denominator > 0:
+        return float((a * b).sum() / denominator)
+    return 1.0 if np.array_equal(a, b) else 0.0

@@ -32,11 +32,14 @@ from daemon.config import CONFIG_FILE, LOG_LEVELS, AppConfig
 from daemon.config_file import ConfigError, load_config
 from daemon.demo import DemoError, demo_config, demo_surroundings
 from daemon.encoder import EncoderError
+from daemon.familiarity import REJUDGE_S
 from daemon.explain.backends import BackendError, choose_backend
 from daemon.explain.local import LocalDispatcher
+from daemon.explain_settings import INT8_METHODS
 from daemon.explain.service import ExplainService, picture_jpeg
 from daemon.fleet.dispatcher import RemoteDispatcher
 from daemon.framecache import FrameCache
+from daemon.history.service import HistoryService, open_history
 from daemon.mqtt import MqttPublisher, MqttSetupError
 from daemon.notify import SystemdNotifier
 from daemon.process import EXIT_CONFIG, install_signal_handlers, package_version, setup_logging
@@ -90,10 +93,15 @@ def announce_to_home_assistant(cfg: AppConfig, publisher: MqttPublisher, camera:
         return
 
     def announce() -> None:
-        for topic, payload in discovery.discovery_messages(prefix, camera, ha, model_name=model_name,
-                                                           version=package_version(),
-                                                           configuration_url=cfg.mqtt.discovery.configuration_url):
+        messages = discovery.discovery_messages(prefix, camera, ha, model_name=model_name, version=package_version(),
+                                                configuration_url=cfg.mqtt.discovery.configuration_url,
+                                                timeline=cfg.history.enabled)
+        for topic, payload in messages:
             publisher.publish(topic, json.dumps(payload), qos=1, retain=True)
+        announced = {topic for topic, _ in messages}
+        for topic, payload in discovery.removal_messages(prefix, camera, ha):  # the timeline's, with history off
+            if topic not in announced:
+                publisher.publish(topic, payload, qos=1, retain=True)
 
     status_topic = contract.home_assistant_status_topic(ha)
 
@@ -146,6 +154,7 @@ class Daemon:
     explain_service: ExplainService | None = None
     snapshot: SnapshotFolder | None = None
     twins: TwinWatch | None = None
+    history: HistoryService | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Connect, start the camera, tell systemd READY=1 and caption until ``stop`` is set; then :meth:`close`."""
@@ -170,7 +179,8 @@ class Daemon:
             self.explain_service.local.kill_explainer()
 
     def close(self) -> None:
-        """Stop everything: the camera, the explainer (pending requests are answered ``shutting_down``), MQTT."""
+        """Stop everything: the camera, the explainer (pending requests are answered ``shutting_down``), the
+        timeline (the open event closed, queued writes committed), MQTT."""
         self.notifier.stopping()
         self.notifier.status("stopping")
         self.grabber.stop(timeout=0.5)
@@ -181,6 +191,8 @@ class Daemon:
                 self.explain_service.stop(timeout=0.5)
             except Exception:
                 log.exception("stopping the explainer failed")
+        if self.history is not None:
+            self.history.stop(timeout=1.0)
         self.publisher.stop(timeout=0.5)
         self.notifier.close()
         log.info("stopped after %d captions", self.loop.stats.captions)
@@ -199,7 +211,8 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
     notifier.status("loading the model")
     bundle_path = cfg.model.bundle_path()
     try:
-        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style)
+        captioner = Captioner.from_path(bundle_path, cfg.model.threads, cfg.model.beam_width, cfg.model.beam_style,
+                                        familiarity_rejudge_s=REJUDGE_S)
     except (BundleError, EncoderError) as exc:
         raise DaemonSetupError(f"cannot load the model: {exc}") from exc
     log.info("model %s from %s (input %d px, %d encoder threads, beam %d)", captioner.bundle.name,
@@ -228,7 +241,40 @@ def build_daemon(cfg: AppConfig, notifier: SystemdNotifier | None = None,
     source_cfg = cfg.camera.source
     grabber = FrameGrabber(make_source(source_cfg), source_cfg.retry_initial_s, source_cfg.retry_max_s)
     loop = CaptionLoop(cfg, captioner, grabber, cache, publisher, topics, notifier, snapshot)
-    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot, twins)
+    history = start_history(cfg, topics, publisher, captioner.bundle.name, loop, snapshot,
+                            answers_requests=twins.answers_requests)
+    if explain_service is not None and history is not None:
+        explain_service.history = history  # explain requests may name a stored event
+        if cfg.history.explain and cfg.explain.mode == "local":  # each new event explained at low priority
+            explain_service.background_methods = list(cfg.history.explain)
+            history.on_new_event.append(explain_service.explain_in_background)
+    return Daemon(cfg, topics, captioner, cache, publisher, grabber, loop, notifier, explain_service, snapshot,
+                  twins, history)
+
+
+def start_history(cfg: AppConfig, topics: contract.CameraTopics, publisher: MqttPublisher, model_name: str,
+                  loop: CaptionLoop, snapshot: SnapshotFolder | None,
+                  answers_requests: Callable[[], bool] = lambda: True) -> HistoryService | None:
+    """The timeline (None when off or unusable, said in one line): fed by the caption loop, its figures in
+    the stats message, answering queries on this camera's history topics, its newest events on the page.
+    While ``answers_requests()`` is False (a twin that started first answers them, ``daemon.twins``)
+    queries are left to it."""
+    history = open_history(cfg.history, cfg.snapshot.dir, cfg.camera.name, topics, publisher.publish, model_name,
+                           snapshot)
+    if history is None:
+        return None
+    loop.frame_observers.append(history.observe)
+    loop.extra_stats["history"] = history.stats
+
+    def on_history_request(payload: bytes, properties) -> None:  # on the MQTT network thread: returns at once
+        if not answers_requests():
+            log.debug("history query left to the twin daemon that answers this camera's requests")
+            return
+        history.handle_query(payload, response_topic=getattr(properties, "ResponseTopic", None),
+                             correlation_data=getattr(properties, "CorrelationData", None))
+    publisher.subscribe(topics.history_request, on_history_request, retained=False,
+                        purpose="no history query reaches this daemon (`explaincam history` gets no answer)")
+    return history
 
 
 def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, captioner: Captioner, cache: FrameCache,
@@ -238,13 +284,15 @@ def start_explain_service(cfg: AppConfig, topics: contract.CameraTopics, caption
     ``explain.mode`` remote/auto), subscribed to this camera's explain requests; None, with the
     reason logged, if it cannot be set up: captioning goes on without it. What can be missing
     on a box (TensorFlow, or the bundle's explainer graph, for the configured backend) is said
-    at start; requests are then answered with that error. While ``answers_requests()`` is False
-    (a twin that started first answers them, ``daemon.twins``) requests are left to it."""
+    at start; requests then get the int8 methods and that reason for the gradient ones. While
+    ``answers_requests()`` is False (a twin that started first answers them, ``daemon.twins``)
+    requests are left to it."""
     if cfg.explain.mode != "remote":
         try:
             choose_backend(captioner.bundle, cfg.explain.backend, cfg.explain.gradcam_layer)
         except BackendError as exc:
-            log.warning("explanations on this box will fail: %s", exc)
+            log.warning("gradient explanations on this box will fail: %s; the int8 methods (%s) still answer",
+                        exc, ", ".join(INT8_METHODS))
     try:
         remote = None
         if cfg.explain.mode != "local":

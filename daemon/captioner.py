@@ -21,7 +21,7 @@ from daemon.bundle import Bundle, BundleError, load_bundle
 from daemon.config import PACKAGE_ROOT, SHIPPED_BUNDLE
 from daemon.decoder import StepDecoder
 from daemon.encoder import EncoderError, TFLiteEncoder
-from daemon.familiarity import IMAGE_STATISTICS_DIM, Familiarity, FeatureStats, frame_descriptor
+from daemon.familiarity import IMAGE_STATISTICS_DIM, CaptionFamiliarity, Familiarity, FeatureStats
 from daemon.imaging import read_rgb
 from daemon.vocab import Vocabulary
 
@@ -41,6 +41,7 @@ class CaptionResult:
     score: float
     timings: dict = field(default_factory=dict)
     familiarity: Familiarity | None = None  # None when the bundle has no feature_stats.npz
+    features: np.ndarray | None = field(default=None, repr=False)  # the encoder's feature vector (the timeline's "similar to")
 
 
 def resize_for_encoder(frame: np.ndarray, size: int, method: str = "area") -> np.ndarray:
@@ -90,9 +91,14 @@ def _read(bundle: Bundle, key: str, reader):
 
 
 class Captioner:
-    """Captions RGB frames with a bundle's int8 encoder and the numpy step decoder."""
+    """Captions RGB frames with a bundle's int8 encoder and the numpy step decoder.
 
-    def __init__(self, bundle: Bundle, threads: int = 1, beam_width: int = 1, beam_style: str = "ours"):
+    ``familiarity_rejudge_s``: 0 judges every frame's familiarity (independent images); the capture
+    loop passes ``REJUDGE_S`` so that frames keeping their caption reuse the verdict (CaptionFamiliarity).
+    """
+
+    def __init__(self, bundle: Bundle, threads: int = 1, beam_width: int = 1, beam_style: str = "ours",
+                 familiarity_rejudge_s: float = 0.0):
         self.bundle = bundle
         tokens = bundle.manifest["special_tokens"]
         self.vocab = _read(bundle, "vocab", lambda path: Vocabulary.load(path, tokens["start"], tokens["end"]))
@@ -112,6 +118,8 @@ class Captioner:
                 self.feature_stats.mean.shape[0] != self.encoder.feature_dim + IMAGE_STATISTICS_DIM:
             raise BundleError(f"{bundle.path}: {bundle.file('feature_stats').name} does not fit "
                               f"the encoder's {self.encoder.feature_dim} features")
+        self.familiarity = None if self.feature_stats is None else \
+            CaptionFamiliarity(self.feature_stats, familiarity_rejudge_s)
         if beam_style not in BEAM_STYLES:
             raise ValueError(f"beam style must be one of {', '.join(BEAM_STYLES)}, not {beam_style!r}")
         self.beam_width, self.beam_style = beam_width, beam_style
@@ -119,9 +127,9 @@ class Captioner:
 
     @classmethod
     def from_path(cls, path: str | Path, threads: int = 1, beam_width: int = 1,
-                  beam_style: str = "ours") -> "Captioner":
+                  beam_style: str = "ours", familiarity_rejudge_s: float = 0.0) -> "Captioner":
         """Load and verify a bundle folder, then build its captioner."""
-        return cls(load_bundle(path), threads, beam_width, beam_style)
+        return cls(load_bundle(path), threads, beam_width, beam_style, familiarity_rejudge_s)
 
     def encode(self, frame: np.ndarray) -> np.ndarray:
         """Int8-encoder features of an RGB frame of any size."""
@@ -141,7 +149,8 @@ class Captioner:
         return self.decoder.beam(features, self.bundle.max_length, width)
 
     def caption(self, frame: np.ndarray, beam_width: int | None = None) -> CaptionResult:
-        """Caption one RGB frame, timing the encoder, the decoder and the familiarity check."""
+        """Caption one RGB frame, timing the encoder, the decoder and the familiarity check (``familiarity_ms``
+        only when it was judged for this frame)."""
         t0 = time.perf_counter()
         frame = self.resize(frame)
         features = self.encoder.encode(frame)
@@ -149,12 +158,14 @@ class Captioner:
         decoded = self.decode(features, beam_width)
         t2 = time.perf_counter()
         words = [self.vocab.words[t - 1] for t in decoded.tokens]
+        caption = " ".join(words)
         timings = {"encoder_ms": round((t1 - t0) * 1e3, 2), "decoder_ms": round((t2 - t1) * 1e3, 2)}
         familiarity = None
-        if self.feature_stats is not None:
-            familiarity = self.feature_stats.judge(frame_descriptor(frame, features))
-            timings["familiarity_ms"] = round((time.perf_counter() - t2) * 1e3, 2)
-        return CaptionResult(" ".join(words), decoded.tokens, words, round(decoded.score, 4), timings, familiarity)
+        if self.familiarity is not None:
+            familiarity, judged = self.familiarity.judge(caption, frame, features)
+            if judged:
+                timings["familiarity_ms"] = round((time.perf_counter() - t2) * 1e3, 2)
+        return CaptionResult(caption, decoded.tokens, words, round(decoded.score, 4), timings, familiarity, features)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

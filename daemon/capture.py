@@ -64,6 +64,8 @@ class CaptionLoop:
         self.last_caption: str | None = None
         #: more sections of the stats message: name -> callable giving a JSON-able value
         self.extra_stats: dict[str, Callable[[], object]] = {"mqtt": publisher.status}
+        #: called with every captioned frame on this thread; each must return at once (the timeline's tracker)
+        self.frame_observers: list[Callable[[CachedFrame], None]] = []
         self._last_thumbnail: np.ndarray | None = None
         self._source_version = -1
         self._mqtt_state = ""
@@ -111,6 +113,8 @@ class CaptionLoop:
         self.frame_id += 1
         cached = CachedFrame(self.frame_id, frame.ts, image, result, frame.ground_truth)
         self.cache.put(cached)
+        for observe in self.frame_observers:
+            observe(cached)
         message = caption_message(self.frame_id, frame.ts, result.caption, result.tokens, result.score,
                                   {"grab_ms": frame.grab_ms, **result.timings, "total_ms": total_ms},
                                   self.model_name, frame.ground_truth,

@@ -22,6 +22,7 @@ DEVICE_COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("daemon.check_config", "validate a config.yaml and report each error with its key and line"),
     "caption": ("daemon.captioner", "caption image files with a bundle's int8 encoder"),
     "request": ("daemon.explain.client", "ask a running daemon over MQTT to explain a frame"),
+    "history": ("daemon.history.cli", "search a camera's timeline of events (or every camera's) over MQTT"),
     "explain": ("daemon.explain.oneshot", "explain the caption of one image file (Grad-CAM, saliency, ACE)"),
     "install-service": ("daemon.install", "install (or --uninstall) the systemd service"),
     "worker": ("daemon.fleet.worker", "explain the jobs of a fleet's cameras (MQTT 5 shared subscription)"),

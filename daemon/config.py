@@ -283,8 +283,9 @@ class ExplainConfig(StrictModel):
     queue_size: int = Field(4, ge=1, description="requests waiting at most; more are answered `busy`")
     nice: int = Field(10, ge=0, le=19, description="niceness of the explainer process")
     max_request_bytes: int = Field(16384, ge=64, description="larger requests are refused")
-    default_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS),
-                                       description="methods used when a request names none")
+    default_methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS), description=(
+        "methods used when a request names none; gradcam, gradcampp, saliency, smoothgrad, integrated_gradients "
+        "and ace explain the float32 twin (gradients), occlusion and rise the int8 model that captions"))
     backend: ExplainBackend = Field("auto", description=(
         "what runs the float model: litert (the bundle's explainer_float.tflite, no TensorFlow), tensorflow "
         "(captioner.keras; pip install 'explaincam[explain]'), or auto = litert when the bundle has the graph"))
@@ -294,6 +295,10 @@ class ExplainConfig(StrictModel):
                                     description="noisy copies per word for smoothgrad")
     ig_steps: int = Field(ExplainOptions.ig_steps, ge=2, le=512,
                           description="path steps per word for integrated_gradients")
+    occlusion_steps: int = Field(ExplainOptions.occlusion_steps, ge=2, le=32, description=(
+        "occlusion patch positions per axis: steps^2 frames through the int8 encoder (11: 121 frames)"))
+    rise_masks: int = Field(ExplainOptions.rise_masks, ge=8, le=4096,
+                            description="random masks (frames through the int8 encoder) for rise")
     gradcam_layer: str | None = Field(None, description=(
         "backbone layer for gradcam/gradcampp; null = the bundle manifest's gradcam_layer"))
 
@@ -309,7 +314,44 @@ class ExplainConfig(StrictModel):
     def options(self) -> ExplainOptions:
         """How hard the methods work, as these settings say."""
         return ExplainOptions(batch_size=self.batch_size, smoothgrad_samples=self.smoothgrad_samples,
-                              ig_steps=self.ig_steps)
+                              ig_steps=self.ig_steps, occlusion_steps=self.occlusion_steps,
+                              rise_masks=self.rise_masks)
+
+
+class HistoryConfig(StrictModel):
+    """The timeline: events (a stretch of frames with one caption) kept in SQLite on the box (daemon.history)."""
+
+    enabled: bool = Field(True, description="keep events in {dir}/history.sqlite")
+    dir: Path | None = Field(None, description=(
+        "folder of the event store (history.sqlite); null = the history folder in snapshot.dir (the state folder)"))
+    hold_frames: int = Field(2, ge=1, le=100, description=(
+        "a caption seen in fewer consecutive frames than this, between two stretches of the same caption, "
+        "is a flicker and makes no event of its own"))
+    max_events_per_hour: int = Field(120, ge=1, description=(
+        "events stored per hour at most (bursts of 10); more are dropped and counted"))
+    max_frame_mb_per_day: float = Field(100.0, ge=0, description=(
+        "MB of lossless key frames (what explains an event later) written per day at most; an event over "
+        "it is kept without its lossless frame"))
+    retention_days: float = Field(7.0, gt=0, description="events older than this are deleted")
+    max_size_mb: float = Field(1024.0, gt=0, description="the store's size at most; the oldest events go first")
+    queue_size: int = Field(64, ge=1, description="writes waiting at most; more are dropped and counted")
+    thumbnail_px: int = Field(128, ge=32, le=640, description="side of the JPEG thumbnail kept per event")
+    max_query_limit: int = Field(100, ge=1, le=1000, description="events one history query may ask for at most")
+    explain: list[str] = Field(default_factory=lambda: ["gradcam"], description=(
+        "methods that explain every word of each new event in the background (the local explainer, at low "
+        "priority: a user's request goes first; not with explain.mode remote/auto); [] = none"))
+
+    @field_validator("explain")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown explanation method {unknown[0]!r}; known: {', '.join(METHODS)}")
+        return methods
+
+    def folder(self, snapshot_dir: Path) -> Path:
+        """Where the event store lives."""
+        return self.dir if self.dir is not None else snapshot_dir / "history"
 
 
 class AppConfig(StrictModel):
@@ -321,6 +363,7 @@ class AppConfig(StrictModel):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT broker")
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig, description="snapshot folder")
     explain: ExplainConfig = Field(default_factory=ExplainConfig, description="explanations")
+    history: HistoryConfig = Field(default_factory=HistoryConfig, description="the timeline of events")
     log_level: Literal[LOG_LEVELS] = Field("info", description="log level (stderr)")
 
 

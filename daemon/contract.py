@@ -30,6 +30,11 @@ topic                                       dir  retained  payload
                                                            Expiry Interval = ``explain.remote.retry_s``)
 ``{prefix}/{camera}/explain/result``        in   no        a worker's :func:`encode_progress` notes,
                                                            then its :func:`encode_result` (QoS 1)
+``{prefix}/{camera}/history/request``       in   no        a history query (``daemon.history.query``)
+``{prefix}/{camera}/history/response``      out  no        its answer, unless the query named a
+                                                           Response Topic
+``{prefix}/{camera}/history/event``         out  no        :func:`history_event_message`, once per
+                                                           stored event (Home Assistant's event entity)
 ``{prefix}/stats``                          out  no        stats JSON (``daemon.stats``) with ``camera``
 ``{prefix}/workers/{id}``                   wkr  yes       a fleet worker's announcement (below), with
                                                            a Message Expiry Interval
@@ -114,6 +119,10 @@ class CameraTopics:
     explain_result = Subtopic("explain/result", "Where workers answer this camera's jobs: the jobs' MQTT 5 "
                                                 "Response Topic.")
 
+    history_request = Subtopic("history/request", "Queries of this camera's timeline (``daemon.history.query``).")
+    history_response = Subtopic("history/response", "Answers to history queries that named no Response Topic.")
+    history_event = Subtopic("history/event", "Each new stored event (:func:`history_event_message`).")
+
     @classmethod
     def for_camera(cls, prefix: str, camera: str) -> "CameraTopics":
         """Topics of ``camera`` under ``prefix``."""
@@ -127,6 +136,10 @@ class CameraTopics:
     def private_response(self, client_id: str) -> str:
         """A Response Topic private to one requesting client."""
         return f"{self.explain_response}/{client_id}"
+
+    def private_history_response(self, client_id: str) -> str:
+        """A Response Topic for history answers private to one requesting client."""
+        return f"{self.history_response}/{client_id}"
 
 
 @dataclass(frozen=True)
@@ -203,13 +216,34 @@ def claim_message(instance: str, host: str, pid: int, client_id: str, started: f
 
 
 def explain_request(request_id: str, frame: str | int = "latest", methods: list[str] | None = None,
-                    words: str | list[int] = "all") -> dict:
-    """An explanation request; ``methods`` None leaves the choice to the daemon's ``explain.default_methods``."""
-    request = {"id": request_id, "frame": frame}
+                    words: str | list[int] = "all", event: int | None = None) -> dict:
+    """An explanation request; ``methods`` None leaves the choice to the daemon's ``explain.default_methods``;
+    ``event``: a stored event of the timeline instead of a frame."""
+    request = {"id": request_id, "event": event} if event is not None else {"id": request_id, "frame": frame}
     if methods is not None:
         request["methods"] = list(methods)
     request["words"] = words
     return request
+
+
+HISTORY_EVENT_TYPES = ("caption", "unfamiliar")  # Home Assistant's event_types of the timeline's event entity
+
+
+def history_event_message(event_id: int, caption: str, start: float, familiarity: float | None,
+                          out_of_distribution: bool) -> dict:
+    """The JSON on ``history/event`` for a new event: Home Assistant's event entity reads ``event_type``
+    (``unfamiliar`` for an out-of-distribution frame, else ``caption``) and keeps the rest as attributes."""
+    return {"event_type": HISTORY_EVENT_TYPES[1] if out_of_distribution else HISTORY_EVENT_TYPES[0],
+            "event_id": event_id, "caption": caption, "start": iso_time(start), "familiarity": familiarity}
+
+
+def history_query(request_id: str, text: str | None = None, since: float | None = None, until: float | None = None,
+                  unfamiliar: bool = False, similar: int | None = None, limit: int = 20, offset: int = 0,
+                  thumbnails: bool = True) -> dict:
+    """A history query (``daemon.history.query`` reads it); None fields are left out."""
+    query = {"id": request_id, "text": text, "since": since, "until": until, "similar": similar}
+    query = {key: value for key, value in query.items() if value is not None}
+    return {**query, "unfamiliar": unfamiliar, "limit": limit, "offset": offset, "thumbnails": thumbnails}
 
 
 def explanation_info(response: dict, made_at: float) -> dict:

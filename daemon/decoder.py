@@ -108,6 +108,26 @@ class StepDecoder:
             out.append(logits[0])
         return np.stack(out)
 
+    def teacher_forced_rows(self, features: np.ndarray, tokens: list[int]) -> np.ndarray:
+        """Logits after each of ``tokens`` (start token first) for many feature rows at once, (N, len(tokens), vocab).
+
+        Every row reads the same tokens, so the token's input to the LSTM is computed once
+        per step and shared (a product of a few rows: as fast as one, where a large one
+        can wait on the BLAS library's threads on a busy CPU).
+        """
+        kernel, recurrent, bias = self.lstm
+        projected = self.project(np.asarray(features, np.float32))
+        h = c = np.zeros((len(projected), self.units), np.float32)
+        out = np.empty((len(projected), len(tokens), self.vocab_size), np.float32)
+        for t, token in enumerate(tokens):
+            z = h @ recurrent + (self.embedding[token] @ kernel + bias)
+            i, f, g, o = np.split(z, 4, axis=-1)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+            merged = np.maximum((projected + h) @ self.merge_kernel + self.merge_bias, 0.0)
+            out[:, t] = merged @ self.logits_kernel + self.logits_bias
+        return out
+
     def greedy(self, features: np.ndarray, max_length: int) -> Caption:
         """Most likely word at each step until the end token or ``max_length`` words."""
         projected = self.project(features[None])

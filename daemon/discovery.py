@@ -1,6 +1,6 @@
 """Home Assistant MQTT discovery for one camera: pure functions, no network.
 
-Six entities on one device ("explaincam <camera>"), each announced on
+Seven entities on one device ("explaincam <camera>"), each announced on
 ``{discovery_prefix}/{component}/{node}/{key}/config`` (retained), topics from
 ``daemon.contract``:
 
@@ -24,6 +24,10 @@ image          explanation  the PNG on ``explain/image`` (a placeholder until th
                             frame id, caption, methods
 sensor         source       diagnostic: the camera source's state (ok, retrying, ...) from
                             ``source``
+event          timeline     fires once per event the timeline stores (``history/event``,
+                            not retained): ``event_type`` ``caption`` or ``unfamiliar``,
+                            attributes event id, caption, start, familiarity (left out when
+                            history is off)
 =============  ===========  ===================================================================
 """
 
@@ -31,8 +35,8 @@ from __future__ import annotations
 
 import json
 
-from daemon.contract import (OFFLINE, ONLINE, CameraTopics, discovery_config_topic, discovery_node, explain_request,
-                             home_assistant_status_topic)
+from daemon.contract import (HISTORY_EVENT_TYPES, OFFLINE, ONLINE, CameraTopics, discovery_config_topic,
+                             discovery_node, explain_request, home_assistant_status_topic)
 
 ORIGIN_NAME = "explaincam"
 MANUFACTURER = "explaincam"
@@ -40,10 +44,17 @@ STATE_MAX_CHARS = 255  # Home Assistant refuses longer states
 EXPLAIN_REQUEST = explain_request("ha-button", "latest", ["gradcam", "saliency"], "all")
 
 
-def _entities(prefix: str, camera: str) -> list[tuple[str, str, dict]]:
-    """(component, key, component-specific fields) of every discovered entity."""
+def _entities(prefix: str, camera: str, timeline: bool = True) -> list[tuple[str, str, dict]]:
+    """(component, key, component-specific fields) of every discovered entity (the timeline's event
+    entity only with ``timeline``)."""
     topics = CameraTopics.for_camera(prefix, camera)
-    return [
+    timeline_entity = [("event", "timeline", {
+        "name": "Timeline event",
+        "icon": "mdi:timeline-clock-outline",
+        "state_topic": topics.history_event,
+        "event_types": list(HISTORY_EVENT_TYPES),
+    })] if timeline else []
+    return timeline_entity + [
         ("sensor", "caption", {
             "name": "Caption",
             "icon": "mdi:image-text",
@@ -91,12 +102,14 @@ def _entities(prefix: str, camera: str) -> list[tuple[str, str, dict]]:
 
 
 def discovery_messages(prefix: str, camera: str, discovery_prefix: str = "homeassistant", *,
-                       model_name: str, version: str, configuration_url: str | None = None) -> list[tuple[str, dict]]:
+                       model_name: str, version: str, configuration_url: str | None = None,
+                       timeline: bool = True) -> list[tuple[str, dict]]:
     """(config topic, payload) of every entity; publish each payload as JSON, retained, QoS 1.
 
     ``prefix`` and ``camera`` are the MQTT contract's topic levels, ``model_name`` the
     bundle's model (shown as the device model), ``version`` explaincam's version and
-    ``configuration_url`` a page about the camera (the device's "Visit" link), if any.
+    ``configuration_url`` a page about the camera (the device's "Visit" link), if any;
+    ``timeline``: whether history is on (the event entity).
     """
     node = discovery_node(prefix, camera)
     device = {
@@ -111,7 +124,7 @@ def discovery_messages(prefix: str, camera: str, discovery_prefix: str = "homeas
     availability = CameraTopics.for_camera(prefix, camera).availability
     origin = {"name": ORIGIN_NAME, "sw_version": version}
     messages = []
-    for component, key, fields in _entities(prefix, camera):
+    for component, key, fields in _entities(prefix, camera, timeline):
         object_id = f"{node}_{key}"
         payload = {
             **fields,

@@ -73,6 +73,7 @@ SHORT_CONNECTIONS_HINT = 3  # ...and this many in a row get the duplicate-client
 UNSPECIFIED = 0x80  # paho's reason code for a connection that just closed (no DISCONNECT packet)
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: the broker does not speak this MQTT version
 PACKET_SUSPECT_S = 1.0  # a close this soon after a packet larger than any the broker took blames its size
+SOCKET_READ_FAILED = "failed to receive on socket:"  # paho's log line when a read fails (TLS alerts too)
 PROTOCOL_HINT = ("the broker may speak only MQTT 3.1.1: set mqtt.protocol: 3.1.1 in the config "
                  "(or upgrade the broker to one that speaks MQTT 5)")
 
@@ -181,6 +182,7 @@ class MqttPublisher:
         self._attempt = 0  # connection attempts whose socket opened
         self._connack_missed = 0  # the last attempt closed for want of a CONNACK
         self._answered = 0  # the last attempt that got a CONNACK
+        self._socket_error: tuple[int, str] | None = None  # (attempt, why paho's last read failed)
         self._packet_hinted: set[str] = set()  # topics named in a packet-size hint
         self._suback_topics: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topics, in order
         self._queue: deque[OutgoingMessage] = deque()
@@ -224,6 +226,7 @@ class MqttPublisher:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
+        client.on_log = self._on_paho_log
         return client
 
     def start(self) -> None:
@@ -426,6 +429,13 @@ class MqttPublisher:
         except OSError:
             pass
 
+    def _on_paho_log(self, client, userdata, level, text: str) -> None:
+        """Keep why paho's last socket read failed (a TLS alert, a reset): it names why a broker closed
+        a connection before CONNACK better than any guess."""
+        if level == paho.MQTT_LOG_ERR and text.startswith(SOCKET_READ_FAILED):
+            with self._cond:
+                self._socket_error = (self._attempt, text.removeprefix(SOCKET_READ_FAILED).strip())
+
     def _on_connect_fail(self, client, userdata) -> None:
         # paho calls this inside its `except OSError:` block, so the exception is still at hand.
         reason = describe_connect_error(sys.exc_info()[1], self.config.host, self.config.port, self.config.tls.active)
@@ -461,10 +471,21 @@ class MqttPublisher:
             if hint:
                 log.error("MQTT: %s", hint)
         elif before_connack and not timed_out and not self._stopping and self._attempt:
-            reason = f"{self.config.host}:{self.config.port} closed the connection without answering CONNECT"
-            if self.is_v5:
-                reason = f"{reason}; {PROTOCOL_HINT}"
-            self._connect_failed(reason, logging.ERROR)
+            self._connect_failed(self._closed_before_connack(), logging.ERROR)
+
+    def _closed_before_connack(self) -> str:
+        """Why the broker closed an attempt before its CONNACK: the socket's error where paho saw one
+        (a TLS alert: a client certificate the broker requires), else the protocol version guess."""
+        reason = f"{self.config.host}:{self.config.port} closed the connection without answering CONNECT"
+        with self._cond:
+            error = self._socket_error[1] if self._socket_error and self._socket_error[0] == self._attempt else None
+        if error is None:
+            return f"{reason}; {PROTOCOL_HINT}" if self.is_v5 else reason
+        reason = f"{reason} ({error})"
+        if "certificate required" in error.lower():
+            return (f"{reason}; the broker requires a client certificate: set mqtt.tls.certfile and "
+                    f"mqtt.tls.keyfile")
+        return reason
 
     def _disconnect_hint(self, reason_code) -> str | None:
         """The log line naming why the broker closed the connection, when there is more to say than

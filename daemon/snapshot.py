@@ -6,13 +6,18 @@
   and ``explanation.json`` (the response, the model name and when it was made), from the
   explain service; at start the daemon reads the last explanation back
   (``last_explanation``) to publish it again;
+- ``timeline/``: ``index.json`` (the newest events), each one's thumbnail ``<id>.jpg`` and
+  kept explanation ``<id>.json``, from the timeline (``daemon.history.page_files``) after the
+  event store changed; a file whose event left the list is removed;
 - ``index.html`` and ``page.js``, the static page (package data in ``daemon/page/``), laid
   down once: any web server, or Home Assistant's ``www`` folder, can serve the folder. The
   page fetches ``latest.json`` and ``explanation.json`` every few seconds and swaps images
   only once they have loaded, so it refreshes without flicker. It shows the latest caption
   (with a warning when the frame is out of distribution) and the latest explanation: the
   explained frame, the words of its caption and, for the chosen word and method, the
-  heatmap coloured and laid over the frame in the browser.
+  heatmap coloured and laid over the frame in the browser; and the timeline: the newest
+  events with thumbnail, time, caption and familiarity, and for an explained event its
+  kept explanation laid over the thumbnail.
 
 Every file is written atomically (``daemon.files``), so a reader never sees a torn file,
 even across a power cut. A folder that refuses writes is logged once per kind of problem
@@ -40,6 +45,7 @@ from daemon.problems import RecurringProblem
 log = logging.getLogger(__name__)
 
 EXPLAINED_FRAME_QUALITY = 92  # JPEG quality of explanation.jpg
+TIMELINE_FOLDER = "timeline"
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
@@ -112,6 +118,7 @@ class SnapshotFolder:
         self._page_written = False
         self._caption_problem = RecurringProblem(log, f"write the snapshot files in {self.folder}")
         self._explanation_problem = RecurringProblem(log, f"write the explanation files in {self.folder}")
+        self._timeline_problem = RecurringProblem(log, f"write the timeline files in {self.folder}")
 
     def due(self) -> bool:
         """Whether enough time has passed since the last caption write."""
@@ -148,3 +155,22 @@ class SnapshotFolder:
             self._explanation_problem.failed(exc)
         else:
             self._explanation_problem.succeeded()
+
+    def write_timeline(self, index: dict, files: dict[str, bytes]) -> bool:
+        """``timeline/``: ``files`` (new or changed thumbnails and explanations) first, then ``index.json``,
+        then remove the files the index no longer names. Whether it all worked (a failure is logged once)."""
+        folder = self.folder / TIMELINE_FOLDER
+        named = {name for event in index["events"] for name in (event["thumbnail"], event["explanation"]) if name}
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                write_atomically(folder / name, data)
+            write_atomically(folder / "index.json", (json.dumps(index) + "\n").encode())
+            for path in folder.iterdir():
+                if path.name != "index.json" and path.name not in named and path.is_file():
+                    path.unlink(missing_ok=True)
+        except OSError as exc:
+            self._timeline_problem.failed(exc)
+            return False
+        self._timeline_problem.succeeded()
+        return True

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto and Chromium (apt),
-# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to pytest.
+# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to both pytest runs:
+# the independent tests in parallel on every core (pytest-xdist; each file stays on one worker, so its
+# module fixtures are built once), then the timing-sensitive tests (marker `timing`: tests/faults/ and the
+# files tests/conftest.py names) alone, one at a time, so other tests' load does not make them late.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -12,9 +15,21 @@ if ! command -v mosquitto >/dev/null || ! command -v chromium >/dev/null; then
   # The packaged broker is not needed as a service: tests start their own on loopback.
   $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 fi
+# Java runs pycocoevalcap's METEOR scorer and PTB tokenizer (tests/convert/test_captionscore.py).
+if ! command -v java >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq default-jre-headless
+fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all]'
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest -n auto --dist loadfile -m "not timing" "$@" || status=$?
+timing=0
+.venv/bin/python -m pytest -p no:xdist -m timing "$@" || timing=$?
+[ "$status" -eq 5 ] && status=0  # exit 5: no test was selected (e.g. args naming other tests only)
+[ "$timing" -eq 5 ] && timing=0
+exit $(( status != 0 ? status : timing ))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 import threading
 import time
 from typing import Callable
@@ -136,8 +138,9 @@ def explaining(daemon: Daemon, caption_for: Callable, seconds: float) -> dict:
 def capture_task(params: dict) -> dict:
     """Capture child: caption-loop rate idle and with each backend's explainer busy, the RSS of both
     processes, and the topics the daemon published."""
+    history_dir = tempfile.mkdtemp(prefix="explaincam-bench-history-")  # the timeline as configured, kept apart
     data = {"model": {"bundle": params["bundle"], "threads": 1}, "caption": {"rate": 0, "change_threshold": 0},
-            "snapshot": {"enabled": False}}
+            "snapshot": {"enabled": False}, "history": {"dir": history_dir}}
     configs = {backend: AppConfig.model_validate({**data, "explain": {"backend": backend}})
                for backend in params["backends"]}
     idle_daemon = build_daemon(AppConfig.model_validate(data), publisher=OfflinePublisher(AppConfig.model_validate(data)))
@@ -170,6 +173,7 @@ def capture_task(params: dict) -> dict:
     out["idle_per_s"] = round(sum(n for n, _ in idle) / sum(t for _, t in idle), 2)
     out["idle_windows_per_s"] = [round(n / t, 2) for n, t in idle]
     out["published_topics"] = sorted(topics)
+    shutil.rmtree(history_dir, ignore_errors=True)
     return out
 
 

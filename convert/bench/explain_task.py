@@ -9,11 +9,11 @@ from convert.bench.measure import bench_frames, read_proc_status
 from daemon.bundle import load_bundle
 from daemon.config import ExplainConfig
 from daemon.explain.explainer import Explainer
-from daemon.explain_settings import METHODS
+from daemon.explain_settings import FLOAT_METHODS
 
 
 def explain_task(params: dict) -> dict:
-    """Explain child: each method's time (ms) for all words of one frame's caption on one backend, first and warm.
+    """Explain child: each float method's time (ms) for all words of one frame's caption on one backend, first and warm.
 
     The first call of a method in a fresh process pays for setting up its kernels at new
     batch shapes; ``warm`` is the second call, what a busy explainer answers in.
@@ -26,7 +26,7 @@ def explain_task(params: dict) -> dict:
     tokens = params["explain_tokens"]
     first, warm = {}, {}
     for times in (first, warm):
-        for name in METHODS:
+        for name in FLOAT_METHODS:  # the int8 methods run on no backend: convert.bench.int8_task
             times[name] = explainer.explain(frame, tokens, None, [name]).timings_ms[f"{name}_ms"]
     return {"warm": warm, "first": first, "words": len(tokens), "rss": read_proc_status()}
 

@@ -9,13 +9,19 @@ from typing import Callable
 
 from convert.bench.child import EXPLAINER_START_TIMEOUT_S, run_child
 from convert.bench.measure import (BEAM_WIDTH, BENCH_FRAMES, PEAK_CONV, attempt, bench_frames, cpu_info, int8_rate,
-                           speed_ratio, tflite_graph, timed_loop)
+                           speed_ratio, tflite_graph, timed_loop, timed_side_by_side)
 from daemon.bundle import Bundle
 from daemon.captioner import Captioner
 from daemon.encoder import TFLiteEncoder
+from daemon.familiarity import REJUDGE_S, frame_descriptor
 from daemon.explain.backends import BackendError, choose_backend
 
 BACKENDS = ("litert", "tensorflow")  # compared side by side
+INT8_CAPTION_WORDS = 8  # occlusion and RISE are timed on a caption this long (the shipped bundle's longest)
+AGREEMENT_SCENES = 10  # held-out scenes of the float-vs-int8 agreement figures
+# the caption end to end is timed on a camera's stream: each scene held for this many frames
+# (a second at the default 10 fps), captioned as the capture loop does (familiarity judged on a new caption)
+SCENE_HOLD_FRAMES = 10
 
 
 class _Report:
@@ -30,6 +36,18 @@ class _Report:
             return part["value"]
         self.null_reasons[key] = (part or {}).get("error") or reason or "not measured"
         return None
+
+
+HISTORY_EVENTS = 100_000  # events in the store the history bench queries
+HISTORY_QUERIES = 200
+HISTORY_EXPLAIN_REQUESTS = 8  # user's explain requests timed with background explanations on, and as many off
+
+
+def run_history_bench(bundle_path: Path, seconds: float, events: int = HISTORY_EVENTS) -> dict:
+    """The timeline's figures (convert/bench/history_task.py) from a child process, or ``{"error": why}``."""
+    params = {"bundle": str(Path(bundle_path).resolve()), "frames": BENCH_FRAMES, "seconds": seconds,
+              "events": events, "queries": HISTORY_QUERIES, "explain_requests": HISTORY_EXPLAIN_REQUESTS}
+    return run_child("history", params, 600 + 12 * seconds)
 
 
 def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
@@ -47,6 +65,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     base = {"bundle": str(bundle.path.resolve()), "seconds": seconds, "frames": BENCH_FRAMES}
 
     encoder_ms: dict[str, dict] = {"int8_litert": {}, "float_tflite": {}, "keras_float": {}, "keras_float_graph": {}}
+    invoke_ms: dict[str, dict] = {}  # the int8 interpreter's invoke alone: what encode() adds is the call path
     keras: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="explaincam-bench-") as tmp:
         float_path, peak_path = Path(tmp) / "encoder_float.tflite", Path(tmp) / "int8_peak.tflite"
@@ -67,6 +86,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         for n in thread_counts:
             int8 = TFLiteEncoder(bundle.file("encoder_int8"), n)
             encoder_ms["int8_litert"][str(n)] = timed_loop(lambda i: int8.encode(frames[i % len(frames)]), seconds)
+            invoke_ms[str(n)] = timed_loop(lambda i: int8.interpreter.invoke(), seconds)
             if float_path.is_file():
                 flt = TFLiteEncoder(float_path, n)
                 encoder_ms["float_tflite"][str(n)] = timed_loop(lambda i: flt.encode(frames[i % len(frames)]), seconds)
@@ -83,7 +103,28 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
             "numpy_beam3": timed_loop(lambda i: decoder.beam(features[i % len(features)], max_length, BEAM_WIDTH),
                                       seconds),
         }
-        caption_ms = {**timed_loop(lambda i: captioner.caption(frames[i % len(frames)]), seconds), "threads": threads}
+        # the caption end to end beside its parts, round after round (see timed_side_by_side); the
+        # caption as the capture loop makes it, on a stream of scenes each held for SCENE_HOLD_FRAMES
+        stream = Captioner(bundle, threads, familiarity_rejudge_s=REJUDGE_S)
+        judged = []
+
+        def stream_caption(i: int) -> None:
+            judged.append("familiarity_ms" in stream.caption(frames[(i // SCENE_HOLD_FRAMES) % len(frames)]).timings)
+
+        stats = captioner.feature_stats
+        parts = {"encoder": lambda i: captioner.encoder.encode(frames[i % len(frames)]),
+                 "decoder": lambda i: decoder.greedy(features[i % len(features)], max_length),
+                 "caption": stream_caption}
+        if stats is not None:
+            parts["familiarity"] = lambda i: stats.judge(frame_descriptor(frames[i % len(frames)],
+                                                                          features[i % len(features)]))
+        caption_parts_ms = timed_side_by_side(parts, seconds)
+        # the caption alone in its own loop, as the capture loop calls it: pipeline_vs_seed's figure
+        # (interleaved with its parts it measured up to 2.4 x slower on a busy box than the capture loop's rate)
+        caption_ms = {**timed_loop(stream_caption, seconds), "threads": threads}
+        familiarity_ms = caption_parts_ms.pop("familiarity", None) or report.take(
+            "familiarity_ms", None, "the bundle has no feature_stats.npz")
+        familiarity_judged_share = round(sum(judged) / len(judged), 3) if stats is not None else None
 
     note("explanation methods on each backend ...")
     usable = []
@@ -102,10 +143,25 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         if "error" in times:
             report.null_reasons[f"backends.{backend}.explain_ms"] = times["error"]
 
+    note("occlusion and RISE on the int8 model, no TensorFlow ...")
+    # LiteRT only: the float maps of the agreement figures without TensorFlow in the process
+    int8 = run_child("int8", {**base, "backend": "litert", "threads": threads,
+                              "words": INT8_CAPTION_WORDS, "agreement_scenes": AGREEMENT_SCENES}, 600 + 60 * seconds)
+    if "error" in int8:
+        report.null_reasons["int8_explain"] = int8["error"]
+        int8 = None
+    elif "agreement_error" in int8:
+        report.null_reasons["int8_explain.agreement_with_int8_occlusion"] = int8["agreement_error"]
+
     seed = report.take("decode_ms.seed_beam3", keras[threads].get("seed"), keras[threads].get("error"))
     decode_ms["seed_beam3"] = seed["decode"] if seed else None
     macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
     int8_graph = report.take("macs_tflite", attempt(lambda: tflite_graph(bundle.file("encoder_int8"))))
+
+    note("the timeline: captions/s with history off / on, an hour of the demo stream, 100,000 stored events ...")
+    history = run_history_bench(bundle.path, seconds)
+    if "error" in history:
+        report.null_reasons["history"] = history["error"]
 
     note(f"capture loop idle and with the explainer busy ({', '.join(usable) or 'no backend'}) ...")
     capture = run_child("capture", {**base, "frames": BENCH_FRAMES, "backends": usable},
@@ -144,7 +200,7 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "bundle": {"name": bundle.name, "path": str(bundle.path), "encoder": bundle.manifest.get("encoder")},
         "machine": cpu_info(),
         "settings": {"seconds": seconds, "threads": threads, "seed_frames": seed_frames, "frames": BENCH_FRAMES,
-                     "beam_width": BEAM_WIDTH},
+                     "beam_width": BEAM_WIDTH, "scene_hold_frames": SCENE_HOLD_FRAMES},
         "encoder_ms": encoder_ms,
         "encoder_int8_vs_keras": ratio_by_threads("keras_float"),
         "encoder_int8_vs_keras_graph": ratio_by_threads("keras_float_graph"),
@@ -153,7 +209,15 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
         "decoder_vs_seed": speed_ratio(decode_ms["seed_beam3"], decode_ms["numpy_beam3"]),
         "seed_agreement": seed["agreement"] if seed else None,
         "seed_prefix_length": seed["prefix_length"] if seed else None,
+        "familiarity_ms": familiarity_ms,
+        "familiarity_judged_share": familiarity_judged_share,
         "caption_ms": caption_ms,
+        "caption_parts_ms": caption_parts_ms,
+        "caption_vs_encoder_decoder": round(caption_parts_ms["caption"]["median"] / (
+            caption_parts_ms["encoder"]["median"] + caption_parts_ms["decoder"]["median"]), 3),
+        "encoder_invoke_ms": invoke_ms,
+        "encoder_call_overhead": {n: round(encoder_ms["int8_litert"][n]["median"] / ms["median"], 3)
+                                  for n, ms in invoke_ms.items()},
         "seed_pipeline_ms": seed["pipeline"] if seed else None,
         "pipeline_vs_seed": speed_ratio(seed["pipeline"] if seed else None, caption_ms),
         "captions_per_s": idle,
@@ -162,8 +226,10 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
                         "drawn per frame) over pre-drawn scenes, 1 encoder thread, MQTT publisher not connected, "
                         "no snapshot files",
         "rss_mb": {"capture": capture.get("capture_rss")},
+        "history": None if "error" in history else history,
         "backends": backends,
         "explain_words": len(caption.tokens),
+        "int8_explain": int8,
         "macs": macs["total"] if macs else None,
         "macs_by_kind": macs,
         "macs_tflite": int8_graph["macs"]["total"] if int8_graph else None,

@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config import CONFIG_FILE, AppConfig
-from daemon.config_file import ConfigError, load_config
+from daemon.client_args import add_broker_arguments, apply_config_defaults, connect
+from daemon.config_file import ConfigError
 from daemon.contract import CameraTopics, explain_request
 from daemon.explain.requests import parse_words, save_explanation, summary_lines
 from daemon.explain_settings import METHODS
@@ -35,16 +35,10 @@ IMAGE_GRACE_S = 2.0  # how long to wait for the grid picture after the response
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``explaincam request``."""
-    parser.add_argument("-c", "--config", default=None,
-                        help="the daemon's config.yaml, for the broker, camera and prefix defaults "
-                             f"(default: {CONFIG_FILE} if it exists)")
-    parser.add_argument("--host", default=None, help="MQTT broker host (default: the config's, else localhost)")
-    parser.add_argument("--port", type=int, default=None,
-                        help="broker port (default: the config's, else 1883, 8883 with TLS)")
-    parser.add_argument("--camera", default=None, help="camera name, the {camera} topic level "
-                                                       "(default: the config's, else cam)")
-    parser.add_argument("--prefix", default=None, help="topic prefix (default: the config's, else explaincam)")
+    add_broker_arguments(parser)
     parser.add_argument("--frame", default="latest", help="frame_id to explain, or 'latest' (default)")
+    parser.add_argument("--event", type=int, default=None, metavar="ID",
+                        help="explain a stored event of the timeline (explaincam history lists them) instead")
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, metavar="METHOD",
                         help=f"methods ({', '.join(METHODS)}; default: the daemon's)")
     parser.add_argument("--words", default="all", help="'all' (default) or word indices, e.g. 0,2")
@@ -53,21 +47,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for the answer (default %(default)g: the first request also "
                              "starts the explainer)")
     parser.add_argument("--id", default=None, help="request id (default: a random one)")
-    parser.add_argument("--username", default=None, help="MQTT user name")
-    parser.add_argument("--password-file", default=None, help="file holding the MQTT password")
-    parser.add_argument("--ca-certs", default=None, help="CA certificate of the broker (turns TLS on)")
-    parser.add_argument("--tls", action="store_true", help="TLS with the system's CA certificates")
-
-
-def apply_config_defaults(args: argparse.Namespace) -> None:
-    """Fill --host, --port, --camera and --prefix left out from the config (``-c``, else ./config.yaml if it
-    exists), else localhost, cam, explaincam; ConfigError when a config named with ``-c`` cannot be used."""
-    path = args.config or (CONFIG_FILE if os.path.isfile(CONFIG_FILE) else None)
-    cfg = load_config(path) if path else AppConfig()
-    args.host = args.host or cfg.mqtt.host
-    args.port = args.port or (cfg.mqtt.port if path else None)
-    args.camera = args.camera or cfg.camera.name
-    args.prefix = args.prefix or cfg.mqtt.topic_prefix
 
 
 def build_request(args: argparse.Namespace) -> dict:
@@ -78,7 +57,8 @@ def build_request(args: argparse.Namespace) -> dict:
             frame = int(args.frame)
         except ValueError:
             raise ValueError(f"--frame must be 'latest' or a frame_id, not {args.frame!r}") from None
-    return explain_request(args.id or uuid.uuid4().hex[:16], frame, args.methods or None, parse_words(args.words))
+    return explain_request(args.id or uuid.uuid4().hex[:16], frame, args.methods or None, parse_words(args.words),
+                           event=getattr(args, "event", None))
 
 
 class _Exchange:
@@ -125,20 +105,7 @@ class _Exchange:
     def run(self) -> tuple[dict | None, bytes | None]:
         """Connect, send, wait; raise ConnectionError when the broker cannot be used."""
         args = self.args
-        if args.username:
-            password = None
-            if args.password_file:
-                with open(args.password_file) as fh:
-                    password = fh.read().strip()
-            self.client.username_pw_set(args.username, password)
-        if args.ca_certs or args.tls:
-            self.client.tls_set(ca_certs=args.ca_certs)
-        port = args.port or (8883 if (args.ca_certs or args.tls) else 1883)
-        try:
-            self.client.connect(args.host, port, keepalive=30)
-        except OSError as exc:
-            raise ConnectionError(f"cannot connect to {args.host}:{port}: {exc}") from None
-        self.client.loop_start()
+        port = connect(self.client, args)
         try:
             if not self.subscribed.wait(10) or self.connect_error:
                 raise ConnectionError(self.connect_error or f"no answer from the broker at {args.host}:{port}")

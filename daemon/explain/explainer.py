@@ -22,12 +22,14 @@ from daemon.bundle import Bundle, load_bundle
 from daemon.captioner import resize_for_encoder
 from daemon.decoder import PAD, StepDecoder
 from daemon.explain import heatmap, picture
-from daemon.explain.backends import load_backend
+from daemon.explain.backends import BackendError, load_backend
 from daemon.explain.base import MethodResult, Subject
+from daemon.explain.perturbation import Int8Scorer
 from daemon.explain.registry import load_method
+from daemon.explain.resolution import resolution_fields
 from daemon.explain.requests import response
 from daemon.explain.targets import log_softmax, teacher_tokens, word_logprobs
-from daemon.explain_settings import DEFAULT_THREADS, ExplainOptions
+from daemon.explain_settings import DEFAULT_THREADS, INT8_METHODS, ExplainOptions
 from daemon.imaging import encode_png
 from daemon.vocab import Vocabulary
 
@@ -41,6 +43,7 @@ class Explanation:
     words: list[str]
     results: dict[str, MethodResult] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # requested methods that cannot run here, and why
 
     @property
     def maps(self) -> dict[str, list[np.ndarray]]:
@@ -69,7 +72,10 @@ class Explanation:
 
     def blocks(self) -> dict[str, dict]:
         """The response blocks of methods that answer one of their own (ACE's ``ace``)."""
-        return {name: r.block for name, r in self.results.items() if r.block is not None}
+        blocks = {name: r.block for name, r in self.results.items() if r.block is not None}
+        if self.unavailable:
+            blocks["unavailable"] = dict(self.unavailable)
+        return blocks
 
     def picture(self) -> np.ndarray:
         """The explanation picture (RGB uint8): per word the frame and one overlay per heatmap
@@ -94,12 +100,33 @@ class Explainer:
         self.vocab = Vocabulary.load(self.bundle.file("vocab"), special["start"], special["end"])
         self.decoder = StepDecoder.load(self.bundle.file("decoder"), self.vocab.start, self.vocab.end)
         self.options = options or ExplainOptions()
+        self.threads = threads
+        self.backend_problem: str | None = None  # why no backend runs here (the int8 methods still do)
         if isinstance(backend, str):
-            backend = load_backend(self.bundle, backend, threads, gradcam_layer, self.options.batch_size)
+            try:
+                backend = load_backend(self.bundle, backend, threads, gradcam_layer, self.options.batch_size)
+            except BackendError as exc:
+                backend, self.backend_problem = None, str(exc)
         self.backend = backend
-        self.layer = backend.gradcam_layer
+        self.layer = backend.gradcam_layer if backend is not None else gradcam_layer
         self.size = self.bundle.input_size
         self._resources: dict[str, object] = {}
+        self._int8 = None
+
+    def int8_scorer(self) -> Int8Scorer:
+        """The deployed int8 encoder + step decoder, batched (what the perturbation methods run), on first use."""
+        if self._int8 is None:
+            self._int8 = Int8Scorer(self.bundle.file("encoder_int8"), self.decoder, self.threads,
+                                    self.options.batch_size)
+        return self._int8
+
+    def unavailable(self, methods) -> dict[str, str]:
+        """The methods of ``methods`` that cannot run here (they need a backend), each with the reason."""
+        if self.backend is not None:
+            return {}
+        return {m: f"{m} needs gradients of the float model: {self.backend_problem}; "
+                   f"the int8 methods {', '.join(INT8_METHODS)} run without them"
+                for m in methods if m not in INT8_METHODS}
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An RGB frame at the model's input size, as float32 0..255."""
@@ -153,12 +180,21 @@ class Explainer:
         words = [self.vocab.words[tokens[i] - 1] for i in indices]
         subject = Subject(x, list(tokens), teacher_tokens(self.vocab.start, tokens), indices, words)
         explanation = Explanation(x.astype(np.uint8), indices, words)
+        explanation.unavailable = self.unavailable(methods)
         for name in methods:
+            if name in explanation.unavailable:
+                continue
             started = time.perf_counter()
             result = load_method(name).run(self, subject)
             explanation.results[name] = result
             explanation.timings_ms.update(result.timings_ms)
             explanation.timings_ms[f"{name}_ms"] = round((time.perf_counter() - started) * 1e3, 1)
+        gradient_maps = [r for name, r in explanation.results.items() if r.maps is not None and name not in INT8_METHODS]
+        if gradient_maps and indices:  # flag the words whose gradient maps are rounding noise
+            fields = resolution_fields(self.word_logprobs(x[None], tokens)[0, indices])
+            for result in gradient_maps:
+                result.word_fields = [{**(own or {}), **flag}
+                                      for own, flag in zip(result.word_fields or [{}] * len(fields), fields)]
         return explanation
 
 
@@ -171,13 +207,14 @@ def answer(explainer: Explainer, image: np.ndarray, tokens: list[int], indices: 
     from ``tokens``); ``timings_ms`` are earlier timings to report first (the caption's).
     """
     started = time.perf_counter()
-    float_tokens = explainer.float_caption(image, tokens)
+    # without a backend (no explainer graph, no TensorFlow) there is no float model to caption with
+    float_tokens = explainer.float_caption(image, tokens) if explainer.backend is not None else None
     timings = {**(timings_ms or {}), "float_caption_ms": round((time.perf_counter() - started) * 1e3, 1)}
     explanation = explainer.explain(image, tokens, indices, methods)
     render_started = time.perf_counter()
     payload = response(request_id, "ok", frame_id=frame_id,
                        caption=explainer.vocab.decode(tokens) if caption is None else caption,
-                       float_caption=explainer.vocab.decode(float_tokens), words=explanation.word_records(),
+                       float_caption=None if float_tokens is None else explainer.vocab.decode(float_tokens), words=explanation.word_records(),
                        timings_ms={**timings, **explanation.timings_ms})
     payload.update(explanation.blocks())
     picture = encode_png(explanation.picture())

@@ -13,10 +13,15 @@ idle explainer first), is killed while explaining, or leaves waiting jobs untake
 with fresh channels takes the waiting ones; the daemon goes on. At shutdown waiting
 requests are answered ``shutting_down`` and the process is terminated; the process also
 ends itself within a second when the daemon is gone (``process.serve``).
+
+Background jobs (``submit_background``: new events of the timeline, explained for the
+record) wait apart and go to the process only when no request waits or runs: a user's
+request waits behind one background job at most. The newest ``BACKGROUND_QUEUE`` wait.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import multiprocessing
 import os
@@ -38,6 +43,7 @@ log = logging.getLogger("explaincam.explain")
 
 RESULT_POLL_S = 0.25  # how often the result thread looks at the explainer process when idle
 STUCK_S = 60.0  # an explainer that leaves waiting jobs untaken this long (and runs none) is replaced
+BACKGROUND_QUEUE = 4  # background jobs waiting at most; the oldest gives way
 
 
 @dataclass
@@ -87,6 +93,8 @@ class LocalDispatcher:
         self._wake = threading.Event()  # a process was started: the result thread reads it at once
         self._reply: Callable | None = None
         self._deliver: Callable | None = None
+        self._background: collections.deque = collections.deque(maxlen=BACKGROUND_QUEUE)  # (job, reply)
+        self.background_dropped = 0
         self._thread = threading.Thread(target=self._result_loop, name="explain-results", daemon=True)
 
     def start(self, reply: Callable, deliver: Callable) -> None:
@@ -111,7 +119,7 @@ class LocalDispatcher:
         with self._lock:
             if self._stopping.is_set():
                 return ErrorResponse(job.request_id, "shutting_down", "the daemon is shutting down; ask again later")
-            waiting = sum(1 for p in self._pending.values() if p.started is None)
+            waiting = sum(1 for p in self._pending.values() if p.started is None and not _is_background(p))
             if waiting >= self.config.queue_size:
                 return ErrorResponse(job.request_id, "busy",
                                      f"{self.config.queue_size} explanations are already waiting; try again later",
@@ -125,6 +133,30 @@ class LocalDispatcher:
         log.info("explain request %r queued: frame %d, %d words, %s", job.request_id, job.frame_id,
                  len(job.indices), ", ".join(job.methods))
         return None
+
+    def submit_background(self, job: Job, reply) -> None:
+        """Queue a job that goes to the process only when nothing else waits or runs. Takes no lock and
+        starts nothing (the caption loop calls it): the result thread hands it on."""
+        if self._stopping.is_set():
+            return
+        if len(self._background) == self._background.maxlen:
+            self.background_dropped += 1
+        self._background.append((job, reply))  # a deque: thread-safe, the oldest gives way
+        self._wake.set()
+
+    def _dispatch_background(self) -> None:
+        """Hand the process the oldest background job if it has nothing else (caller holds the lock)."""
+        if self._pending or self._stopping.is_set():
+            return
+        try:
+            job, reply = self._background.popleft()
+        except IndexError:
+            return
+        self._pending[job.key] = _LocalJob(job, reply)
+        if self._explainer is None:
+            self._explainer = self._start_explainer()
+        if self._explainer.process.is_alive():
+            self._explainer.jobs.put_nowait(job)
 
     def _start_explainer(self) -> _ExplainerProcess:
         """Start an explainer process with fresh channels (caller holds the lock)."""
@@ -144,6 +176,7 @@ class LocalDispatcher:
         """Answer finished jobs; replace an explainer process that ended, crashed or got stuck."""
         while not self._stopping.is_set():
             with self._lock:
+                self._dispatch_background()
                 explainer = self._explainer
                 self._wake.clear()
             if explainer is None:
@@ -176,6 +209,7 @@ class LocalDispatcher:
                 return
             self._running = None
             pending = self._pending.pop(key, None)
+            self._dispatch_background()
         if pending is None:
             return
         reply = pending.reply
@@ -281,6 +315,11 @@ class LocalDispatcher:
                 os.kill(explainer.process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _is_background(job: _LocalJob) -> bool:
+    """Whether a job was submitted in the background (nobody waits for its answer)."""
+    return bool(getattr(job.reply, "background", False))
 
 
 def _start_resource_tracker() -> None:

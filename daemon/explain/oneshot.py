@@ -42,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="noisy copies per word for smoothgrad")
     parser.add_argument("--ig-steps", type=int, default=defaults.ig_steps,
                         help="path steps per word for integrated_gradients")
+    parser.add_argument("--occlusion-steps", type=int, default=defaults.occlusion_steps,
+                        help="occlusion patch positions per axis (steps^2 frames through the int8 encoder)")
+    parser.add_argument("--rise-masks", type=int, default=defaults.rise_masks, help="random masks for rise")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -60,13 +63,17 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: word index {bad[0]} is out of range: {caption.caption!r} has {len(caption.tokens)} words",
               file=sys.stderr)
         return 2
-    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps)
+    options = ExplainOptions(smoothgrad_samples=args.smoothgrad_samples, ig_steps=args.ig_steps,
+                             occlusion_steps=args.occlusion_steps, rise_masks=args.rise_masks)
     try:
         explainer = Explainer(captioner.bundle, options, args.gradcam_layer, args.backend)
         payload, grid = answer(explainer, frame, caption.tokens, indices, args.methods, args.image,
                                caption=caption.caption, timings_ms=caption.timings)
     except (BundleError, BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if len(payload.get("unavailable", {})) == len(args.methods):
+        print("error: " + "; ".join(payload["unavailable"].values()), file=sys.stderr)
         return 2
     if args.out:
         save_explanation(args.out, payload, grid)

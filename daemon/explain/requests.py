@@ -1,6 +1,8 @@
 """The explain request/response contract (DESIGN.md, MQTT contract); no TensorFlow.
 
-Request: ``{"id": "...", "frame": "latest" | <frame_id>, "methods": [...], "words": "all" | [indices]}``.
+Request: ``{"id": "...", "frame": "latest" | <frame_id>, "methods": [...], "words": "all" | [indices]}``,
+or with ``"event": <event_id>`` instead of a frame: a stored event of the timeline (daemon.history),
+explained from its lossless key frame; the response then names ``event_id`` too.
 Response: ``{"id", "status": "ok" | "error" | "busy", "frame_id", "caption", "float_caption",
 "words": [{"index", "word", "<method>": {"heatmap": base64 PNG, "peak": [x, y] | null, ...}}],
 "<method>": {...} for a method that answers a block of its own (ace),
@@ -25,7 +27,8 @@ from daemon.explain_settings import METHODS
 from daemon.imaging import encode_png, from_base64
 
 ERROR_CODES = ("too_large", "bad_json", "bad_request", "unknown_method", "bad_word_index",
-               "frame_not_cached", "busy", "internal", "shutting_down", "bundle_changed", "response_too_large",
+               "frame_not_cached", "no_such_event", "event_not_explainable", "busy", "internal", "shutting_down",
+               "bundle_changed", "response_too_large",
                "timeout", "no_worker", "unknown_bundle", "bad_job")  # the last four: a fleet (daemon/fleet/)
 MAX_ID_LENGTH = 128
 _ID_PATTERN = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_ID_LENGTH)
@@ -40,6 +43,7 @@ class ExplainRequest(BaseModel):
                           description="caller's request id, echoed in the response")
     frame: Union[Literal["latest"], StrictInt] = Field(
         "latest", description="frame_id of a cached frame, or 'latest'")
+    event: StrictInt | None = Field(None, ge=0, description="event_id of a stored event, instead of a frame")
     methods: list[StrictStr] | None = Field(
         None, min_length=1, description="explanation methods (default: the configured ones)")
     words: Union[Literal["all"], list[StrictInt]] = Field(
@@ -128,6 +132,8 @@ def validate_request(payload: bytes | str, max_bytes: int,
         request = ExplainRequest.model_validate(parsed)
     except ValidationError as exc:
         return ErrorResponse(request_id, "bad_request", _describe(exc))
+    if request.event is not None and request.frame != "latest":
+        return ErrorResponse(request.id, "bad_request", "name a frame or an event, not both")
     if request.methods is None:
         request = request.model_copy(update={"methods": list(default_methods or [])})
     for name in request.methods:
@@ -196,6 +202,8 @@ def summary_lines(payload: dict) -> list[str]:
         peaks = ", ".join(f"{k} peak {tuple(v['peak']) if v['peak'] else None}" for k, v in record.items()
                           if isinstance(v, dict) and "peak" in v)
         lines.append(f"  #{record['index']} {record['word']}: {peaks}")
+    for method, why in (payload.get("unavailable") or {}).items():
+        lines.append(f"not run: {method}: {why}")
     timings = payload.get("timings_ms") or {}
     if timings:
         lines.append("timings (ms): " + ", ".join(f"{k[:-3] if k.endswith('_ms') else k} {v}"

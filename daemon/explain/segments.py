@@ -2,13 +2,15 @@
 
 The settings are ACE's (Ghorbani et al., 2019); the concept bank (``daemon.explain.concept_bank``)
 records the ones it was built with, and the per-frame explanation (``daemon.explain.ace``)
-cuts frames the same way. numpy, OpenCV and scikit-image's SLIC only.
+cuts frames the same way. numpy and OpenCV only (the SLIC superpixels: ``daemon.explain.superpixels``).
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from daemon.explain.superpixels import slic_labels
 
 # ACE's settings (tensorflow/tcav ace.py): SLIC with compactness 20 and sigma 1, segments
 # under 0.1% of the image dropped, a segment overlapping an already kept one of a coarser
@@ -35,14 +37,11 @@ def segment(image: np.ndarray, n_segments=N_SEGMENTS, compactness: float = COMPA
     Coarse resolutions come first; a segment of a finer resolution whose Jaccard index
     with a kept segment of a coarser one exceeds 0.5 is a duplicate and is dropped.
     """
-    from skimage.segmentation import slic  # brings scipy (~1 s, ~40 MB): only ACE answers load it
-
     h, w = image.shape[:2]
     kept_levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (labels, areas, kept ids)
     masks = []
     for n in n_segments:
-        labels = slic(image, n_segments=int(n), compactness=float(compactness), sigma=float(sigma),
-                      start_label=0, channel_axis=-1)
+        labels = slic_labels(image, int(n), float(compactness), float(sigma))
         count = int(labels.max()) + 1
         areas = np.bincount(labels.ravel(), minlength=count)
         keep = areas >= min_area * h * w

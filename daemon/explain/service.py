@@ -16,6 +16,13 @@ snapshot folder (``daemon.snapshot``).
 Where the broker caps the packet size, the publisher makes the picture a smaller JPEG and
 an answer too large leaves out its inline heatmaps (``requests.fitted_response``): a
 requester always gets an answer.
+
+A request may name a stored ``event`` of the timeline (``history``, a
+``daemon.history.service.HistoryService``) instead of a frame: it is explained from the
+event's lossless key frame, answered as usual with ``event_id`` added, and the answer is
+kept with the event. ``explain_in_background`` hands the local dispatcher a new event to
+explain (``history.explain``) at low priority: nobody is answered, the maps are kept with
+the event.
 """
 
 from __future__ import annotations
@@ -77,6 +84,8 @@ class _Pending:
     correlation_data: bytes | None
     received: float
     image: object = None  # the frame explained (RGB uint8), for the snapshot page
+    event_id: int | None = None  # the stored event explained, when the request named one
+    background: bool = False  # a new event explained for the timeline (history.explain): nobody to answer
 
 
 @dataclass
@@ -91,6 +100,8 @@ class ExplainService:
     remote: Dispatcher | None = None  # the RemoteDispatcher of a fleet's workers
     snapshot: object = None  # the SnapshotFolder the explanation files go to, or None
     model_name: str | None = None
+    history: object = None  # the timeline's HistoryService (requests may name its events), or None
+    background_methods: list[str] = field(default_factory=list)  # history.explain; [] = none
     _keys: Iterator[int] = field(default_factory=lambda: itertools.count(1), init=False, repr=False)
 
     def __post_init__(self):
@@ -119,7 +130,12 @@ class ExplainService:
         if isinstance(request, ErrorResponse):
             return request
         reply.request_id = request.id
-        if request.frame == "latest":
+        if request.event is not None:
+            frame = self._event_frame(request.event, request.id)
+            if isinstance(frame, ErrorResponse):
+                return frame
+            reply.event_id = request.event
+        elif request.frame == "latest":
             frame = self.frame_cache.latest()
             if frame is None:
                 return ErrorResponse(request.id, "frame_not_cached", "no frame has been captioned yet")
@@ -140,9 +156,39 @@ class ExplainService:
         dispatcher = self.remote if self.remote is not None and self.remote.takes() else self.local
         return dispatcher.submit(job, reply)
 
+    def _event_frame(self, event_id: int, request_id):
+        """A stored event's key frame as a cached frame, or the ErrorResponse saying why there is none."""
+        if self.history is None:
+            return ErrorResponse(request_id, "no_such_event", "history is off on this camera: no event is stored")
+        frame = self.history.event_frame(event_id)
+        if frame is None:
+            return ErrorResponse(request_id, "no_such_event", f"event {event_id} is not (or no longer) stored")
+        if frame.image is None:
+            return ErrorResponse(request_id, "event_not_explainable",
+                                 f"event {event_id} was kept without its lossless frame (history.max_frame_mb_per_day)")
+        return frame
+
+    def explain_in_background(self, event) -> None:
+        """Hand the local explainer a new event (a daemon.history.events.Event) to explain with
+        ``background_methods`` behind every user's request; runs on the caption loop's thread and
+        returns at once."""
+        if not self.background_methods or event.image is None or self.history is None:
+            return
+        job = Job(next(self._keys), f"event-{event.event_id}", event.first_frame_id, event.image, event.caption,
+                  list(event.tokens), list(range(len(event.words))), list(self.background_methods))
+        self.local.submit_background(job, _Pending(job.request_id, None, None, time.monotonic(),
+                                                   event_id=event.event_id, background=True))
+
     def _deliver(self, payload: dict, grid: bytes, reply: _Pending) -> None:
         """Publish a finished explanation, local or a fleet worker's: the image and its info (retained),
-        the snapshot files, the answer."""
+        the snapshot files, the answer; an explained stored event keeps the answer (its maps), and a
+        background explanation is only kept."""
+        if reply.event_id is not None:
+            payload["event_id"] = reply.event_id
+            if self.history is not None:
+                self.history.keep_explanation(reply.event_id, explanation_info(payload, 0)["methods"], payload)
+        if reply.background:
+            return
         text = json.dumps(payload)
         info = explanation_info(payload, made_at=time.time())
         self.publish(self.topics.explain_image_info, json.dumps(info), qos=1, retain=True)
@@ -156,8 +202,11 @@ class ExplainService:
     def _reply(self, payload: dict, reply: _Pending, text: str | None = None) -> None:
         """Publish a response to the request's Response Topic (with its Correlation Data) or the default.
 
-        An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line.
+        An answer whose Response Topic cannot be published to (wildcards, say) is dropped with a log line;
+        a background explanation has nobody to answer.
         """
+        if reply.background:
+            return
         topic = reply.response_topic or self.topics.explain_response
         problem = topic_problem(topic)
         if problem is not None:

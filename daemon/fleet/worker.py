@@ -163,8 +163,11 @@ class FleetWorker:
         as the local explainer process loads it (BackendError when that backend cannot run here)."""
         key = (sha256, gradcam_layer)
         if key not in self._explainers:
-            self._explainers[key] = Explainer(self.bundles[sha256][1], ExplainOptions(batch_size=self.cfg.batch_size),
-                                              gradcam_layer, self.cfg.backend, self.cfg.threads)
+            explainer = Explainer(self.bundles[sha256][1], ExplainOptions(batch_size=self.cfg.batch_size),
+                                  gradcam_layer, self.cfg.backend, self.cfg.threads)
+            if explainer.backend is None:  # a worker is there to run every method
+                raise BackendError(explainer.backend_problem)
+            self._explainers[key] = explainer
         return self._explainers[key]
 
     @staticmethod

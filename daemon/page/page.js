@@ -1,5 +1,5 @@
 // The snapshot page's script (daemon/page/page.js, copied into the snapshot folder beside index.html).
-// It fetches latest.json and explanation.json every data-refresh-ms milliseconds and swaps images only
+// It fetches latest.json, explanation.json and timeline/index.json every data-refresh-ms milliseconds and swaps images only
 // once they have loaded, so the page refreshes without flicker.
 "use strict";
 const REFRESH_MS = Number(document.currentScript.dataset.refreshMs);
@@ -67,10 +67,16 @@ function methodsOf(word) {
   return Object.keys(word).filter((k) => word[k] && typeof word[k] === "object" && word[k].heatmap);
 }
 
-function buttons(container, labels, chosen, choose) {
+function modelOf(entry) {
+  return entry.model === "int8" ? "the int8 model that published the caption (no gradients)"
+                                : "the model's float32 twin (gradients)";
+}
+
+function buttons(container, labels, chosen, choose, titles = []) {
   container.replaceChildren(...labels.map((label, i) => {
     const button = document.createElement("button");
     button.textContent = label;
+    if (titles[i]) button.title = titles[i];
     button.setAttribute("aria-pressed", String(i === chosen));
     button.onclick = () => choose(i);
     return button;
@@ -83,8 +89,11 @@ async function showOverlay() {
   const methods = methodsOf(words[chosenWord]);
   if (!methods.includes(chosenMethod)) chosenMethod = methods[0] || null;
   buttons($("words"), words.map((w) => w.word), chosenWord, (i) => { chosenWord = i; showOverlay(); });
+  const entries = words[chosenWord];
   buttons($("methods"), methods, methods.indexOf(chosenMethod),
-          (i) => { chosenMethod = methods[i]; showOverlay(); });
+          (i) => { chosenMethod = methods[i]; showOverlay(); },
+          methods.map((m) => m + " explains " + modelOf(entries[m])));
+  $("method-model").textContent = chosenMethod ? chosenMethod + " explains " + modelOf(entries[chosenMethod]) : "";
   const overlay = $("overlay");
   if (chosenMethod) {
     await swapImage(overlay, await colourHeatmap("data:image/png;base64," +
@@ -111,9 +120,80 @@ async function showExplanation() {
   await showOverlay();
 }
 
+// The timeline: the newest events (timeline/index.json, written by the daemon's history), each with its
+// thumbnail, time, length, caption and familiarity; an explained event shows its kept explanation laid
+// over the thumbnail, a word at a time.
+let timelineKey = null;
+
+async function showTimeline() {
+  const index = await fetchJson("timeline/index.json");
+  const key = index && JSON.stringify(index.events.map((e) => [e.event_id, e.end, e.explanation, e.explained]));
+  if (!index || key === timelineKey) return;
+  timelineKey = key;
+  $("timeline").hidden = !index.events.length;
+  $("timeline-events").replaceChildren(...index.events.map(timelineEntry));
+}
+
+function timelineEntry(event) {
+  const item = document.createElement("li");
+  item.className = "event";
+  item.dataset.eventId = event.event_id;
+  const stack = document.createElement("div");
+  stack.className = "stack thumb";
+  const thumb = document.createElement("img");
+  thumb.className = "thumbnail";
+  thumb.alt = "event " + event.event_id;
+  if (event.thumbnail) thumb.src = "timeline/" + event.thumbnail;
+  const overlay = document.createElement("img");
+  overlay.className = "overlay";
+  overlay.alt = "";
+  overlay.hidden = true;
+  stack.append(thumb, overlay);
+  const text = document.createElement("div");
+  const caption = document.createElement("p");
+  caption.className = "caption";
+  caption.textContent = event.caption;
+  const meta = document.createElement("p");
+  meta.className = "meta";
+  meta.textContent = when(event.start) + " · " + Math.max(0, event.end - event.start).toFixed(0) + " s · " +
+      event.frames + " frames" + (event.familiarity == null ? "" : " · familiarity " +
+      Number(event.familiarity).toFixed(2));
+  text.append(caption, meta);
+  if (event.out_of_distribution) {
+    const warning = document.createElement("p");
+    warning.className = "warning";
+    warning.textContent = "unfamiliar scene: the caption is probably wrong";
+    text.append(warning);
+  }
+  if (event.explanation) {
+    const words = document.createElement("div");
+    words.className = "event-words";
+    words.setAttribute("role", "group");
+    text.append(words);
+    showEventExplanation(event, overlay, words);
+  }
+  item.append(stack, text);
+  return item;
+}
+
+async function showEventExplanation(event, overlay, container) {
+  const record = await fetchJson("timeline/" + event.explanation);
+  if (!record || !record.words || !record.words.length) return;
+  const show = async (i) => {
+    const word = record.words[i], method = methodsOf(word)[0];
+    buttons(container, record.words.map((w) => w.word), i, show);
+    if (!method) { overlay.hidden = true; return; }
+    await swapImage(overlay, await colourHeatmap("data:image/png;base64," + word[method].heatmap));
+    overlay.alt = method + " of \u201c" + word.word + "\u201d";
+    overlay.hidden = false;
+  };
+  await show(0);
+}
+
 async function refresh() {
   try { await showCaption(); } catch (e) { /* the next round tries again */ }
   try { await showExplanation(); } catch (e) { }
+  try { await showTimeline(); } catch (e) { }
   setTimeout(refresh, REFRESH_MS);
 }
 refresh();

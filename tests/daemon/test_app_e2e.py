@@ -68,20 +68,26 @@ def test_daemon_end_to_end(tmp_path, mosquitto, collect, daemon_process):
                             env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     try:
         watcher.wait_for(AVAILABILITY, lambda m: m.payload == b"online", timeout=START_TIMEOUT)
-        wait_until(lambda: len(live_captions(watcher)) >= 10, 30, message="ten captions")
+        # 20 captions: the README's exact match (0.997) allows one miss in them (scene 14 of seed 7 is one)
+        wait_until(lambda: len(live_captions(watcher)) >= 20, 60, message="twenty captions")
         captions = live_captions(watcher)
         manifest = json.loads((SHIPPED_BUNDLE / "manifest.json").read_text())
         truths = {scene_at(7, i).caption for i in range(200)}
+        previous = None
         for record in captions:
             assert set(record) == {"frame_id", "ts", "caption", "tokens", "score", "timings", "model", "ground_truth",
                                    "familiarity", "out_of_distribution"}
-            assert set(record["timings"]) == {"grab_ms", "encoder_ms", "decoder_ms", "familiarity_ms", "total_ms"}
+            # familiarity is judged when the caption changes (else at most once a second) and timed when judged
+            timings = set(record["timings"]) - {"familiarity_ms"}
+            assert timings == {"grab_ms", "encoder_ms", "decoder_ms", "total_ms"}
+            assert record["caption"] == previous or "familiarity_ms" in record["timings"], record
+            previous = record["caption"]
             assert 0 <= record["familiarity"] <= 1 and isinstance(record["out_of_distribution"], bool)
             assert record["model"] == manifest["model_name"] and record["ground_truth"] in truths
             assert len(record["tokens"]) == len(record["caption"].split())
         assert [r["frame_id"] for r in captions] == sorted({r["frame_id"] for r in captions})
         matches = sum(r["caption"] == r["ground_truth"] for r in captions)
-        assert matches >= 0.7 * len(captions), f"only {matches}/{len(captions)} captions match the ground truth"
+        assert matches >= 0.95 * len(captions), f"only {matches}/{len(captions)} captions match the ground truth"
 
         jpeg = watcher.wait_for(SNAPSHOT).payload
         assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR) is not None

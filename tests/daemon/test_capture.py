@@ -37,9 +37,11 @@ class RecordingPublisher(MqttPublisher):
         super().__init__(config.mqtt, "capture-test", TOPICS.availability)
         self.published: list[tuple[str, bytes, bool]] = []
 
-    def publish(self, topic, payload, qos=0, retain=False, correlation_data=None, response_topic=None, fit=None):
-        self.published.append((topic, payload if isinstance(payload, bytes) else payload.encode(), retain))
-        return super().publish(topic, payload, qos, retain, correlation_data, response_topic)
+    def publish(self, topic, payload, **options):
+        """Record the message, then publish it with every option the caller gave (``fit`` included)."""
+        self.published.append((topic, payload if isinstance(payload, bytes) else payload.encode(),
+                               options.get("retain", False)))
+        return super().publish(topic, payload, **options)
 
     def on(self, topic):
         return [payload for t, payload, _ in self.published if t == topic]

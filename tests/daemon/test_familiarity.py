@@ -6,7 +6,9 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
+import cv2
 import numpy as np
 import skimage.data
 import sklearn.datasets
@@ -15,7 +17,9 @@ import pytest
 from convert.feature_stats import new_bundle_feature_stats
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.captioner import DEFAULT_BUNDLE, Captioner
-from daemon.familiarity import FEATURE_STATS_FILE, MIN_FRAMES, FeatureStats
+from daemon.captioner import resize_for_encoder
+from daemon.familiarity import (FEATURE_STATS_FILE, HIST_BINS, MIN_FRAMES, SATURATED, STATS_SIDE, CaptionFamiliarity,
+                                FeatureStats, image_statistics, shrink_for_statistics)
 from daemon.scenes import scene_at
 from tests.conftest import REPO
 
@@ -50,6 +54,23 @@ def test_statistics_flag_far_frames_and_survive_a_round_trip(tmp_path):
         FeatureStats.load(path)
 
 
+def test_a_stream_is_judged_again_when_its_caption_changes_or_a_while_has_passed():
+    captioner = Captioner.from_path(DEFAULT_BUNDLE)
+    scene, photo = captioner.resize(scene_at(HELD_OUT_SEED, 0).image), captioner.resize(real_photos()["astronaut"])
+    familiar, strange = (scene, captioner.encode(scene)), (photo, captioner.encode(photo))
+    stream = CaptionFamiliarity(captioner.feature_stats, rejudge_s=0.5)
+    first, judged = stream.judge("a red circle", *familiar)
+    assert judged and not first.out_of_distribution
+    assert stream.judge("a red circle", *strange) == (first, False)  # same caption, within 0.5 s: reused
+    changed, judged = stream.judge("a blue square", *strange)  # the caption changed: judged on this frame
+    assert judged and changed.out_of_distribution
+    time.sleep(0.6)
+    again, judged = stream.judge("a blue square", *familiar)  # same caption, but 0.5 s later
+    assert judged and not again.out_of_distribution
+    every_frame = CaptionFamiliarity(captioner.feature_stats)  # independent images: each judged
+    assert every_frame.judge("x", *familiar)[1] and every_frame.judge("x", *strange) == (changed, True)
+
+
 def test_too_few_calibration_frames_are_refused():
     with pytest.raises(ValueError, match="at least 40"):
         FeatureStats.fit(np.zeros((30, 4)))
@@ -68,6 +89,33 @@ def test_shipped_bundle_knows_generated_scenes_and_flags_real_photos():
     assert scene_rate <= 0.02
     assert photo_rate >= 0.9
     assert np.median([f.familiarity for f in scenes]) > 0.2
+
+
+def test_statistics_frame_has_the_pixels_of_opencvs_area_filter_on_uint8():
+    frames = [scene_at(HELD_OUT_SEED, i).image for i in range(20)] + list(real_photos().values())
+    for frame in frames:
+        for size in (224, 100, 331):
+            image = resize_for_encoder(frame, size)
+            np.testing.assert_array_equal(shrink_for_statistics(image),
+                                          cv2.resize(image, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_AREA))
+
+
+def test_image_statistics_follow_their_definitions():
+    """Histograms and order statistics against numpy's own histogram and percentiles."""
+    for image in (scene_at(HELD_OUT_SEED, 0).image, resize_for_encoder(real_photos()["chelsea"], 224)):
+        stats = image_statistics(image)
+        small = cv2.resize(image, (STATS_SIDE, STATS_SIDE), interpolation=cv2.INTER_AREA)
+        saturation, value = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)[..., 1:].reshape(-1, 2).T
+        log_share = lambda values, top: np.log(np.histogram(np.minimum(values, top - 1e-3), HIST_BINS, (0, top))[0]
+                                               / values.size + 1e-3)
+        np.testing.assert_allclose(stats[:HIST_BINS], log_share(saturation, 256), rtol=1e-6)
+        np.testing.assert_allclose(stats[HIST_BINS:2 * HIST_BINS], log_share(value, 256), rtol=1e-6)
+        laplacian = np.abs(cv2.Laplacian(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+        np.testing.assert_allclose(stats[4 * HIST_BINS:5 * HIST_BINS], log_share(np.log1p(laplacian.ravel()), 8.0),
+                                   rtol=1e-6)
+        assert stats[-3] == pytest.approx(np.log(np.mean(saturation > SATURATED) + 1e-3), rel=1e-6)
+        assert stats[-2] == pytest.approx(np.percentile(saturation, 98, method="lower") / 255.0, rel=1e-6)
+        assert stats[-1] == pytest.approx(np.log1p(np.percentile(laplacian, 50, method="higher")), rel=1e-6)
 
 
 def bundle_without_stats(tmp_path):

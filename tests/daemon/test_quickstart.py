@@ -5,8 +5,9 @@ The command's apt-get part is the box's (python3-venv); the rest runs here exact
 README says, in a scratch folder: ``python3 -m venv .venv``, ``pip install -e`` of this
 checkout (no extras; from the package index, as a user's would), and the demo, whose caption
 lines are printed from MQTT. ``explaincam request`` then gets an explanation. The same venv
-(built once for this module) runs the daemon on a test broker and answers gradcam, saliency
-and ace requests, with neither the capture process nor the explainer loading TensorFlow.
+(built once for this module) runs the daemon on a test broker and answers a request for every
+method (the map methods and ace), with neither the capture process nor the explainer loading
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 
 import pytest
 
+from daemon.explain_settings import MAP_METHODS
 from tests.conftest import CAPTION, REPO, START_TIMEOUT, child_pids, daemon_config, wait_until
 from tests.daemon.test_demo import caption_lines
 from tests.explain.test_mqtt_explain import EXPLAIN_TIMEOUT, FAST, Requester, loaded_tensorflow
@@ -89,7 +91,7 @@ def test_the_base_install_has_no_tensorflow(quick_start):
     assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
 
 
-def test_the_base_install_explains_gradcam_saliency_and_ace_over_mqtt(quick_start, mosquitto, collect, tmp_path):
+def test_the_base_install_explains_every_method_and_ace_over_mqtt(quick_start, mosquitto, collect, tmp_path):
     config = daemon_config(tmp_path, mosquitto.port, explain=FAST)
     config_file = tmp_path / "config.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
@@ -101,14 +103,14 @@ def test_the_base_install_explains_gradcam_saliency_and_ace_over_mqtt(quick_star
         watcher.wait_for(CAPTION, timeout=START_TIMEOUT)
         requester = Requester(mosquitto.port, "test/replies/bare")
         try:
-            requester.send({"id": "bare-1", "frame": "latest", "methods": ["gradcam", "saliency", "ace"]}, b"b1")
+            requester.send({"id": "bare-1", "frame": "latest", "methods": [*MAP_METHODS, "ace"]}, b"b1")
             answer = json.loads(requester.reply_for(b"b1", EXPLAIN_TIMEOUT).payload)
         finally:
             requester.close()
         assert answer["status"] == "ok", (answer.get("error"), (tmp_path / "daemon.log").read_text()[-2000:])
         words = answer["caption"].split()
         assert [w["index"] for w in answer["words"]] == list(range(len(words)))
-        assert all({"gradcam", "saliency"} <= set(w) for w in answer["words"])
+        assert all(set(MAP_METHODS) <= set(w) for w in answer["words"])
         assert [w["index"] for w in answer["ace"]["words"]] == list(range(len(words)))
         for pid in [daemon.pid, *child_pids(daemon.pid)]:  # capture process and explainer
             assert not loaded_tensorflow(pid)

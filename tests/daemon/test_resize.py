@@ -18,10 +18,3 @@ def test_nearest_equals_pil_nearest(height, width):
         pil = np.asarray(Image.fromarray(image).resize((size, size), Image.NEAREST))
         np.testing.assert_array_equal(resize_for_encoder(image, size, "nearest"), pil)
 
-
-def test_cv2_nearest_would_not_match_pil():
-    import cv2
-
-    image = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    pil = np.asarray(Image.fromarray(image).resize((480, 480), Image.NEAREST))
-    assert not np.array_equal(cv2.resize(image, (480, 480), interpolation=cv2.INTER_NEAREST), pil)

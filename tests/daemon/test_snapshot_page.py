@@ -39,6 +39,8 @@ function look() {
     explained_caption: text("explained-caption"), explanation_meta: text("explanation-meta"),
     words: d ? [...d.querySelectorAll("#words button")].map((b) => b.textContent) : [],
     methods: d ? [...d.querySelectorAll("#methods button")].map((b) => b.textContent) : [],
+    method_titles: d ? [...d.querySelectorAll("#methods button")].map((b) => b.title) : [],
+    method_model: text("method-model"),
     overlay_alt: d && d.getElementById("overlay").alt};
   document.getElementById("seen").textContent = JSON.stringify(seen);
   if (seen.overlay_width > 0 && seen.latest_width > 0) return;
@@ -84,6 +86,21 @@ def what_chromium_sees(url: str, profile: Path) -> dict:
     return json.loads(parser.text)
 
 
+def served_and_seen(www: Path, probe: str, profile: Path) -> dict:
+    """Write ``probe`` as www/probe.html, serve www with ``python -m http.server`` on loopback and return
+    what the probe saw in headless Chromium."""
+    (www / "probe.html").write_text(probe)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(port), 10, message="the http server")
+        return what_chromium_sees(f"http://127.0.0.1:{port}/probe.html", profile)
+    finally:
+        server.terminate()
+        server.wait(5)
+
+
 def test_the_page_shows_caption_words_and_a_loaded_explanation_in_chromium(mosquitto, daemon_process, tmp_path):
     assert CHROMIUM is not None, "chromium is not installed (tests/run.sh installs it)"
     www = tmp_path / "www"
@@ -92,30 +109,25 @@ def test_the_page_shows_caption_words_and_a_loaded_explanation_in_chromium(mosqu
     daemon = daemon_process(config)
     snapshot = Path(config["snapshot"]["dir"])
     wait_until(lambda: (snapshot / "latest.json").is_file(), START_TIMEOUT, message="latest.json")
-    publish.single(REQUEST, json.dumps({"id": "page-1", "frame": "latest", "methods": ["gradcam", "saliency"]}),
+    publish.single(REQUEST, json.dumps({"id": "page-1", "frame": "latest", "methods": ["gradcam", "occlusion"]}),
                    hostname="127.0.0.1", port=mosquitto.port, qos=1)
     wait_until(lambda: (snapshot / "explanation.json").is_file(), EXPLAIN_TIMEOUT, message="explanation.json")
     explanation = json.loads((snapshot / "explanation.json").read_text())
     assert explanation["status"] == "ok" and (snapshot / "explanation.jpg").is_file()
     daemon.stop()  # the folder as the daemon left it: the page must show exactly its latest.json
     latest = json.loads((snapshot / "latest.json").read_text())
-    (www / "probe.html").write_text(PROBE)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: _answers(port), 10, message="the http server")
-        seen = what_chromium_sees(f"http://127.0.0.1:{port}/probe.html", tmp_path / "chromium-profile")
-    finally:
-        server.terminate()
-        server.wait(5)
+    seen = served_and_seen(www, PROBE, tmp_path / "chromium-profile")
     print("FIGURES page:", json.dumps(seen))
     assert seen["latest_width"] > 0, "latest.jpg did not load"
     assert seen["caption"] == latest["caption"]
     assert "familiarity" in seen["caption_meta"] and seen["unfamiliar_hidden"]  # generated scenes are familiar
     assert seen["explained_caption"] == explanation["caption"]
     assert seen["words"] == [w["word"] for w in explanation["words"]] == explanation["caption"].split()
-    assert seen["methods"] == ["gradcam", "saliency"]
+    assert seen["methods"] == ["gradcam", "occlusion"]
+    # which model each method explains: the float32 twin (gradients) or the int8 model that captions
+    assert seen["method_model"] == "gradcam explains the model's float32 twin (gradients)"
+    assert seen["method_titles"] == ["gradcam explains the model's float32 twin (gradients)",
+                                     "occlusion explains the int8 model that published the caption (no gradients)"]
     assert seen["frame_width"] == 224 and seen["overlay_width"] == 224
     assert f"frame {explanation['frame_id']}" in seen["explanation_meta"] and "made" in seen["explanation_meta"]
     assert seen["overlay_alt"] == f"gradcam of \u201c{explanation['words'][0]['word']}\u201d"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -58,15 +59,50 @@ def test_frame_cache_keeps_the_last_n_frames():
     assert cache.get(2) is None and cache.get(4).frame_id == 4 and cache.latest().frame_id == 5
 
 
-def test_frame_cache_is_thread_safe():
+def test_frame_cache_readers_never_fail_or_see_a_broken_ring_while_the_capture_loop_writes():
+    """The capture loop puts frames while the MQTT thread and the explain service read the ring.
+
+    Threads switch every microsecond here, so a reader that runs between two steps of a
+    put (or iterates the ring while it changes) shows: without the lock readers get
+    ``RuntimeError: OrderedDict mutated during iteration`` and rings of 9 frames.
+    """
     cache = FrameCache(8)
-    def writer(start):
-        for i in range(start, start + 500):
-            cache.put(cached(i))
-            cache.latest()
-    threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(cache) == 8
+    failures, reads = [], []
+    writing = threading.Event()
+
+    def read_constantly():
+        done = 0
+        while writing.is_set():
+            try:
+                ids = cache.frame_ids()
+                latest = cache.latest()
+                oldest = cache.get(ids[0]) if ids else None
+            except Exception as exc:  # noqa: BLE001 - any failure of a reader is what this test looks for
+                failures.append(repr(exc))
+                continue
+            if ids and (len(ids) > 8 or ids != list(range(ids[0], ids[0] + len(ids)))):
+                failures.append(f"ring {ids}")
+            if latest is not None and ids and latest.frame_id < ids[-1]:
+                failures.append(f"latest {latest.frame_id} older than the ring's newest {ids[-1]}")
+            if oldest is not None and oldest.frame_id != ids[0]:
+                failures.append(f"get({ids[0]}) gave frame {oldest.frame_id}")
+            done += 1
+        reads.append(done)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    writing.set()
+    readers = [threading.Thread(target=read_constantly) for _ in range(3)]
+    try:
+        for reader in readers:
+            reader.start()
+        for frame_id in range(1, 20_001):
+            cache.put(cached(frame_id))
+    finally:
+        writing.clear()
+        for reader in readers:
+            reader.join()
+        sys.setswitchinterval(previous)
+    assert failures == [], failures[:5]
+    assert len(reads) == 3 and min(reads) > 100, reads  # the readers really ran beside the writer
+    assert cache.frame_ids() == list(range(19_993, 20_001))

@@ -51,10 +51,11 @@ def test_stopping_one_camera_leaves_the_other_online_and_captioning(mosquitto, c
     assert json.loads(start_state[CAM.explain_image_info]) == {"placeholder": True, "made_at": None,
                                                                "note": "no explanation yet"}
 
-    # Discovery: ten entities, ids unique, each camera's pointing at its own availability.
-    wait_until(lambda: len(watcher.on_prefix("homeassistant/")) >= 10, 10, message="ten discovery messages")
+    # Discovery: fourteen entities, ids unique, each camera's pointing at its own availability.
+    wait_until(lambda: len({m.topic for m in watcher.on_prefix("homeassistant/")}) >= 14, 10,
+               message="fourteen discovery messages")
     configs = list({m.topic: m.json() for m in watcher.on_prefix("homeassistant/")}.values())
-    assert len(configs) == len({c["unique_id"] for c in configs}) == 12  # six entities per camera
+    assert len(configs) == len({c["unique_id"] for c in configs}) == 14  # seven entities per camera
     assert {c["availability_topic"] for c in configs} == {CAM.availability, CAM2.availability}
 
     stopped_at = time.monotonic()

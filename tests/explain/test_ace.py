@@ -9,6 +9,7 @@ from convert.concepts import bottleneck_layer
 from daemon.bundle import load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.explain import ace, concept_bank, picture, segments
+from daemon.explain.picture import LABEL_LINE_HEIGHT, TILE, label_lines, labelled
 from daemon.imaging import decode_png, png_base64
 from daemon.scenes import COLOURS, PLURALS, SHAPES, scene_at
 
@@ -172,10 +173,15 @@ def test_ace_explains_every_word_of_a_frame(shipped):
     removed = block["counterfactual"]["removed_concepts"]
     assert len(removed) == 1 and removed[0] in ids
     assert set(block["counterfactual"]["caption"].split()) <= set(explainer.vocab.words)
-    row = ace.picture_row(result, bank, 192)  # concept map, legend, counterfactual
-    # a 192 px panel under a label strip of 18 px a line (+4), as many lines as the longest label needs
-    assert row.shape[1:] == (3 * 192, 3) and row.shape[0] >= 214 and (row.shape[0] - 196) % 18 == 0
-    assert row[-192:].any()
+    row = ace.picture_row(result, bank, TILE)  # concept map, legend, counterfactual, each under its label
+    assert row.shape[1] == 3 * TILE and row[-TILE:].any()
+    # the counterfactual's label (its caption) is drawn whole: a strip line with text for each of its lines
+    removed = ", ".join(f"c{k}" for k in result.removed) or "nothing"
+    lines = label_lines(f"without {removed}: {result.counterfactual_caption}", TILE)
+    strip = row[:-TILE, 2 * TILE:]
+    assert strip.shape[0] >= LABEL_LINE_HEIGHT * len(lines)
+    for i in range(len(lines)):
+        assert (strip[i * LABEL_LINE_HEIGHT:(i + 1) * LABEL_LINE_HEIGHT] > 200).any(), f"line {i} is empty"
     assert result.timings_ms["ace_assign_ms"] > 0
 
 
@@ -217,9 +223,10 @@ def test_ace_is_a_method_of_the_one_answer_pipeline(shipped):
     assert [set(w) for w in payload["words"]] == [{"index", "word", "gradcam"}] * 2
     assert {"gradcam_ms", "ace_ms", "ace_tcav_ms", "float_caption_ms", "render_ms"} <= set(payload["timings_ms"])
     picture = decode_png(png)
-    ace_height = picture.shape[0] - 2 * 214  # two word rows (frame, gradcam), then the ACE row
-    assert picture.shape[1:] == (3 * 192, 3) and ace_height >= 214 and (ace_height - 196) % 18 == 0
-    assert picture[-192:, :192].any()  # the concept map under the word rows
+    word_row = labelled(np.zeros((8, 8, 3), np.uint8), "a", TILE).shape[0]  # a panel under its label
+    ace_height = picture.shape[0] - 2 * word_row  # two word rows (frame, gradcam), then the ACE row
+    assert picture.shape[1:] == (3 * TILE, 3) and ace_height >= TILE + LABEL_LINE_HEIGHT
+    assert picture[-TILE:, :TILE].any()  # the concept map under the word rows
 
 
 def test_a_bank_of_another_layer_is_refused_with_its_layer_named(shipped):
@@ -271,7 +278,7 @@ def test_ace_over_mqtt_end_to_end(mosquitto, collect, daemon_process, tmp_path):
     snapshot = Path(config["snapshot"]["dir"])
     assert json.loads((snapshot / "explanation.json").read_text())["ace"] == block
     picture = decode_png((snapshot / "explanation.png").read_bytes())
-    assert picture.shape[1] >= 3 * 192  # the ACE row: concept map, legend, counterfactual
+    assert picture.shape[1] >= 3 * TILE  # the ACE row: concept map, legend, counterfactual
     # the picture published on the image topic (after the start's placeholder) is the folder's, as JPEG
     published = picture_jpeg((snapshot / "explanation.png").read_bytes())[0]
     watcher.wait_for(IMAGE, lambda m: m.payload == published, timeout=10)

@@ -1,8 +1,8 @@
 """The LiteRT backend's explanations equal the TensorFlow backend's on held-out scenes.
 
-Per method and word the 0..1 maps correlate with Pearson >= 0.99 (SmoothGrad with the same
-noise: same seed), Grad-CAM peaks at the same pixel, and ACE ranks the same concepts in the
-same order for every word. Runs when the shipped bundle has its exported graph.
+Per method and word the 0..1 maps correlate with Pearson >= 0.99999 to five decimals, the
+README's figure (SmoothGrad with the same noise: same seed), Grad-CAM peaks at the same
+pixel, and ACE ranks the same concepts in the same order for every word.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from daemon.bundle import load_bundle
 from daemon.explain.backends import explainer_graph
-from daemon.explain_settings import MAP_METHODS, ExplainOptions
+from daemon.explain_settings import INT8_METHODS, MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
 from tests.conftest import SHIPPED_BUNDLE
 
@@ -43,17 +43,18 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 def test_maps_peaks_and_concept_rankings_match(explainers):
     tf_explainer, lite_explainer = explainers
     assert lite_explainer.backend.name == "litert" and tf_explainer.backend.name == "tensorflow"
-    worst = {m: 1.0 for m in MAP_METHODS}
+    gradient_methods = [m for m in MAP_METHODS if m not in INT8_METHODS]  # the int8 ones run on no backend
+    worst = {m: 1.0 for m in gradient_methods}
     for i in range(SCENES):
         scene = scene_at(HELD_OUT_SEED, i)
         tokens = tf_explainer.vocab.encode(scene.caption)
-        reference = tf_explainer.explain(scene.image, tokens, None, list(MAP_METHODS))
-        candidate = lite_explainer.explain(scene.image, tokens, None, list(MAP_METHODS))
-        for method in MAP_METHODS:
+        reference = tf_explainer.explain(scene.image, tokens, None, gradient_methods)
+        candidate = lite_explainer.explain(scene.image, tokens, None, gradient_methods)
+        for method in gradient_methods:
             for k, (a, b) in enumerate(zip(reference.maps[method], candidate.maps[method])):
                 r = pearson(a, b)
                 worst[method] = min(worst[method], r)
-                assert r >= 0.99, f"{method} word {k} of {scene.caption!r}: Pearson {r:.4f}"
+                assert round(r, 5) >= 0.99999, f"{method} word {k} of {scene.caption!r}: Pearson {r:.6f}"
         assert candidate.peaks["gradcam"] == reference.peaks["gradcam"], scene.caption
         tf_ace = tf_explainer.resources("ace").explain(scene.image, tokens, counterfactual=False)
         lite_ace = lite_explainer.resources("ace").explain(scene.image, tokens, counterfactual=False)
@@ -61,7 +62,7 @@ def test_maps_peaks_and_concept_rankings_match(explainers):
         for row in range(len(tokens)):
             assert ([lite_ace.present[j] for j in lite_ace.ranking(row)]
                     == [tf_ace.present[j] for j in tf_ace.ranking(row)]), (scene.caption, row)
-    print("lowest Pearson per method:", {m: round(v, 5) for m, v in worst.items()})
+    print("lowest Pearson per method:", {m: round(v, 7) for m, v in worst.items()})
 
 
 def test_float_captions_and_word_logprobs_match(explainers):

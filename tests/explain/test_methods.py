@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from daemon.decoder import log_softmax
+from daemon.explain import heatmap
+from daemon.explain.picture import TILE
 from daemon.explain.targets import CaptionLogProb, WordLogProb, teacher_tokens, weight_rows, word_logprobs
 from daemon.explain_settings import MAP_METHODS, ExplainOptions
 from daemon.scenes import scene_at
@@ -130,24 +132,30 @@ def test_other_heads_read_the_last_map_if_pretrained_else_an_early_one(pooling):
     assert tuple(layer.output.shape[1:3]) == (28, 28) and isinstance(layer, keras.layers.ReLU)
 
 
-def test_cam_methods_point_at_the_object_of_simple_single_object_scenes(explainer):
-    """Large single-object scenes of a held-out stream: every named word (size, colour, shape).
+def test_cam_methods_point_at_the_named_objects_as_the_readme_measured():
+    """The README's pointing game on seed 5150 (40 scenes, 138 object words), default backend:
+    Grad-CAM 0.96, Grad-CAM++ 0.90. A word hits when its map's peak lies on an object the word
+    names. Allowed: about two words fewer than documented (another CPU rounds differently)."""
+    from convert.faithfulness import pointing_hit
+    from daemon.captioner import Captioner
+    from daemon.explain.explainer import Explainer
 
-    Measured: Grad-CAM++ peaks inside the object for all of them; Grad-CAM, whose averaged
-    gradients mix the channels, for about half (this model family's weak point).
-    """
-    scenes = [s for s in (scene_at(HELD_OUT_SEED, i) for i in range(60))
-              if len(s.objects) == 1 and s.objects[0].size == "large"][:8]
-    hits = {"gradcam": [], "gradcampp": []}
-    for scene in scenes:
-        named = scene.objects[0].token_indices
-        explanation = explainer.explain(scene.image, explainer.vocab.encode(scene.caption), named, list(hits))
-        mask = scene.mask(named[0])
-        for method in hits:
-            hits[method] += [p is not None and bool(mask[p[1], p[0]]) for p in explanation.peaks[method]]
-    assert len(scenes) == 8
-    assert all(hits["gradcampp"]), hits
-    assert np.mean(hits["gradcam"]) >= 0.35, hits
+    explainer, captioner = Explainer(SHIPPED_BUNDLE), Captioner.from_path(SHIPPED_BUNDLE)
+    hits, words = {"gradcam": 0, "gradcampp": 0}, 0
+    for i in range(40):
+        scene = scene_at(5150, i)
+        caption = captioner.caption(scene.image)  # what the daemon publishes, and so explains
+        assert caption.caption == scene.caption
+        named = sorted({k for obj in scene.objects for k in obj.token_indices})
+        explanation = explainer.explain(scene.image, list(caption.tokens), named, list(hits))
+        for j, k in enumerate(named):
+            words += 1
+            for method in hits:
+                hits[method] += pointing_hit(explanation.peaks[method][j], scene.mask(k))
+    pointing = {method: n / words for method, n in hits.items()}
+    print(f"pointing game on {words} object words of seed 5150:", pointing)
+    assert words == 138
+    assert pointing["gradcam"] >= 0.94 and pointing["gradcampp"] >= 0.88, pointing
 
 
 def test_word_records_and_picture(explainer):
@@ -158,12 +166,13 @@ def test_word_records_and_picture(explainer):
     assert [r["index"] for r in records] == list(range(len(tokens)))
     assert set(records[0]) == {"index", "word", "gradcam", "saliency"}
     assert isinstance(records[0]["gradcam"]["heatmap"], str) and len(records[0]["gradcam"]["peak"]) == 2
-    assert explanation.picture().shape == (len(tokens) * 214, 3 * 192, 3)
+    # one row per word: the frame and a panel per method, each TILE px wide
+    one_word = explainer.explain(scene.image, tokens, [0], ["gradcam", "saliency"]).picture()
+    assert one_word.shape[1] == 3 * TILE and one_word.shape[0] > TILE
+    assert explanation.picture().shape == (len(tokens) * one_word.shape[0], 3 * TILE, 3)
 
 
 def test_an_all_zero_map_reports_no_peak():
-    from daemon.explain import heatmap
-
     assert heatmap.peak(np.zeros((224, 224), np.float32)) is None
     assert heatmap.peak(heatmap.to_image_map(np.full((7, 7), 3.0), (224, 224))) is None  # flat: nothing stands out
     spot = np.zeros((224, 224), np.float32)
@@ -174,7 +183,6 @@ def test_an_all_zero_map_reports_no_peak():
 
 def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     """What a word whose probability is 1 in float32 gets (its gradients are all zero)."""
-    from daemon.explain import heatmap
     from daemon.explain.base import MethodResult
     from daemon.explain.explainer import Explanation
     from daemon.explain.picture import labelled, overlay
@@ -188,8 +196,8 @@ def test_an_all_zero_map_answers_a_null_peak_and_draws_no_marker():
     records = explanation.word_records()
     assert records[0]["saliency"]["peak"] is None and records[1]["saliency"]["peak"] is not None
     picture = explanation.picture()
-    unmarked = labelled(overlay(image, maps[0]), "a / saliency", 192)
-    assert np.array_equal(picture[:214, 192:384], unmarked)  # no peak marker drawn
+    unmarked = labelled(overlay(image, maps[0]), "a / saliency", TILE)
+    assert np.array_equal(picture[:unmarked.shape[0], TILE:2 * TILE], unmarked)  # no peak marker drawn
 
 
 @pytest.mark.slow

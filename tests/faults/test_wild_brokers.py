@@ -255,7 +255,8 @@ def test_a_twin_daemon_is_named_and_requests_get_one_answer(broker, tmp_path, co
     # a config copied to a second box: same camera and prefix, each its own client id
     first = daemon_process(daemon_config(tmp_path / "a", broker.port, mqtt={"protocol": protocol},
                                          explain={"idle_exit_s": 600, "threads": 1}))
-    watch = collect(broker.port, CAPTION, RESPONSE, AVAILABILITY, protocol=broker.paho_protocol)
+    watch = collect(broker.port, CAPTION, RESPONSE, AVAILABILITY, TOPICS.history_response,
+                    protocol=broker.paho_protocol)
     watch.wait_for(CAPTION, lambda m: not m.retain, timeout=START_TIMEOUT)
     second = daemon_process(daemon_config(tmp_path / "b", broker.port, mqtt={"protocol": protocol},
                                           explain={"idle_exit_s": 600, "threads": 1}))
@@ -270,6 +271,7 @@ def test_a_twin_daemon_is_named_and_requests_get_one_answer(broker, tmp_path, co
     for request_id in ids:
         client.publish(REQUEST, json.dumps({**EXPLAIN, "id": request_id, "methods": ["gradcam"], "words": [0]}),
                        qos=1)
+        client.publish(TOPICS.history_request, json.dumps({"id": request_id, "limit": 1}), qos=1)
     wait_until(lambda: {m.json()["id"] for m in watch.on(RESPONSE)} >= set(ids), 90, interval=0.2,
                message="every request answered")
     time.sleep(3)  # a second answer would come by now
@@ -277,6 +279,8 @@ def test_a_twin_daemon_is_named_and_requests_get_one_answer(broker, tmp_path, co
     client.loop_stop()
     answered = [m.json()["id"] for m in watch.on(RESPONSE)]
     assert sorted(answered) == ids, answered  # one answer each
+    searched = [m.json()["id"] for m in watch.on(TOPICS.history_response)]
+    assert sorted(searched) == ids, searched  # history queries too
     # the one that stops must not leave the camera offline while the other captions on
     stopped = time.monotonic()
     first.stop()

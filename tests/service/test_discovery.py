@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 
 import jinja2  # Home Assistant's template engine
 import paho.mqtt.client as paho
@@ -25,8 +24,9 @@ REQUIRED = {  # per component, beside COMMON (Home Assistant: sensor.mqtt, image
     "image": {"image_topic", "content_type"},
     "button": {"command_topic", "payload_press"},
     "binary_sensor": {"state_topic", "value_template"},
+    "event": {"state_topic", "event_types"},  # event.mqtt: event_types is a list of strings
 }
-TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor|image|button)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
+TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor|image|button|event)/[a-zA-Z0-9_-]+/[a-zA-Z0-9_-]+/config$")
 
 
 def messages(camera: str = CAMERA, **kwargs) -> list[tuple[str, dict]]:
@@ -62,8 +62,8 @@ def test_device_and_origin_blocks():
 def test_unique_ids_are_unique_across_entities_and_cameras():
     ids = [payload["unique_id"] for camera in ("cam", "cam2") for _, payload in messages(camera)]
     topics = [topic for camera in ("cam", "cam2") for topic, _ in messages(camera)]
-    assert len(ids) == len(set(ids)) == 12
-    assert len(topics) == len(set(topics)) == 12
+    assert len(ids) == len(set(ids)) == 14
+    assert len(topics) == len(set(topics)) == 14
 
 
 def test_two_cameras_share_no_topic_that_home_assistant_reads():
@@ -161,37 +161,6 @@ def test_messages_are_retained_by_a_real_broker_and_removed_again(plain_broker):
     finally:
         publisher.disconnect()
         publisher.loop_stop()
-
-
-def test_birth_message_triggers_a_resend_through_the_broker(plain_broker):
-    # The daemon side: subscribed to homeassistant/status, re-sends on Home Assistant's birth.
-    daemon = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    resent = threading.Event()
-
-    def on_message(client, userdata, message):
-        if handles_birth(message.topic, message.payload):
-            for topic, payload in messages():
-                client.publish(topic, json.dumps(payload), qos=1, retain=True)
-            resent.set()
-
-    subscribed = threading.Event()
-    daemon.on_message = on_message
-    daemon.on_subscribe = lambda *args: subscribed.set()
-    daemon.connect("127.0.0.1", plain_broker.port)
-    daemon.subscribe("homeassistant/status", qos=1)
-    daemon.loop_start()
-    home_assistant = Subscriber(plain_broker.port, "homeassistant/+/+/+/config")
-    try:
-        assert subscribed.wait(5)
-        home_assistant.client.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
-        assert resent.wait(5)
-        configs = [m for m in home_assistant.wait_for(5) if m.payload]
-        assert {m.topic for m in configs} == {topic for topic, _ in messages()}
-    finally:
-        home_assistant.close()
-        publish_all(daemon, removal_messages(PREFIX, CAMERA))
-        daemon.disconnect()
-        daemon.loop_stop()
 
 
 def test_daemon_announces_itself_and_again_when_home_assistant_restarts(mosquitto, collect, daemon_process,

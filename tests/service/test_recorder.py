@@ -98,17 +98,6 @@ def test_caption_sensor_records_one_state_per_caption_change(stream):
         assert attributes["caption"] == state and set(attributes) == {"caption", "since", "frame_id", "model"}
 
 
-def test_the_old_discovery_recorded_a_state_per_frame(stream):
-    """The same stream through the previous discovery (the caption topic, all of it as attributes)."""
-    published, per_frame = stream
-    old = dict(entity_config("caption"), state_topic=TOPICS.caption, json_attributes_topic=TOPICS.caption)
-    sensor = SensorEntity(old)
-    for topic, payload in published:
-        sensor.feed(topic, payload)
-    print(f"previous caption sensor: {len(sensor.writes)} state changes in {SECONDS} s")
-    assert len(sensor.writes) == len(per_frame)  # what the new state topic avoids
-
-
 def test_snapshot_image_changes_at_most_every_jpeg_interval(stream):
     published, _ = stream
     image = ImageEntity(entity_config("snapshot"))

@@ -2,8 +2,10 @@
 address families and the system call allow-list of systemd/explaincam.service.
 
 The sandbox is checked to bite first (each refused call would succeed outside it); then
-the real daemon captions and answers an explanation request (TensorFlow, in the spawned
-explainer process, niced) under it, against a real Mosquitto.
+the real daemon captions and answers an explanation request under it, against a real
+Mosquitto, on each explainer backend: LiteRT (what ``auto`` picks for the shipped bundle)
+and the TensorFlow fallback (JIT-compiling code is what ``MemoryDenyWriteExecute=`` can
+break), each in the spawned explainer process, niced.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import daemon_config, wait_until
+from tests.conftest import child_pids, daemon_config, loaded_tensorflow, wait_until
 from tests.service.tls_broker import Subscriber
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "explaincam.service"
 SANDBOX = [sys.executable, "-m", "tests.service.sandbox", str(UNIT), "--"]
 START_TIMEOUT_S = 120
-EXPLAIN_TIMEOUT_S = 240  # the explainer process imports TensorFlow first
+EXPLAIN_TIMEOUT_S = 240  # the explainer process imports TensorFlow first (its backend)
 
 PROBE = r"""
 import errno, json, mmap, os, socket
@@ -58,11 +61,13 @@ def test_the_sandbox_refuses_what_the_unit_refuses():
                       "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
-def test_daemon_captions_and_explains_inside_the_sandbox(tmp_path, plain_broker):
-    config = daemon_config(tmp_path, plain_broker.port, mqtt={"topic_prefix": "sandboxed"})
+@pytest.mark.parametrize("backend", ["litert", "tensorflow"])
+def test_daemon_captions_and_explains_inside_the_sandbox(tmp_path, plain_broker, backend):
+    config = daemon_config(tmp_path, plain_broker.port, mqtt={"topic_prefix": f"sandboxed-{backend}"},
+                           explain={"backend": backend, "idle_exit_s": 120})
     config_file, log_file = tmp_path / "config.yaml", tmp_path / "daemon.log"
     config_file.write_text(yaml.safe_dump(config))
-    base = f"sandboxed/{config['camera']['name']}"
+    base = f"sandboxed-{backend}/{config['camera']['name']}"
     subscriber = Subscriber(plain_broker.port, f"{base}/caption", f"{base}/explain/response")
     with open(log_file, "wb") as log:
         daemon = subprocess.Popen([*SANDBOX, sys.executable, "-m", "daemon.cli", "run", "-c", str(config_file)],
@@ -79,6 +84,9 @@ def test_daemon_captions_and_explains_inside_the_sandbox(tmp_path, plain_broker)
         assert daemon.poll() is None, log_file.read_text()
         answer = json.loads(subscriber.on(f"{base}/explain/response")[-1].payload)
         assert (answer["id"], answer["status"]) == ("sandbox", "ok"), answer
+        # the answer came from the configured backend, in the explainer process under the same filters
+        explainers = child_pids(daemon.pid)
+        assert any(loaded_tensorflow(pid) for pid in explainers) == (backend == "tensorflow"), explainers
         daemon.terminate()
         assert daemon.wait(20) == 0, log_file.read_text()
     finally:

@@ -1,0 +1,1 @@
+"""The timeline: events (a stretch of frames with one caption) kept on the box, searchable, explained."""
