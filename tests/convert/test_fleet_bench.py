@@ -29,7 +29,9 @@ def test_fleet_bench_answers_every_request_of_one_camera_through_one_worker(tmp_
     idle = float(re.search(r"capture rate before any request: ([\d.]+) captions/s per camera", proc.stdout)[1])
     assert 0 < idle <= FPS * 1.1  # no more captions than scenes (10 s counted)
     window_s = REQUESTS / float(answered_per_s)  # every request was answered
-    assert 0 < float(captions) * window_s <= FPS * window_s + 1.1  # a short window: one caption more at most
+    # the camera keeps captioning while it explains: as many captions in the window as scenes, one more or less
+    # (a window of 0.4 s may hold none at 2 scenes/s)
+    assert FPS * window_s - 1.1 <= float(captions) * window_s <= FPS * window_s + 1.1, (captions, window_s)
     assert f"(captions/s/cam before any request: {idle:.2f}; {os.cpu_count()} CPUs on this box)" in proc.stdout
     # Little's law: answers/s x latency (s) is the mean number in flight, at most 2 (x1.5: p50 of 3 answers)
     assert float(answered_per_s) * int(p50) / 1000 <= 2 * 1.5, (answered_per_s, p50)
