@@ -33,6 +33,19 @@ def lstm_step(x, h, c, kernel, recurrent, bias):
     return sigmoid(o) * np.tanh(c), c
 
 
+def greedy_gate_weights(embedding, kernel, recurrent, bias):
+    """The LSTM's weights for ``StepDecoder.greedy``: (each token's gate input, the recurrent kernel).
+
+    The token's input ``embedding @ kernel + bias`` is a table made once. The i, f and o
+    columns are halved (exactly: a power of two), so that ``0.5 * tanh(z) + 0.5`` is their
+    sigmoid and a single ``tanh`` over all four gates also gives the cell input g.
+    """
+    units = recurrent.shape[0]
+    scale = np.full(4 * units, 0.5, np.float32)
+    scale[2 * units:3 * units] = 1.0
+    return (embedding @ kernel + bias) * scale, recurrent * scale
+
+
 @dataclass
 class Caption:
     """A decoded caption: word tokens (no start/end), summed log-probability and per-word ones."""
@@ -81,6 +94,9 @@ class StepDecoder:
         self.feature_dim = self.feat_kernel.shape[0]
         self.start, self.end = start, end
         self.vocab_size = self.logits_bias.shape[0]
+        self._greedy_gates = greedy_gate_weights(w["embedding"], *self.lstm)
+        self._greedy_mask = np.zeros(self.vocab_size, np.float32)
+        self._greedy_mask[[PAD, start]] = -np.inf
 
     @classmethod
     def load(cls, path, start: int, end: int) -> "StepDecoder":
@@ -129,17 +145,28 @@ class StepDecoder:
         return out
 
     def greedy(self, features: np.ndarray, max_length: int) -> Caption:
-        """Most likely word at each step until the end token or ``max_length`` words."""
-        projected = self.project(features[None])
-        h = c = np.zeros((1, self.units), np.float32)
+        """Most likely word at each step until the end token or ``max_length`` words.
+
+        The same step as ``step``, in fewer numpy calls (a caption of a small model costs
+        call overheads, not arithmetic): the token's LSTM input comes from a table made once
+        (``greedy_gate_weights``), and one ``tanh`` gives all four gates.
+        """
+        token_gates, recurrent = self._greedy_gates
+        units = self.units
+        projected = self.project(features[None])[0]
+        h = c = np.zeros(units, np.float32)
         token, tokens, logps = self.start, [], []
         for step in range(max_length + 1):
-            logits, h, c = self.step(projected, np.array([token]), h, c)
-            logp = log_softmax(logits[0])
-            logp[PAD] = logp[self.start] = -np.inf
+            gates = np.tanh(token_gates[token] + h @ recurrent)
+            sig = gates * 0.5 + 0.5  # sigmoid of the i, f, o gates (their inputs were halved)
+            c = sig[units:2 * units] * c + sig[:units] * gates[2 * units:3 * units]
+            h = sig[3 * units:] * np.tanh(c)
+            merged = np.maximum((projected + h) @ self.merge_kernel + self.merge_bias, 0.0)
+            shifted = merged @ self.logits_kernel + self.logits_bias
+            shifted -= shifted.max()
             # After max_length words only the end token is left, as in beam search.
-            token = self.end if step == max_length else int(np.argmax(logp))
-            logps.append(float(logp[token]))
+            token = self.end if step == max_length else int(np.argmax(shifted + self._greedy_mask))
+            logps.append(float(shifted[token] - np.log(np.exp(shifted).sum())))
             if token == self.end:
                 break
             tokens.append(token)
