@@ -38,16 +38,24 @@ FAULT_TESTS = REPO / "tests" / "faults"
 TIMING_FILES = {REPO / "tests" / name for name in (
     "daemon/test_app_e2e.py",  # the daemon stops within 2 s of SIGTERM
     "daemon/test_mqtt.py",  # publishing while the broker is away returns within 0.5 s
-    "fleet/test_dispatcher.py", "fleet/test_fleet_e2e.py")}  # retries at their set delays
+    "fleet/test_dispatcher.py", "fleet/test_fleet_e2e.py",  # retries at their set delays
+    "convert/test_bench.py")}  # compares rates measured minutes apart (idle vs explaining captions/s)
+# the longest files of the parallel run (minutes each on 2 cores), handed out first so that the run does
+# not end waiting on one of them started late (pytest-xdist deals files out in collection order)
+LONGEST_FILES = [REPO / "tests" / name for name in (
+    "convert/test_large_seed_export.py", "convert/test_weights.py",
+    "convert/test_train_convert.py", "convert/test_explainer_export.py", "convert/test_own_data.py")]
 BROKER_START_TRIES = 3  # a free port can be taken by another xdist worker before the broker binds it
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the timing-sensitive tests ``timing`` (FAULT_TESTS, TIMING_FILES)."""
+    """Mark the timing-sensitive tests ``timing`` (FAULT_TESTS, TIMING_FILES); LONGEST_FILES first."""
     for item in items:
         path = Path(str(item.fspath))
         if FAULT_TESTS in path.parents or path in TIMING_FILES:
             item.add_marker(pytest.mark.timing)
+    rank = {path: i for i, path in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)), len(rank)))  # stable: the rest keep their order
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
