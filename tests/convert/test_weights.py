@@ -125,24 +125,27 @@ def _sigint_at_default() -> None:
 
 def test_no_temporary_folder_after_a_conversion_or_an_interrupted_one(files, tmp_path):
     # The two conversions are independent and spend most of their time in single-threaded
-    # tracing and conversion: they run side by side, each with a TMPDIR of its own.
+    # tracing and conversion: they run side by side, each with a TMPDIR of its own. The explainer
+    # export (and its temporary folder) runs before calibration: the interrupted one has done it.
     temp = {name: tmp_path / f"tmp-{name}" for name in ("ok", "cut")}
     for folder in temp.values():
         folder.mkdir()
     args = [sys.executable, "-m", "daemon.cli", *_convert(files, tmp_path / "ok", "--weights", "none",
-                                                           "--allow-random-encoder", "--calibration", "8", "--quiet")]
+                                                           "--allow-random-encoder", "--calibration", "8", "--no-explainer",
+                                                           "--quiet")]
     with open(tmp_path / "ok.log", "wb") as log:
         done = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env(TMPDIR=str(temp["ok"])))
     try:
         args = [sys.executable, "-m", "daemon.cli", *_convert(files, tmp_path / "cut", "--weights", "none",
                                                                "--allow-random-encoder", "--calibration", "5000")]
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO,
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO,
                                 env=_env(TMPDIR=str(temp["cut"])), preexec_fn=_sigint_at_default)
         seen = b""
         deadline = time.monotonic() + 600
         while b"calibrating:" not in seen and time.monotonic() < deadline and proc.poll() is None:
-            seen += os.read(proc.stderr.fileno(), 4096)
+            seen += os.read(proc.stdout.fileno(), 4096)
         assert b"calibrating:" in seen, seen[-2000:]
+        assert b"explainer graph: " in seen, seen[-2000:]  # the explainer export ran to its end before calibration
         # mid-way: the export is there
         assert any(p.name.startswith("explaincam-encoder-") for p in temp["cut"].iterdir())
         proc.send_signal(signal.SIGINT)
