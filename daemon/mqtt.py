@@ -390,6 +390,9 @@ class MqttPublisher:
             self._connected_at = time.monotonic()
             self._republish_pending = True
             self.limit.broker = getattr(properties, "MaximumPacketSize", None) if self.is_v5 else None
+            for qos, topic, size in self._unconfirmed.values():  # paho sends these again now, unseen by the sender
+                if qos > 0:
+                    self._note_sent(size, topic)
             # SUBSCRIBE is queued before the sender wakes (it needs this lock), so the broker
             # has the subscriptions before anything queued is published: a reply to what we
             # publish (Home Assistant's birth after discovery) cannot arrive unheard
@@ -498,8 +501,11 @@ class MqttPublisher:
             self._short_connections = 0
             return None
         now = time.monotonic()
+        # with nothing acknowledged yet (a large packet sent first on each connection), a close is
+        # blamed on a packet only when it happens again on the next connection
+        judged = self._largest_taken > 0 or self._short_connections > 0
         suspects = [(size, topic) for sent, size, topic in self._recent_large
-                    if now - sent <= PACKET_SUSPECT_S and size > self._largest_taken > 0]
+                    if now - sent <= PACKET_SUSPECT_S and size > self._largest_taken and judged]
         self._recent_large.clear()
         if suspects:
             self._short_connections = 0
@@ -508,9 +514,11 @@ class MqttPublisher:
             if topic in self._packet_hinted:
                 return None
             self._packet_hinted.add(topic)
-            return (f"the broker closed the connection right after a {size}-byte packet on {topic}, larger than "
-                    f"any it accepted ({self._largest_taken} bytes): it probably caps the packet size "
-                    "(Mosquitto's max_packet_size); set mqtt.max_packet_size to its limit")
+            accepted = (f"larger than any it accepted ({self._largest_taken} bytes)" if self._largest_taken
+                        else "twice in a row, before it had acknowledged any message")
+            return (f"the broker closed the connection right after a {size}-byte packet on {topic}, {accepted}: "
+                    "it probably caps the packet size (Mosquitto's max_packet_size); set mqtt.max_packet_size "
+                    "to its limit")
         return self._takeover_hint()
 
     def _takeover_hint(self) -> str | None:
