@@ -45,6 +45,9 @@ TIMING_FILES = {REPO / "tests" / name for name in (
 LONGEST_FILES = [REPO / "tests" / name for name in (
     "convert/test_large_seed_export.py", "convert/test_weights.py",
     "convert/test_train_convert.py", "convert/test_explainer_export.py", "convert/test_own_data.py")]
+# niceness an xdist worker takes once it runs anything but LONGEST_FILES[0]: that file alone is as long as
+# the rest of a worker's share, so it gets the CPU first and does not set the end of the run
+OTHER_FILES_NICENESS = 5
 BROKER_START_TRIES = 3  # a free port can be taken by another xdist worker before the broker binds it
 
 
@@ -56,6 +59,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.timing)
     rank = {path: i for i, path in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)), len(rank)))  # stable: the rest keep their order
+
+
+def pytest_runtest_setup(item):
+    """Under pytest-xdist, lower this worker's CPU priority (once) when it runs a file other than the longest."""
+    if "PYTEST_XDIST_WORKER" in os.environ and Path(str(item.fspath)) != LONGEST_FILES[0] and os.nice(0) == 0:
+        os.nice(OTHER_FILES_NICENESS)
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
