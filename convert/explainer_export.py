@@ -33,9 +33,9 @@ ops, and the bundle keeps working on the TensorFlow backend.
 Memory: the signatures are converted one at a time, each saved with the captioner's
 variables for the converter to fold, its memory freed before the next, and merged into one
 file in which the signatures share every identical constant (``merge_signatures``, one part
-in memory at a time). ``explaincam convert`` runs the export in a process of its own
-(``export_in_subprocess``), so that running out of memory there costs the explainer graph
-only, never the bundle.
+in memory at a time). ``explaincam convert`` runs the export in processes of its own
+(``export_in_subprocess``: two fresh ones per signature), so that running out of memory
+there costs the explainer graph only, never the bundle.
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ import hashlib
 import json
 import os
 import re
-import signal
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -59,7 +58,8 @@ from tensorflow.python.ops import nn_grad
 import keras
 
 from convert.concepts import bottleneck_layer
-from convert.memory import peak_rss_bytes, release_freed_memory
+from convert.fresh_process import StepError, run_step, step_main
+from convert.memory import release_freed_memory
 from daemon.bundle import BundleError, load_bundle, write_manifest
 from daemon.explain.backends.tensorflow import SplitCaptioner
 from daemon.explain.layers import MomentMap  # noqa: F401  registers the layer for load_model
@@ -336,38 +336,47 @@ def _stderr_to(path: Path):
         os.close(saved)
 
 
-def convert_signature(graphs: ExplainerGraphs, name: str) -> bytes:
-    """The float32 TFLITE_BUILTINS-only flatbuffer of one entry point; ExportError naming the ops otherwise."""
-    with tempfile.TemporaryDirectory(prefix="explainer-export-") as tmp:
-        # Saved with its variables, held by a module that has no function of its own: the
-        # converter sees that nothing assigns them and folds them into constants itself.
-        # (Folding them here, with convert_variables_to_constants_v2, took ten times the
-        # weights' size in memory, and saving the folded graph more.)
-        holder = tf.Module()
-        holder.weights = [getattr(v, "value", v) for v in graphs.captioner.variables]  # Keras 3 wraps tf.Variable
-        # the gradients are ops of the traced graph already; nothing needs tracing again
-        tf.saved_model.save(holder, tmp, signatures={name: graphs.concrete_function(name)},
-                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-        del holder
-        release_freed_memory()
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[name])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        converter.allow_custom_ops = False
-        converter.exclude_conversion_metadata = True  # its pass copies the whole flatbuffer twice more
-        try:
-            with _stderr_to(Path(tmp) / "converter.log"):
-                model = converter.convert()
-        except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
-            ops = sorted(set(_UNSUPPORTED.findall(str(exc))))
-            if ops:
-                raise ExportError(f"the explainer graph needs ops with no TFLite builtin: {', '.join(ops)}") from None
-            lines = str(exc).strip().splitlines()
-            raise ExportError("the explainer graph does not convert to TFLite builtins: "
-                              + (lines[-1] if lines else type(exc).__name__)) from None
+def save_signature(graphs: ExplainerGraphs, name: str, folder: str | Path) -> None:
+    """Save one entry point of the graphs, with the captioner's weights, as a SavedModel in ``folder``."""
+    # Saved with its variables, held by a module that has no function of its own: the
+    # converter sees that nothing assigns them and folds them into constants itself.
+    # (Folding them here, with convert_variables_to_constants_v2, took ten times the
+    # weights' size in memory, and saving the folded graph more.)
+    holder = tf.Module()
+    holder.weights = [getattr(v, "value", v) for v in graphs.captioner.variables]  # Keras 3 wraps tf.Variable
+    # the gradients are ops of the traced graph already; nothing needs tracing again
+    tf.saved_model.save(holder, str(folder), signatures={name: graphs.concrete_function(name)},
+                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+
+
+def convert_saved_signature(folder: str | Path, name: str) -> bytes:
+    """The float32 TFLITE_BUILTINS-only flatbuffer of one saved entry point; ExportError naming the ops otherwise."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(folder), signature_keys=[name])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = False
+    converter.exclude_conversion_metadata = True  # its pass copies the whole flatbuffer twice more
+    try:
+        with _stderr_to(Path(folder) / "converter.log"):
+            model = converter.convert()
+    except Exception as exc:  # the converter raises ConverterError with MLIR diagnostics
+        ops = sorted(set(_UNSUPPORTED.findall(str(exc))))
+        if ops:
+            raise ExportError(f"the explainer graph needs ops with no TFLite builtin: {', '.join(ops)}") from None
+        lines = str(exc).strip().splitlines()
+        raise ExportError("the explainer graph does not convert to TFLite builtins: "
+                          + (lines[-1] if lines else type(exc).__name__)) from None
     custom = sorted({op for op in operator_names(model) if op.startswith("CUSTOM")})
     if custom:
         raise ExportError(f"the explainer graph needs ops with no TFLite builtin: {', '.join(custom)}")
     return model
+
+
+def convert_signature(graphs: ExplainerGraphs, name: str) -> bytes:
+    """The float32 TFLITE_BUILTINS-only flatbuffer of one entry point; ExportError naming the ops otherwise."""
+    with tempfile.TemporaryDirectory(prefix="explainer-export-") as tmp:
+        save_signature(graphs, name, tmp)
+        release_freed_memory()
+        return convert_saved_signature(tmp, name)
 
 
 def convert_graphs(graphs: ExplainerGraphs, out: str | Path) -> int:
@@ -583,12 +592,15 @@ def main(args) -> int:
 
 def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_layer: str, bottleneck_layer: str,
                          tokens: int, batch: int = DEFAULT_BATCH) -> dict:
-    """``export_explainer`` of a saved captioner, each signature in a process of its own; its entry, or
+    """``export_explainer`` of a saved captioner, each signature in fresh processes; its entry, or
     ``{"error": one line}``.
 
-    A fresh process per signature holds the model and that one conversion only: one process
-    for all five carried what the earlier ones left behind into the largest (EfficientNetV2L
-    at 480: 2.0 GB before ``image_gradients`` began, 1.3 GB fresh). The parts are merged
+    Each signature takes two (``convert.fresh_process``): one loads the captioner and saves
+    the signature as a SavedModel, the next converts that SavedModel holding nothing else.
+    One process for all five carried what the earlier ones left behind into the largest
+    (EfficientNetV2L at 480: 2.0 GB before ``image_gradients`` began, 1.3 GB fresh), and one
+    process per signature carried the loaded captioner into its conversion (EfficientNetV2L
+    at 64 px: ``image_gradients`` 6.4 GB, its conversion alone 5.6). The parts are merged
     here, which needs no TensorFlow. On success ``out`` is written and the entry has
     export_seconds, bytes and peak_rss_bytes (the largest of those processes'). Otherwise
     ``out`` is not there and the line says why: an op without a builtin, or a process
@@ -600,12 +612,16 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
     with tempfile.TemporaryDirectory(prefix="explainer-parts-") as tmp:
         parts = []
         for name in SIGNATURES:
-            part = Path(tmp) / f"{name}.tflite"
-            answer = _signature_in_subprocess([str(captioner_path), str(part), gradcam_layer, bottleneck_layer,
-                                               str(tokens), str(batch), name], started)
-            if "error" in answer:
-                return answer
-            peak = max(peak, answer["peak_rss_bytes"])
+            saved, part = Path(tmp) / name, Path(tmp) / f"{name}.tflite"
+            try:
+                for argv, what in (
+                        (["save", str(captioner_path), str(saved), gradcam_layer, bottleneck_layer, str(tokens),
+                          str(batch), name], f"the export process of {name}"),
+                        (["convert", str(saved), str(part), name], f"the conversion process of {name}")):
+                    peak = max(peak, run_step("convert.explainer_export", argv, what).peak_rss_bytes)
+            except StepError as exc:
+                return {"error": str(exc)}
+            shutil.rmtree(saved)
             parts.append(part)
         try:
             model = merge_signatures(parts)
@@ -615,50 +631,20 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
     return dict(_entry(out, gradcam_layer, bottleneck_layer, tokens, batch, started, len(model)), peak_rss_bytes=peak)
 
 
-def _signature_in_subprocess(argv: list[str], started: float) -> dict:
-    """Run ``_export_signature(argv)`` in a process of its own; its answer, or ``{"error": one line}``."""
-    root = str(Path(__file__).resolve().parents[1])  # the checkout this module runs from
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        child = subprocess.Popen([sys.executable, "-m", "convert.explainer_export", *argv],
-                                 stdout=stdout, stderr=stderr, env=env)
-        try:
-            _, status, usage = os.wait4(child.pid, 0)
-        except BaseException:  # interrupted: the export goes with the conversion
-            child.kill()
-            child.wait()
-            raise
-        child.returncode = os.waitstatus_to_exitcode(status)
-        stdout.seek(0)
-        stderr.seek(0)
-        printed, errors = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if child.returncode == 0:
-        return json.loads(printed[printed.index("{"):])
-    if child.returncode < 0:
-        why = (f"the export process of {argv[-1]} was killed ({signal.Signals(-child.returncode).name}) after "
-               f"{time.perf_counter() - started:.0f} s at {usage.ru_maxrss / 2 ** 20:.1f} GB peak RSS")
-        return {"error": why + (", most likely by the kernel for lack of memory" if child.returncode == -signal.SIGKILL
-                                else "")}
-    named = [line[len("error: "):] for line in errors.splitlines() if line.startswith("error: ")]
-    lines = [line for line in errors.splitlines() if line.strip()]
-    return {"error": named[-1] if named else (lines[-1] if lines else f"exit status {child.returncode}")}
-
-
-def _export_signature(argv: list[str]) -> int:
-    """The process of one signature: argv = captioner path, part file, Grad-CAM layer, bottleneck, tokens, batch,
-    signature; prints its peak RSS."""
-    captioner_path, part, gradcam_layer, bottleneck, tokens, batch, name = argv
-    captioner = keras.models.load_model(captioner_path, compile=False)
-    graphs = ExplainerGraphs(captioner, gradcam_layer, bottleneck, int(batch), int(tokens), signatures=(name,))
-    try:
-        model = convert_signature(graphs, name)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    Path(part).write_bytes(model)
-    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))  # this process exported one signature: its peak
-    return 0
+def _step(argv: list[str]) -> None:
+    """One step of export_in_subprocess in this process: ``save CAPTIONER FOLDER GRADCAM_LAYER BOTTLENECK TOKENS
+    BATCH SIGNATURE`` or ``convert FOLDER PART SIGNATURE``."""
+    if argv[0] == "save":
+        captioner_path, folder, gradcam_layer, bottleneck, tokens, batch, name = argv[1:]
+        captioner = keras.models.load_model(captioner_path, compile=False)
+        save_signature(ExplainerGraphs(captioner, gradcam_layer, bottleneck, int(batch), int(tokens),
+                                       signatures=(name,)), name, folder)
+    elif argv[0] == "convert":
+        folder, part, name = argv[1:]
+        write_atomically(Path(part), convert_saved_signature(folder, name))
+    else:
+        raise ExportError(f"no export step {argv[0]!r}")
 
 
 if __name__ == "__main__":
-    sys.exit(_export_signature(sys.argv[1:]))
+    step_main(_step)

@@ -1,4 +1,4 @@
-"""The converter's own memory: giving freed heap back to the system, and peak resident sizes.
+"""The converter's own memory: giving freed heap back to the system.
 
 A large model's conversion steps (int8 quantization, each explainer signature) each take
 gigabytes that TensorFlow frees but glibc's allocator keeps mapped; handing those pages
@@ -20,16 +20,4 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         pass
-
-
-def peak_rss_bytes(pid: int | str = "self") -> int:
-    """Peak resident set size (VmHWM) of a live process, in bytes; 0 where /proc has no such field."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 

@@ -37,7 +37,7 @@ from convert.health import health
 from convert.memory import release_freed_memory
 from convert.model import build_captioner, build_encoder, decoder_weights, load_captioner, preprocessing_mode
 from convert.progress import Progress
-from convert.quantize import to_int8_tflite
+from convert.quantize import QuantizeError, to_int8_tflite
 from convert.weights import WeightsError, describe, is_pretrained, legacy_h5_layers
 from daemon.bundle import load_bundle, write_manifest
 from daemon.captioner import resize_for_encoder
@@ -491,6 +491,9 @@ def main(args) -> int:
     except (ConvertError, WeightsError) as exc:
         print(f"error: {exc}")
         return 2
+    except QuantizeError as exc:
+        print(f"error: the int8 quantization of the encoder failed: {exc}; no bundle was written")
+        return 1
     print(json.dumps(report, indent=2))
     print(f"wrote bundle {args.out}")
     return 0

@@ -67,6 +67,23 @@ def pytest_runtest_setup(item):
         os.nice(OTHER_FILES_NICENESS)
 
 
+def child_running(marker: str) -> int | None:
+    """The pid of a child of this process whose command line holds ``marker``, or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == os.getpid() and marker in command:
+            return int(entry)
+    return None
+
+
 def wait_until(predicate, timeout: float, interval: float = 0.05, message: str = "condition"):
     """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout

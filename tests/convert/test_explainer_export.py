@@ -24,7 +24,7 @@ from daemon.captioner import resize_for_encoder
 from daemon.explain.backends.tensorflow import SplitCaptioner
 from daemon.explain.layers import MomentMap
 from daemon.scenes import scene_at
-from tests.conftest import SHIPPED_BUNDLE, wait_until
+from tests.conftest import SHIPPED_BUNDLE, child_running, wait_until
 
 HELD_OUT_SEED = 9494  # scenes no other test, training or conversion step uses
 
@@ -201,7 +201,7 @@ def test_an_export_killed_for_memory_is_reported_and_can_run_again(tmp_path):
     exporting = threading.Thread(target=lambda: answer.update(
         export_in_subprocess(saved, out, "moment_map", "spatial_reduce", tokens=9)))
     exporting.start()
-    child = wait_until(lambda: _child_running("convert.explainer_export"), timeout=60, message="the export process")
+    child = wait_until(lambda: child_running("convert.explainer_export"), timeout=60, message="the export process")
     time.sleep(3)
     os.kill(child, signal.SIGKILL)
     exporting.join(timeout=60)
@@ -214,18 +214,3 @@ def test_an_export_killed_for_memory_is_reported_and_can_run_again(tmp_path):
         images=np.zeros((1, 32, 32, 3), np.float32), tokens=np.ones((1, 9), np.int32))) == ["logits"]
 
 
-def _child_running(marker: str) -> int | None:
-    """The pid of a child of this process whose command line holds ``marker``, or None."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                command = cmdline.read().decode(errors="replace")
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == os.getpid() and marker in command:
-            return int(entry)
-    return None
