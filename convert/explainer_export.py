@@ -34,7 +34,7 @@ Memory: the signatures are converted one at a time, each saved with the captione
 variables for the converter to fold, its memory freed before the next, and merged into one
 file in which the signatures share every identical constant (``merge_signatures``, one part
 in memory at a time). ``explaincam convert`` runs the export in processes of its own
-(``export_in_subprocess``: two fresh ones per signature), so that running out of memory
+(``export_in_subprocess``: one saves the signatures, one converts each), so that running out of memory
 there costs the explainer graph only, never the bundle.
 """
 
@@ -592,15 +592,14 @@ def main(args) -> int:
 
 def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_layer: str, bottleneck_layer: str,
                          tokens: int, batch: int = DEFAULT_BATCH) -> dict:
-    """``export_explainer`` of a saved captioner, each signature in fresh processes; its entry, or
-    ``{"error": one line}``.
+    """``export_explainer`` of a saved captioner in fresh processes; its entry, or ``{"error": one line}``.
 
-    Each signature takes two (``convert.fresh_process``): one loads the captioner and saves
-    the signature as a SavedModel, the next converts that SavedModel holding nothing else.
-    One process for all five carried what the earlier ones left behind into the largest
-    (EfficientNetV2L at 480: 2.0 GB before ``image_gradients`` began, 1.3 GB fresh), and one
-    process per signature carried the loaded captioner into its conversion (EfficientNetV2L
-    at 64 px: ``image_gradients`` 6.4 GB, its conversion alone 5.6). The parts are merged
+    One (``convert.fresh_process``) loads the captioner and saves every signature as a
+    SavedModel; then each signature's SavedModel is converted in a process that holds nothing
+    else. Converting all five in one process carried what the earlier ones left behind into
+    the largest (EfficientNetV2L at 480: 2.0 GB before ``image_gradients`` began, 1.3 GB
+    fresh), and one process per signature carried the loaded captioner into its conversion
+    (EfficientNetV2L at 64 px: ``image_gradients`` 6.4 GB, its conversion alone 5.6). The parts are merged
     here, which needs no TensorFlow. On success ``out`` is written and the entry has
     export_seconds, bytes and peak_rss_bytes (the largest of those processes'). Otherwise
     ``out`` is not there and the line says why: an op without a builtin, or a process
@@ -608,21 +607,18 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
     """
     out = Path(out)
     started = time.perf_counter()
-    peak = 0
     with tempfile.TemporaryDirectory(prefix="explainer-parts-") as tmp:
-        parts = []
-        for name in SIGNATURES:
-            saved, part = Path(tmp) / name, Path(tmp) / f"{name}.tflite"
-            try:
-                for argv, what in (
-                        (["save", str(captioner_path), str(saved), gradcam_layer, bottleneck_layer, str(tokens),
-                          str(batch), name], f"the export process of {name}"),
-                        (["convert", str(saved), str(part), name], f"the conversion process of {name}")):
-                    peak = max(peak, run_step("convert.explainer_export", argv, what).peak_rss_bytes)
-            except StepError as exc:
-                return {"error": str(exc)}
-            shutil.rmtree(saved)
-            parts.append(part)
+        parts = [Path(tmp) / f"{name}.tflite" for name in SIGNATURES]
+        try:
+            peak = run_step("convert.explainer_export", [
+                "save", str(captioner_path), tmp, gradcam_layer, bottleneck_layer, str(tokens), str(batch)],
+                "the export process").peak_rss_bytes
+            for name, part in zip(SIGNATURES, parts):
+                peak = max(peak, run_step("convert.explainer_export", ["convert", str(Path(tmp) / name), str(part), name],
+                                          f"the conversion process of {name}").peak_rss_bytes)
+                shutil.rmtree(Path(tmp) / name)
+        except StepError as exc:
+            return {"error": str(exc)}
         try:
             model = merge_signatures(parts)
         except ExportError as exc:  # more weights than a .tflite file holds
@@ -633,12 +629,14 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
 
 def _step(argv: list[str]) -> None:
     """One step of export_in_subprocess in this process: ``save CAPTIONER FOLDER GRADCAM_LAYER BOTTLENECK TOKENS
-    BATCH SIGNATURE`` or ``convert FOLDER PART SIGNATURE``."""
+    BATCH`` (every signature as a SavedModel in FOLDER/SIGNATURE) or ``convert SAVED_SIGNATURE PART SIGNATURE``."""
     if argv[0] == "save":
-        captioner_path, folder, gradcam_layer, bottleneck, tokens, batch, name = argv[1:]
-        captioner = keras.models.load_model(captioner_path, compile=False)
-        save_signature(ExplainerGraphs(captioner, gradcam_layer, bottleneck, int(batch), int(tokens),
-                                       signatures=(name,)), name, folder)
+        captioner_path, folder, gradcam_layer, bottleneck, tokens, batch = argv[1:]
+        graphs = ExplainerGraphs(keras.models.load_model(captioner_path, compile=False), gradcam_layer, bottleneck,
+                                 int(batch), int(tokens))
+        for name in SIGNATURES:
+            save_signature(graphs, name, Path(folder) / name)
+            release_freed_memory()
     elif argv[0] == "convert":
         folder, part, name = argv[1:]
         write_atomically(Path(part), convert_saved_signature(folder, name))
