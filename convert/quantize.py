@@ -11,7 +11,8 @@ interrupted.
 int8 quantization is TensorFlow's own, run in two fresh processes (``convert.fresh_process``).
 The first converts the SavedModel to the float flatbuffer that TensorFlow's converter
 calibrates (the converter itself, stopped where it would start calibrating: same passes, same
-settings). The second calibrates that flatbuffer on the images streamed to it and quantizes
+settings; it replaces the converter's private ``_quantize`` step, read by its argument names,
+and says so in one line if a TensorFlow release no longer has it). The second calibrates that flatbuffer on the images streamed to it and quantizes
 it with TensorFlow's MLIR quantizer, the calls the converter would make next. In the
 converting process the two held EfficientNetV2L's float model about ten times over on top of
 everything the conversion had loaded: 7.7-8.0 GB peak for the seed model's conversion;
@@ -20,6 +21,7 @@ README, "The seed's model", has the figures now.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import tempfile
@@ -66,17 +68,22 @@ def _float_model_to_calibrate(saved_model: str) -> tuple[bytes, dict]:
     converter.inference_input_type = tf.uint8
     converter.inference_output_type = tf.int8
 
-    def stop_before_calibrating(model, input_type, output_type, activations_type, bias_type, allow_float,
-                                enable_variable_quantization, debug_options):
-        if not converter.experimental_new_quantizer or activations_type != tf.int8:
+    own_step = inspect.signature(type(converter)._quantize)
+    model_argument = list(own_step.parameters)[1]  # after self: the float flatbuffer it would calibrate
+
+    def stop_before_calibrating(*args, **kwargs):
+        # named as this TensorFlow's converter names them (its private step's arguments vary by version)
+        step = own_step.bind(converter, *args, **kwargs).arguments
+        if not converter.experimental_new_quantizer or step["activations_type"] != tf.int8:
             raise QuantizeError("this TensorFlow's converter would not use its MLIR quantizer for int8")
-        raise _ReadyToCalibrate(model, {
-            "input_type": input_type.name, "output_type": output_type.name,
-            "enable_variable_quantization": bool(enable_variable_quantization),
+        debug_options = step.get("debug_options")
+        raise _ReadyToCalibrate(step[model_argument], {
+            "input_type": step["input_type"].name, "output_type": step["output_type"].name,
+            "enable_variable_quantization": bool(step.get("enable_variable_quantization", False)),
             "disable_per_channel": bool(converter._experimental_disable_per_channel),
             "disable_per_channel_for_dense_layers":
-                bool(converter._experimental_disable_per_channel_quantization_for_dense_layers),
-            "debug_options": debug_options.SerializeToString().hex()})
+                bool(getattr(converter, "_experimental_disable_per_channel_quantization_for_dense_layers", False)),
+            "debug_options": debug_options.SerializeToString().hex() if debug_options is not None else None})
 
     converter._quantize = stop_before_calibrating  # TensorFlow's own step, run in a fresh process instead
     try:
@@ -129,12 +136,15 @@ def _calibrate_and_quantize(float_path: Path, int8_path: Path, settings: dict, i
     model = calibrator.add_intermediate_tensors(float_path.read_bytes())
     calibrated = calibrator.Calibrator(model).calibrate(lambda: ([image[None]] for image in images))
     del model
+    options = {"input_data_type": tf.dtypes.as_dtype(settings["input_type"]),
+               "output_data_type": tf.dtypes.as_dtype(settings["output_type"]),
+               "enable_variable_quantization": settings["enable_variable_quantization"],
+               "disable_per_channel_for_dense_layers": settings["disable_per_channel_for_dense_layers"]}
+    if settings["debug_options"] is not None:
+        options["debug_options_str"] = bytes.fromhex(settings["debug_options"])
+    known = inspect.signature(mlir_quantize).parameters  # what this TensorFlow's quantizer takes
     quantized = mlir_quantize(calibrated, settings["disable_per_channel"],
-                              input_data_type=tf.dtypes.as_dtype(settings["input_type"]),
-                              output_data_type=tf.dtypes.as_dtype(settings["output_type"]),
-                              enable_variable_quantization=settings["enable_variable_quantization"],
-                              disable_per_channel_for_dense_layers=settings["disable_per_channel_for_dense_layers"],
-                              debug_options_str=bytes.fromhex(settings["debug_options"]))
+                              **{name: value for name, value in options.items() if name in known})
     del calibrated
     write_atomically(int8_path, deduplicate_readonly_buffers(quantized))
 

@@ -110,11 +110,14 @@ def test_capture_rates_memory_and_explanations_per_backend(bench):
                                                       rel=0.01)
         rss = b["explainer_rss_mb"]
         assert 0 < rss["rss"] <= rss["hwm"]
-        assert 0 < b["warm_answer_s"] < b["cold_answer_s"]  # the cold one loads the backend first
+        assert 0 < b["warm_answer_s"] and 0 < b["cold_answer_s"]
         assert set(b["explain_ms"]) == set(FLOAT_METHODS) == set(b["explain_ms_first_call"])  # ACE included
         assert all(b["explain_ms"][m] > 0 for m in FLOAT_METHODS)
-    tf = bench["backends"]["tensorflow"]["explainer_rss_mb"]
-    assert tf["rss"] > capture["rss"]  # TensorFlow and the Keras model live only in the explainer
+    tf = bench["backends"]["tensorflow"]
+    assert tf["explainer_rss_mb"]["rss"] > capture["rss"]  # TensorFlow and the Keras model live only in the explainer
+    # the cold answer loads TensorFlow and the Keras model first (seconds); LiteRT loads in about 50 ms, less than
+    # two answers for two frames' captions differ (0.19 s cold against 0.20 s warm in one run), so it is not compared
+    assert tf["warm_answer_s"] < tf["cold_answer_s"]
 
 
 def test_occlusion_and_rise_are_timed_without_tensorflow_beside_the_float_agreement(bench):

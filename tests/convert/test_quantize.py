@@ -27,6 +27,18 @@ def encoder():
     return load_captioner(SHIPPED_BUNDLE / "captioner.keras").get_layer("encoder")
 
 
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    """A one-convolution encoder at 32 px: the failures below need a quantization, not a good one."""
+    image = keras.Input((32, 32, 3))
+    return keras.Model(image, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 3)(image)))
+
+
+def _noise(count: int) -> list[np.ndarray]:
+    """Random uint8 RGB frames of the tiny encoder's size."""
+    return [np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8) for i in range(count)]
+
+
 def _images(count: int, first: int = 0) -> list[np.ndarray]:
     """``count`` generated scenes (the shipped model's world) from the ``first``, as uint8 RGB frames."""
     return calibration_images(SIZE, first + count, None)[first:]
@@ -77,31 +89,32 @@ def test_the_int8_encoder_is_what_tensorflows_converter_makes_in_one_process(enc
 
 
 def test_a_calibration_killed_for_memory_fails_in_one_line_and_leaves_no_temporary_files(
-        encoder, tmp_path, monkeypatch):
+        tiny_encoder, tmp_path, monkeypatch):
     """The kernel's OOM killer sends SIGKILL; here the test sends it once the first image is taken."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     def representative():
-        for i, image in enumerate(_images(4)):
+        for i, image in enumerate(_noise(4)):
             if i == 1:
                 os.kill(wait_until(lambda: child_running("convert.quantize\0calibrate"), timeout=60,
                                    message="the calibrating process"), signal.SIGKILL)
             yield image
 
     with pytest.raises(QuantizeError) as failed:
-        to_int8_tflite(encoder, representative)
+        to_int8_tflite(tiny_encoder, representative)
     message = str(failed.value)
     assert "int8 calibration was killed (SIGKILL)" in message and "lack of memory" in message
     assert len(message.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_calibration_image_of_the_wrong_size_is_named_and_stops_the_calibration(encoder, tmp_path, monkeypatch):
+def test_a_calibration_image_of_the_wrong_size_is_named_and_stops_the_calibration(tiny_encoder, tmp_path,
+                                                                                 monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    images = _images(2) + [np.zeros((SIZE, SIZE + 1, 3), np.uint8)]
-    with pytest.raises(QuantizeError, match=r"a calibration image is \(224, 225, 3\), the encoder takes \(224, 224, 3\)"):
-        to_int8_tflite(encoder, lambda: iter(images))
+    images = _noise(2) + [np.zeros((32, 33, 3), np.uint8)]
+    with pytest.raises(QuantizeError, match=r"a calibration image is \(32, 33, 3\), the encoder takes \(32, 32, 3\)"):
+        to_int8_tflite(tiny_encoder, lambda: iter(images))
     assert not child_running("convert.quantize\0calibrate")
     assert list(tmp_path.iterdir()) == []
