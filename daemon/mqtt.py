@@ -20,12 +20,8 @@ message handed over after it (one connection is read in order). Until then it is
 ``pending``; a QoS 0 message still pending when the connection is lost counts as
 ``dropped`` (a hanging broker swallows them silently until the keep-alive notices).
 
-A broker that hands this client's session to another client with the same client id
-(MQTT 5 reason "Session taken over", or, from brokers that just close the old connection,
-connections closed again and again soon after they were accepted, each at no sign of
-another cause) is named in the log with a hint. A close that has another reason (an MQTT 5
-DISCONNECT reason code, or a larger packet than the broker ever took sent just before) is
-named as that instead.
+Why the broker closed an accepted connection, when its reason code does not say (another
+client with the same client id, a packet too large), is ``daemon.close_diagnosis``'s.
 
 What brokers in the wild do (``daemon.packet_limits``, ``daemon.broker_refusals``): a packet
 above the broker's Maximum Packet Size (CONNACK, or ``mqtt.max_packet_size``) is never sent;
@@ -58,6 +54,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.broker_refusals import RefusalNotices, refusal_hint
+from daemon.close_diagnosis import CloseDiagnosis
 from daemon.config import MqttConnectionConfig
 from daemon.contract import OFFLINE, ONLINE
 from daemon.packet_limits import PacketLimit, payload_room, publish_packet_size
@@ -67,12 +64,7 @@ log = logging.getLogger(__name__)
 MessageCallback = Callable[[bytes, "Properties | None"], None]
 PayloadFit = Callable[[int], "bytes | None"]  # room in bytes -> a payload that fits, or None
 MAX_TOPIC_BYTES = 65535  # an MQTT string's length is two bytes
-SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
-SHORT_CONNECTION_S = 10.0  # a connection the broker closes sooner than this is suspicious...
-SHORT_CONNECTIONS_HINT = 3  # ...and this many in a row get the duplicate-client-id hint
-UNSPECIFIED = 0x80  # paho's reason code for a connection that just closed (no DISCONNECT packet)
 UNSUPPORTED_PROTOCOL = 0x84  # CONNACK: the broker does not speak this MQTT version
-PACKET_SUSPECT_S = 1.0  # a close this soon after a packet larger than any the broker took blames its size
 SOCKET_READ_FAILED = "failed to receive on socket:"  # paho's log line when a read fails (TLS alerts too)
 PROTOCOL_HINT = ("the broker may speak only MQTT 3.1.1: set mqtt.protocol: 3.1.1 in the config "
                  "(or upgrade the broker to one that speaks MQTT 5)")
@@ -171,19 +163,14 @@ class MqttPublisher:
         # mid -> (QoS, topic, packet bytes), in the order handed to paho
         self._unconfirmed: OrderedDict[int, tuple[int, str, int]] = OrderedDict()
         self._early_acks: dict[int, int] = {}  # mid -> reason code of acks that came before their mid was recorded
-        self._connected_at = 0.0
-        self._short_connections = 0
         self._ignored_retained: set[str] = set()
         self.limit = PacketLimit(configured=config.max_packet_size)
         self.notices = RefusalNotices(log)
-        self._largest_taken = 0  # the largest packet the broker has acknowledged
-        # (monotonic time, bytes, topic) of packets sent in the last PACKET_SUSPECT_S larger than any the broker took
-        self._recent_large: deque[tuple[float, int, str]] = deque()
+        self.closes = CloseDiagnosis(client_id)
         self._attempt = 0  # connection attempts whose socket opened
         self._connack_missed = 0  # the last attempt closed for want of a CONNACK
         self._answered = 0  # the last attempt that got a CONNACK
         self._socket_error: tuple[int, str] | None = None  # (attempt, why paho's last read failed)
-        self._packet_hinted: set[str] = set()  # topics named in a packet-size hint
         self._suback_topics: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topics, in order
         self._queue: deque[OutgoingMessage] = deque()
         self._retained: dict[str, OutgoingMessage] = {}
@@ -387,12 +374,12 @@ class MqttPublisher:
             self.state = "connected"
             self.last_error = None
             self.connects += 1
-            self._connected_at = time.monotonic()
+            self.closes.connected()
             self._republish_pending = True
             self.limit.broker = getattr(properties, "MaximumPacketSize", None) if self.is_v5 else None
             for qos, topic, size in self._unconfirmed.values():  # paho sends these again now, unseen by the sender
                 if qos > 0:
-                    self._note_sent(size, topic)
+                    self.closes.sent(size, topic)
             # SUBSCRIBE is queued before the sender wakes (it needs this lock), so the broker
             # has the subscriptions before anything queued is published: a reply to what we
             # publish (Home Assistant's birth after discovery) cannot arrive unheard
@@ -465,8 +452,8 @@ class MqttPublisher:
             self.dropped += len(lost)
             timed_out = self._connack_missed == self._attempt
             if was_connected and not self._stopping:
-                self.last_error = f"connection lost: {reason_code}"
-                hint = self._disconnect_hint(reason_code)
+                why, hint = self.closes.closed(reason_code)
+                self.last_error = why or f"connection lost: {reason_code}"
             self._cond.notify_all()
         if was_connected and not self._stopping:
             log.warning("MQTT: %s; reconnecting%s", self.last_error,
@@ -489,50 +476,6 @@ class MqttPublisher:
             return (f"{reason}; the broker requires a client certificate: set mqtt.tls.certfile and "
                     f"mqtt.tls.keyfile")
         return reason
-
-    def _disconnect_hint(self, reason_code) -> str | None:
-        """The log line naming why the broker closed the connection, when there is more to say than
-        its reason code: a session takeover or a packet too large; None otherwise (caller holds the lock)."""
-        if reason_code == SESSION_TAKEN_OVER:
-            self.last_error = f"session taken over by another client with client id {self.client_id!r}"
-            return (f"the broker handed this session to another client with the same client id "
-                    f"{self.client_id!r}: give each daemon its own mqtt.client_id (or leave it unset)")
-        if reason_code != UNSPECIFIED:  # an MQTT 5 DISCONNECT that names its cause: no guessing
-            self._short_connections = 0
-            return None
-        now = time.monotonic()
-        # with nothing acknowledged yet (a large packet sent first on each connection), a close is
-        # blamed on a packet only when it happens again on the next connection
-        judged = self._largest_taken > 0 or self._short_connections > 0
-        suspects = [(size, topic) for sent, size, topic in self._recent_large
-                    if now - sent <= PACKET_SUSPECT_S and size > self._largest_taken and judged]
-        self._recent_large.clear()
-        if suspects:
-            self._short_connections = 0
-            size, topic = max(suspects)
-            self.last_error = f"connection lost right after a {size}-byte packet on {topic}"
-            if topic in self._packet_hinted:
-                return None
-            self._packet_hinted.add(topic)
-            accepted = (f"larger than any it accepted ({self._largest_taken} bytes)" if self._largest_taken
-                        else "twice in a row, before it had acknowledged any message")
-            return (f"the broker closed the connection right after a {size}-byte packet on {topic}, {accepted}: "
-                    "it probably caps the packet size (Mosquitto's max_packet_size); set mqtt.max_packet_size "
-                    "to its limit")
-        return self._takeover_hint()
-
-    def _takeover_hint(self) -> str | None:
-        """The duplicate-client-id hint after SHORT_CONNECTIONS_HINT short connections in a row (caller holds the lock)."""
-        if time.monotonic() - self._connected_at >= SHORT_CONNECTION_S:
-            self._short_connections = 0
-            return None
-        self._short_connections += 1
-        if self._short_connections != SHORT_CONNECTIONS_HINT:
-            return None
-        return (f"the broker closed the connection {SHORT_CONNECTIONS_HINT} times in a row within "
-                f"{SHORT_CONNECTION_S:.0f} s of accepting it; the usual cause is another client with the same "
-                f"client id {self.client_id!r} taking the session over: give each daemon its own "
-                "mqtt.client_id (or leave it unset)")
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         with self._cond:
@@ -586,7 +529,7 @@ class MqttPublisher:
                 earlier.append((other, size))
         for other, size in earlier:
             del self._unconfirmed[other]
-            self._largest_taken = max(self._largest_taken, size)
+            self.closes.taken(size)
         _, topic, size = self._unconfirmed.pop(mid)
         self.delivered += len(earlier)
         if code >= 0x80:
@@ -595,7 +538,7 @@ class MqttPublisher:
                                 f"subscribers of {topic} get nothing; {refusal_hint(code)}")
             return
         self.delivered += 1
-        self._largest_taken = max(self._largest_taken, size)
+        self.closes.taken(size)
 
     def _track(self, mid: int, qos: int, topic: str, size: int) -> None:
         """Remember a message of ``size`` bytes handed to paho until the broker confirms it (caller holds the lock)."""
@@ -605,15 +548,6 @@ class MqttPublisher:
             code = self._early_acks.pop(mid)
             if qos > 0:
                 self._confirm(mid, code)
-
-    def _note_sent(self, size: int, topic: str) -> None:
-        """Keep a packet larger than any the broker took for PACKET_SUSPECT_S: a close right after it
-        blames its size (caller holds the lock)."""
-        now = time.monotonic()
-        while self._recent_large and now - self._recent_large[0][0] > PACKET_SUSPECT_S:
-            self._recent_large.popleft()
-        if size > self._largest_taken:
-            self._recent_large.append((now, size, topic))
 
     # -- sender thread ------------------------------------------------------------------
     def _next_batch(self) -> list[OutgoingMessage] | None:
@@ -683,7 +617,7 @@ class MqttPublisher:
                 with self._cond:
                     if sent:
                         self.sent += 1
-                        self._note_sent(size, message.topic)
+                        self.closes.sent(size, message.topic)
                     if sent or kept:
                         self._track(info.mid, message.qos, message.topic, size)
                     elif not message.retain:  # retained values are re-published after the reconnect
