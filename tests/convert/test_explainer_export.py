@@ -184,10 +184,26 @@ def _saved(tmp_path, captioner: keras.Model):
     return path
 
 
-def test_an_export_apart_that_fails_says_why_in_one_line_and_writes_nothing(tmp_path):
-    """``convert`` runs the export in a process of its own and writes the bundle without it when it fails."""
+def test_one_process_and_a_process_per_signature_export_the_same_graph(tmp_path):
+    """A small captioner exports in one process, a large one (EfficientNetV2L) signature by signature."""
+    keras.utils.set_random_seed(4)
+    saved = _saved(tmp_path, _tiny_captioner(keras.layers.Identity()))
+    graphs = {}
+    for apart in (False, True):
+        out = tmp_path / f"apart-{apart}.tflite"
+        entry = export_in_subprocess(saved, out, "moment_map", "spatial_reduce", tokens=9, apart=apart)
+        assert entry["bytes"] == out.stat().st_size and entry["peak_rss_bytes"] > 0, entry
+        graphs[apart] = out.read_bytes()
+    assert graphs[False] == graphs[True]  # the same conversions of the same SavedModels, merged alike
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["apart-False.tflite", "apart-True.tflite", "captioner.keras"]
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_an_export_apart_that_fails_says_why_in_one_line_and_writes_nothing(tmp_path, apart):
+    """``convert`` runs the export in processes of its own and writes the bundle without it when it fails."""
     saved = _saved(tmp_path, _tiny_captioner(keras.layers.MaxPooling2D(2)))
-    entry = export_in_subprocess(saved, tmp_path / EXPLAINER_FILE, "moment_map", "spatial_reduce", tokens=9)
+    entry = export_in_subprocess(saved, tmp_path / EXPLAINER_FILE, "moment_map", "spatial_reduce", tokens=9,
+                                 apart=apart)
     assert set(entry) == {"error"} and "MaxPoolGrad" in entry["error"] and len(entry["error"].splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["captioner.keras"]
 
