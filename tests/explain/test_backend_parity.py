@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from convert.faithfulness import pearson
 from daemon.bundle import load_bundle
 from daemon.explain.backends import explainer_graph
 from daemon.explain_settings import INT8_METHODS, MAP_METHODS, ExplainOptions
@@ -30,14 +31,6 @@ def explainers():
 
     return (Explainer(bundle, OPTIONS, backend="tensorflow", threads=1),
             Explainer(bundle, OPTIONS, backend="litert", threads=1))
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two maps (1.0 when both are constant and equal)."""
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    a, b = a - a.mean(), b - b.mean()
-    denominator = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / denominator) if denominator > 0 else float(np.allclose(a, b))
 
 
 def test_maps_peaks_and_concept_rankings_match(explainers):
