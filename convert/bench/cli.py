@@ -7,7 +7,7 @@ import json
 import sys
 
 from convert.bench.report import format_table
-from convert.bench.run import run_bench
+from convert.bench.run import HISTORY_EVENTS, run_bench
 from daemon.bundle import BundleError, load_bundle
 from daemon.captioner import DEFAULT_BUNDLE
 from daemon.encoder import EncoderError
@@ -20,17 +20,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="the configured thread count (default 2, "
                         "the daemon's model.threads); everything is also measured at 1 thread")
     parser.add_argument("--seed-frames", type=int, default=5, help="frames the slow seed-style pipeline runs (default 5)")
+    parser.add_argument("--history-events", type=int, default=HISTORY_EVENTS,
+                        help=f"synthetic events in the timeline store it queries (default {HISTORY_EVENTS:,})")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the bench; print the table (or JSON). Exit 2 if the bundle cannot be loaded."""
-    if args.seconds <= 0 or args.threads < 1 or args.seed_frames < 1:
-        print("error: --seconds must be positive, --threads and --seed-frames at least 1", file=sys.stderr)
+    if args.seconds <= 0 or args.threads < 1 or args.seed_frames < 1 or args.history_events < 1:
+        print("error: --seconds must be positive, --threads, --seed-frames and --history-events at least 1",
+              file=sys.stderr)
         return 2
     try:
         bundle = load_bundle(args.bundle)
-        result = run_bench(bundle, args.seconds, args.threads, args.seed_frames,
+        result = run_bench(bundle, args.seconds, args.threads, args.seed_frames, args.history_events,
                            log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (BundleError, EncoderError) as exc:
         print(f"error: {exc}", file=sys.stderr)

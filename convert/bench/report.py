@@ -95,7 +95,7 @@ def format_table(r: dict) -> str:
 
 def history_lines(h: dict) -> list[str]:
     """The timeline's figures (``explaincam bench`` and ``explaincam history-bench``)."""
-    c, d, s = h["capture"], h["demo_hour"], h["store_100k"]
+    c, d, s = h["capture"], h["demo_hour"], h["store"]
     rates = c["captions_per_s"]
     return [
         "timeline (history), side by side in one process:",

@@ -50,7 +50,7 @@ def run_history_bench(bundle_path: Path, seconds: float, events: int = HISTORY_E
     return run_child("history", params, 600 + 12 * seconds)
 
 
-def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
+def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int, history_events: int = HISTORY_EVENTS,
               log: Callable[[str], None] = lambda _msg: None) -> dict:
     """Measure everything ``explaincam bench`` reports; a JSON-able dict."""
     started = time.monotonic()
@@ -158,8 +158,9 @@ def run_bench(bundle: Bundle, seconds: float, threads: int, seed_frames: int,
     macs = report.take("macs", keras[threads].get("macs"), keras[threads].get("error"))
     int8_graph = report.take("macs_tflite", attempt(lambda: tflite_graph(bundle.file("encoder_int8"))))
 
-    note("the timeline: captions/s with history off / on, an hour of the demo stream, 100,000 stored events ...")
-    history = run_history_bench(bundle.path, seconds)
+    note(f"the timeline: captions/s with history off / on, two hours of the demo stream, {history_events:,} stored "
+         "events ...")
+    history = run_history_bench(bundle.path, seconds, history_events)
     if "error" in history:
         report.null_reasons["history"] = history["error"]
 
