@@ -42,13 +42,20 @@ class CloseDiagnosis:
         self.largest_taken = max(self.largest_taken, size)
 
     def sent(self, size: int, topic: str) -> None:
-        """A packet went to the broker: one larger than any it took is kept for PACKET_SUSPECT_S, so that
-        a close right after it blames its size."""
+        """A packet goes to the broker (told before it leaves): one larger than any it took is kept for
+        PACKET_SUSPECT_S, so that a close right after it blames its size."""
         now = time.monotonic()
         while self._recent_large and now - self._recent_large[0][0] > PACKET_SUSPECT_S:
             self._recent_large.popleft()
         if size > self.largest_taken:
             self._recent_large.append((now, size, topic))
+
+    def not_sent(self, size: int, topic: str) -> None:
+        """The packet last announced with ``sent(size, topic)`` did not leave after all (no connection)."""
+        for entry in reversed(self._recent_large):
+            if entry[1:] == (size, topic):
+                self._recent_large.remove(entry)
+                return
 
     def closed(self, reason_code) -> tuple[str | None, str | None]:
         """(the reason to record instead of the reason code, or None; the line to log, or None) for a close

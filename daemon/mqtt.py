@@ -602,22 +602,26 @@ class MqttPublisher:
                 payload = self._fitted(message)
                 if payload is None:
                     continue
+                size = publish_packet_size(len(message.topic.encode()), len(payload), message.qos, 0)
+                with self._cond:  # before it leaves: a broker's close can reach paho's thread before publish returns
+                    self.closes.sent(size, message.topic)
                 try:
                     info = self._client.publish(message.topic, payload, message.qos, message.retain,
                                                 message.properties)
                 except (ValueError, TypeError) as exc:  # paho refuses the message: drop it, keep sending
                     log.warning("MQTT: message on %r dropped: %s", message.topic, exc)
                     with self._cond:
+                        self.closes.not_sent(size, message.topic)
                         self.dropped += 1
                     continue
                 sent = info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
                 # paho keeps a QoS 1/2 message it could not send yet and sends it after the reconnect
                 kept = message.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN
-                size = publish_packet_size(len(message.topic.encode()), len(payload), message.qos, 0)
                 with self._cond:
                     if sent:
                         self.sent += 1
-                        self.closes.sent(size, message.topic)
+                    else:
+                        self.closes.not_sent(size, message.topic)
                     if sent or kept:
                         self._track(info.mid, message.qos, message.topic, size)
                     elif not message.retain:  # retained values are re-published after the reconnect
