@@ -625,7 +625,8 @@ def export_in_subprocess(captioner_path: str | Path, out: str | Path, gradcam_la
             else:
                 peak = run_step("convert.explainer_export", ["save", *step_args], "the export process").peak_rss_bytes
                 for name, part in zip(SIGNATURES, parts):
-                    converted = run_step("convert.explainer_export", ["convert", str(Path(tmp) / name), str(part), name],
+                    converted = run_step("convert.explainer_export",
+                                         ["convert", str(Path(tmp) / name), str(part), name],
                                          f"the conversion process of {name}")
                     peak = max(peak, converted.peak_rss_bytes)
                     shutil.rmtree(Path(tmp) / name)

@@ -12,11 +12,11 @@ int8 quantization is TensorFlow's own, run in two fresh processes (``convert.fre
 The first converts the SavedModel to the float flatbuffer that TensorFlow's converter
 calibrates (the converter itself, stopped where it would start calibrating: same passes, same
 settings; it replaces the converter's private ``_quantize`` step, read by its argument names,
-and says so in one line if a TensorFlow release no longer has it). The second calibrates that flatbuffer on the images streamed to it and quantizes
-it with TensorFlow's MLIR quantizer, the calls the converter would make next. In the
-converting process the two held EfficientNetV2L's float model about ten times over on top of
-everything the conversion had loaded: 7.7-8.0 GB peak for the seed model's conversion;
-README, "The seed's model", has the figures now.
+and says so in one line if a TensorFlow release no longer has it). The second calibrates that
+flatbuffer on the images streamed to it and quantizes it with TensorFlow's MLIR quantizer, the
+calls the converter would make next. In the converting process the two held EfficientNetV2L's
+float model about ten times over on top of everything the conversion had loaded: 7.7-8.0 GB
+peak for the seed model's conversion; README, "The seed's model", has the figures now.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def to_int8_tflite(encoder: keras.Model, representative: Callable[[], Iterable[n
         try:
             settings = json.loads(run_step("convert.quantize", ["float", saved_model, str(float_path)],
                                            "the encoder's float conversion").output)
-            run_step("convert.quantize", ["calibrate", str(float_path), str(int8_path), json.dumps(dict(settings, shape=shape))],
+            run_step("convert.quantize",
+                     ["calibrate", str(float_path), str(int8_path), json.dumps(dict(settings, shape=shape))],
                      "the encoder's int8 calibration", _streamed(representative, shape))
         except StepError as exc:
             raise QuantizeError(str(exc)) from None

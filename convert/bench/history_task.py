@@ -161,8 +161,8 @@ def synthetic_caption(rng: np.random.Generator) -> str:
 
 
 def full_store(params: dict, tmp: Path) -> dict:
-    """``params["events"]`` synthetic events (100,000 by default; real thumbnails, 288-wide features, no lossless frames): inserts/s,
-    bytes per event, text and similar-to query times."""
+    """``params["events"]`` synthetic events (100,000 by default; real thumbnails, 288-wide features, no
+    lossless frames): inserts/s, bytes per event, text and similar-to query times."""
     count = params["events"]
     rng = np.random.default_rng(7)
     thumbs = [encode_thumbnail(scene_at(BENCH_SCENES_SEED, i).image, 128) for i in range(32)]

@@ -26,8 +26,8 @@ HISTORY_EVENTS = 5000  # the timeline store's size; the default 100,000 takes 10
 def bench():
     """One short bench run (JSON) on the shipped bundle."""
     proc = subprocess.run([sys.executable, "-m", "daemon.cli", "bench", "--bundle", str(DEFAULT_BUNDLE),
-                           "--seconds", "0.5", "--seed-frames", "1", "--threads", "2", "--history-events", str(HISTORY_EVENTS),
-                           "--json"],
+                           "--seconds", "0.5", "--seed-frames", "1", "--threads", "2",
+                           "--history-events", str(HISTORY_EVENTS), "--json"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)

@@ -1,4 +1,5 @@
-"""Why a broker closed an accepted connection: a packet too large, or a twin client; never a packet that did not leave."""
+"""Why a broker closed an accepted connection: a packet too large or a twin client, never a packet that
+did not leave."""
 
 from daemon.close_diagnosis import SHORT_CONNECTIONS_HINT, UNSPECIFIED, CloseDiagnosis
 
