@@ -81,6 +81,7 @@ def left_behind(folder) -> list:
     functions it converts in this (the test's) process there too, once per process, whichever test traces first."""
     return [p for p in folder.iterdir() if not p.name.startswith("__autograph_generated_file")]
 
+
 def test_the_int8_encoder_is_what_tensorflows_converter_makes_in_one_process(encoder):
     calibration = _images(6)
     ours = to_int8_tflite(encoder, lambda: iter(calibration))
