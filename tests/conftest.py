@@ -40,6 +40,11 @@ TIMING_FILES = {REPO / "tests" / name for name in (
     "daemon/test_mqtt.py",  # publishing while the broker is away returns within 0.5 s
     "fleet/test_dispatcher.py", "fleet/test_fleet_e2e.py",  # retries at their set delays
     "convert/test_bench.py")}  # compares rates measured minutes apart (idle vs explaining captions/s)
+# timing-sensitive files that load both cores themselves (the bench's loops, the soak's 20,000 frames as fast as
+# they come, the request flood's explainer): tests/run.sh runs them (marker `alone`) one at a time after the
+# other timing tests, which mostly wait on brokers, retries and signals and run two at a time
+ALONE_FILES = {REPO / "tests" / name for name in (
+    "convert/test_bench.py", "faults/test_soak.py", "faults/test_request_flood.py")}
 # the longest files of the parallel run (minutes each on 2 cores), handed out first so that the run does
 # not end waiting on one of them started late (pytest-xdist deals files out in collection order)
 LONGEST_FILES = [REPO / "tests" / name for name in (
@@ -52,18 +57,23 @@ BROKER_START_TRIES = 3  # a free port can be taken by another xdist worker befor
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark the timing-sensitive tests ``timing`` (FAULT_TESTS, TIMING_FILES); LONGEST_FILES first."""
+    """Mark the timing-sensitive tests ``timing`` (FAULT_TESTS, TIMING_FILES), those of ALONE_FILES also
+    ``alone``; LONGEST_FILES first."""
     for item in items:
         path = Path(str(item.fspath))
         if FAULT_TESTS in path.parents or path in TIMING_FILES:
             item.add_marker(pytest.mark.timing)
+        if path in ALONE_FILES:
+            item.add_marker(pytest.mark.alone)
     rank = {path: i for i, path in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)), len(rank)))  # stable: the rest keep their order
 
 
 def pytest_runtest_setup(item):
-    """Under pytest-xdist, lower this worker's CPU priority (once) when it runs a file other than the longest."""
-    if "PYTEST_XDIST_WORKER" in os.environ and Path(str(item.fspath)) != LONGEST_FILES[0] and os.nice(0) == 0:
+    """Under pytest-xdist, lower this worker's CPU priority (once) when it runs a file other than the longest
+    (not in the timing part, where the workers are equals)."""
+    if ("PYTEST_XDIST_WORKER" in os.environ and not item.get_closest_marker("timing")
+            and Path(str(item.fspath)) != LONGEST_FILES[0] and os.nice(0) == 0):
         os.nice(OTHER_FILES_NICENESS)
 
 

@@ -2,8 +2,10 @@
 # The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto and Chromium (apt),
 # creates .venv, installs explaincam with every extra, runs pytest. Extra args go to both pytest runs:
 # the independent tests in parallel, one worker more than cores (pytest-xdist; TEST_WORKERS overrides; each
-# file stays on one worker, so its module fixtures are built once), then the timing-sensitive tests (marker `timing`: tests/faults/ and the
-# files tests/conftest.py names) alone, one at a time, so other tests' load does not make them late.
+# file stays on one worker, so its module fixtures are built once), then the timing-sensitive tests (marker
+# `timing`: tests/faults/ and the files tests/conftest.py names) away from that load: two at a time those that
+# mostly wait on brokers, retries and signals, then one at a time those that load both cores themselves (marker
+# `alone`: the bench, the soak, the request flood).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -31,7 +33,9 @@ status=0
 # Files are dealt out in collection order (--no-loadscope-reorder), the longest first (tests/conftest.py).
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-$(( $(nproc) + 1 ))}" --dist loadfile --no-loadscope-reorder -m "not timing" "$@" || status=$?
 timing=0
-.venv/bin/python -m pytest -p no:xdist -m timing "$@" || timing=$?
-[ "$status" -eq 5 ] && status=0  # exit 5: no test was selected (e.g. args naming other tests only)
-[ "$timing" -eq 5 ] && timing=0
-exit $(( status != 0 ? status : timing ))
+.venv/bin/python -m pytest -n 2 --dist loadfile -m "timing and not alone" "$@" || timing=$?
+alone=0
+.venv/bin/python -m pytest -p no:xdist -m alone "$@" || alone=$?
+# exit 5: no test was selected (e.g. args naming other tests only)
+for part in status timing alone; do [ "${!part}" -eq 5 ] && printf -v "$part" 0; done
+exit $(( status != 0 ? status : timing != 0 ? timing : alone ))
