@@ -33,7 +33,8 @@ object's ``token_indices``),
   layer between the explained map and the words). The figure is the last stage's;
   ``randomization_cascade`` has every stage. Low means the maps depend on what the model
   learned. The int8 methods (occlusion, RISE) explain an int8 quantization of each stage's
-  randomized model (calibrated on 16 scenes), as the converter quantizes the trained one.
+  randomized model (calibrated on 16 scenes), as the converter quantizes the trained one; at
+  the decoder stage the encoder is still the trained one, so they run the bundle's own int8 encoder.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 
     for s, (stage, layers) in enumerate(stages):
         result["layers"][stage] = reinitialise(layers, rng)  # cumulative: earlier stages stay random
         if any(m in INT8_METHODS for m in methods):  # the int8 methods explain a quantized copy of it
-            randomized._int8 = quantized_scorer(copy, explainer)
+            randomized._int8 = quantized_scorer(copy, explainer, requantize=stage != "decoder")
         similarity = defaultdict(list)
         for n, (image, tokens, words, trained) in enumerate(scenes):
             after = randomized.explain(image, tokens, words, methods)
@@ -145,9 +146,10 @@ def randomization_test(explainer, scenes: list, methods: list[str], seed: int = 
     return result
 
 
-def quantized_scorer(captioner, explainer) -> Int8Scorer:
-    """An Int8Scorer of a (randomized) Keras captioner: its encoder quantized to int8 as the converter
-    does, calibrated on RANDOMIZED_CALIBRATION scenes, and its decoder weights for the step decoder."""
+def quantized_scorer(captioner, explainer, requantize: bool = True) -> Int8Scorer:
+    """An Int8Scorer of a (randomized) Keras captioner: its decoder weights for the step decoder, and its
+    encoder quantized to int8 as the converter does, calibrated on RANDOMIZED_CALIBRATION scenes; without
+    ``requantize`` (only the decoder was re-initialised) the bundle's own int8 encoder, the one that runs."""
     import tempfile
 
     from convert.model import decoder_weights
@@ -155,9 +157,12 @@ def quantized_scorer(captioner, explainer) -> Int8Scorer:
     from convert.quantize import to_int8_tflite
     from daemon.decoder import StepDecoder
 
+    decoder = StepDecoder(decoder_weights(captioner), explainer.vocab.start, explainer.vocab.end)
+    if not requantize:
+        return Int8Scorer(explainer.bundle.file("encoder_int8"), decoder, explainer.threads,
+                          explainer.options.batch_size)
     calibration = calibration_images(explainer.size, RANDOMIZED_CALIBRATION, None, explainer.bundle.resize)
     flatbuffer = to_int8_tflite(captioner.get_layer("encoder"), lambda: iter(calibration))
-    decoder = StepDecoder(decoder_weights(captioner), explainer.vocab.start, explainer.vocab.end)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "encoder_int8.tflite"
         path.write_bytes(flatbuffer)
