@@ -40,7 +40,9 @@ from convert.faithfulness import pearson
 from daemon.bundle import load_bundle
 from daemon.captioner import Captioner, resize_for_encoder
 from daemon.decoder import log_softmax
+from daemon.explain.backends.tensorflow import TensorFlowBackend
 from daemon.explain.explainer import Explainer
+from daemon.explain_settings import DEFAULT_THREADS
 from daemon.scenes import scene_at
 from daemon.vocab import Vocabulary
 from tests.convert.test_seed_import import MAX_LENGTH, seed_decoder, seed_greedy_search
@@ -154,7 +156,8 @@ def test_large_seed_model_converts_with_its_explainer_within_the_memory_bound_an
 
     # the step decoder on the float encoder's features is the seed's decoder
     captioner = Captioner.from_path(out)
-    encoder = keras.models.load_model(out / "captioner.keras", compile=False).get_layer("encoder")
+    float_captioner = keras.models.load_model(out / "captioner.keras", compile=False)  # 118 M parameters: once
+    encoder = float_captioner.get_layer("encoder")
     image = resize_for_encoder(scene_at(2121, 0).image, SIZE, "nearest")
     feats = np.asarray(encoder(image[None].astype(np.float32)))[0]
     expected = seed_greedy_search(decoder, feats, vocab)
@@ -166,7 +169,9 @@ def test_large_seed_model_converts_with_its_explainer_within_the_memory_bound_an
         np.testing.assert_allclose(ours[t], decoder.predict_on_batch([feats[None], prefix])[0], atol=1e-5)
 
     # the LiteRT graph explains as TensorFlow does: the same Grad-CAM and saliency maps, word by word
-    backends = {name: Explainer(out, backend=name) for name in ("litert", "tensorflow")}
+    backends = {"litert": Explainer(bundle, backend="litert"),
+                "tensorflow": Explainer(bundle, backend=TensorFlowBackend(bundle, DEFAULT_THREADS,
+                                                                              captioner=float_captioner))}
     for i in range(3):
         frame = scene_at(2121, i).image
         x = resize_for_encoder(frame, SIZE, "nearest")[None].astype(np.float32)
