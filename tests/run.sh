@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian / Raspberry Pi OS box: installs Mosquitto and Chromium (apt),
-# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to both pytest runs:
+# creates .venv, installs explaincam with every extra, runs pytest. Extra args go to every pytest run:
 # the independent tests in parallel, one worker more than cores (pytest-xdist; TEST_WORKERS overrides; each
 # file stays on one worker, so its module fixtures are built once), then the timing-sensitive tests (marker
 # `timing`: tests/faults/ and the files tests/conftest.py names) away from that load: two at a time those that
